@@ -1,0 +1,305 @@
+// Package memory is Tether's embedded single-node engine: streams, history
+// and presence live in this process and are lost when it exits (every stream
+// then starts a new epoch, which clients are told about when they resume).
+package memory
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/tether-chat/tether/engine"
+)
+
+// Config sizes the engine. The zero value is usable.
+type Config struct {
+	// HistorySize is how many publications each stream retains.
+	// Zero means 100.
+	HistorySize int
+	// HistoryTTL is how long a publication is retained. Zero means 10 minutes.
+	HistoryTTL time.Duration
+	// DefaultLimit bounds a History page when the query gives none.
+	// Zero means 100.
+	DefaultLimit int
+}
+
+func (c Config) withDefaults() Config {
+	if c.HistorySize <= 0 {
+		c.HistorySize = 100
+	}
+	if c.HistoryTTL <= 0 {
+		c.HistoryTTL = 10 * time.Minute
+	}
+	if c.DefaultLimit <= 0 {
+		c.DefaultLimit = 100
+	}
+	return c
+}
+
+// Engine is the in-memory engine.
+type Engine struct {
+	cfg Config
+
+	mu      sync.RWMutex
+	handler engine.Handler
+	streams map[string]*stream
+	subs    map[string]bool
+	sets    map[string]map[string]struct{}
+	started bool
+	closed  bool
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+var _ engine.Engine = (*Engine)(nil)
+
+type stream struct {
+	mu    sync.Mutex
+	epoch string
+	top   uint64
+	ring  []*engine.Publication // retained, oldest first; len <= HistorySize
+}
+
+// New returns an engine; call Start before use.
+func New(cfg Config) *Engine {
+	return &Engine{
+		cfg:     cfg.withDefaults(),
+		streams: make(map[string]*stream),
+		subs:    make(map[string]bool),
+		sets:    make(map[string]map[string]struct{}),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+}
+
+// Start implements engine.Engine. It also starts the sweeper that drops
+// expired history and forgets idle streams.
+func (e *Engine) Start(ctx context.Context, h engine.Handler) error {
+	e.mu.Lock()
+	e.handler = h
+	e.started = true
+	e.mu.Unlock()
+	go e.sweep()
+	return nil
+}
+
+// Publish implements engine.Engine. The stream's lock is held while the
+// handler runs, which is what orders deliveries by sequence.
+func (e *Engine) Publish(ctx context.Context, p *engine.Publication, opts engine.PublishOptions) error {
+	e.mu.RLock()
+	if e.closed {
+		e.mu.RUnlock()
+		return engine.ErrClosed
+	}
+	h, subscribed := e.handler, e.subs[p.Stream]
+	e.mu.RUnlock()
+
+	if opts.Ephemeral {
+		p.Seq, p.Epoch = 0, ""
+		if subscribed && h != nil {
+			h(p)
+		}
+		return nil
+	}
+	s := e.stream(p.Stream)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.top++
+	p.Seq, p.Epoch = s.top, s.epoch
+	if len(s.ring) == e.cfg.HistorySize {
+		copy(s.ring, s.ring[1:])
+		s.ring[len(s.ring)-1] = p
+	} else {
+		s.ring = append(s.ring, p)
+	}
+	if subscribed && h != nil {
+		h(p)
+	}
+	return nil
+}
+
+func (e *Engine) stream(name string) *stream {
+	e.mu.RLock()
+	s := e.streams[name]
+	e.mu.RUnlock()
+	if s != nil {
+		return s
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if s = e.streams[name]; s == nil {
+		s = &stream{epoch: newEpoch()}
+		e.streams[name] = s
+	}
+	return s
+}
+
+// Subscribe implements engine.Engine.
+func (e *Engine) Subscribe(ctx context.Context, name string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return engine.ErrClosed
+	}
+	e.subs[name] = true
+	return nil
+}
+
+// Unsubscribe implements engine.Engine.
+func (e *Engine) Unsubscribe(ctx context.Context, name string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.subs, name)
+	return nil
+}
+
+// History implements engine.Engine.
+func (e *Engine) History(ctx context.Context, name string, q engine.HistoryQuery) (engine.History, error) {
+	s := e.stream(name)
+	limit := q.Limit
+	if limit <= 0 || limit > e.cfg.DefaultLimit {
+		limit = e.cfg.DefaultLimit
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e.expire(s, time.Now())
+	h := engine.History{Epoch: s.epoch, Top: s.top, Oldest: s.top + 1 - uint64(len(s.ring))}
+	var sel []*engine.Publication
+	for _, p := range s.ring {
+		if p.Seq > q.After && (q.Before == 0 || p.Seq < q.Before) {
+			sel = append(sel, p)
+		}
+	}
+	if len(sel) > limit {
+		if q.Latest {
+			sel = sel[len(sel)-limit:]
+		} else {
+			sel = sel[:limit]
+		}
+	}
+	h.Pubs = sel
+	return h, nil
+}
+
+// expire drops publications older than the TTL; s.mu must be held.
+func (e *Engine) expire(s *stream, now time.Time) {
+	cut := now.Add(-e.cfg.HistoryTTL).UnixMilli()
+	n := 0
+	for n < len(s.ring) && s.ring[n].TS < cut {
+		n++
+	}
+	if n > 0 {
+		s.ring = append(s.ring[:0], s.ring[n:]...)
+	}
+}
+
+// sweep expires history and forgets streams that retain nothing and have no
+// subscriber, so a server that saw a million rooms does not keep them all.
+// A forgotten stream that is used again starts a new epoch.
+func (e *Engine) sweep() {
+	defer close(e.done)
+	t := time.NewTicker(e.cfg.HistoryTTL / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case now := <-t.C:
+			e.mu.Lock()
+			for name, s := range e.streams {
+				s.mu.Lock()
+				e.expire(s, now)
+				idle := len(s.ring) == 0 && !e.subs[name]
+				s.mu.Unlock()
+				if idle {
+					delete(e.streams, name)
+				}
+			}
+			e.mu.Unlock()
+		}
+	}
+}
+
+// PresenceAdd implements engine.Engine.
+func (e *Engine) PresenceAdd(ctx context.Context, set, user string) (bool, int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	m := e.sets[set]
+	if m == nil {
+		m = make(map[string]struct{})
+		e.sets[set] = m
+	}
+	_, had := m[user]
+	m[user] = struct{}{}
+	return !had, len(m), nil
+}
+
+// PresenceRemove implements engine.Engine.
+func (e *Engine) PresenceRemove(ctx context.Context, set, user string) (bool, int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	m := e.sets[set]
+	_, had := m[user]
+	delete(m, user)
+	n := len(m)
+	if n == 0 {
+		delete(e.sets, set)
+	}
+	return had, n, nil
+}
+
+// PresenceMembers implements engine.Engine. Members are sorted.
+func (e *Engine) PresenceMembers(ctx context.Context, set string) ([]string, error) {
+	e.mu.RLock()
+	users := make([]string, 0, len(e.sets[set]))
+	for u := range e.sets[set] {
+		users = append(users, u)
+	}
+	e.mu.RUnlock()
+	sort.Strings(users)
+	return users, nil
+}
+
+// PresenceCount implements engine.Engine.
+func (e *Engine) PresenceCount(ctx context.Context, set string) (int, error) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return len(e.sets[set]), nil
+}
+
+// Ready implements engine.Engine.
+func (e *Engine) Ready(ctx context.Context) error {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.closed {
+		return engine.ErrClosed
+	}
+	return nil
+}
+
+// Close implements engine.Engine.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	started := e.started
+	e.mu.Unlock()
+	close(e.stop)
+	if started {
+		<-e.done
+	}
+	return nil
+}
+
+func newEpoch() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,46 @@
+package memory
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/tether-chat/tether/engine"
+	"github.com/tether-chat/tether/engine/enginetest"
+)
+
+func TestContract(t *testing.T) {
+	enginetest.Run(t, func(t *testing.T, size int) engine.Engine {
+		return New(Config{HistorySize: size})
+	})
+}
+
+func TestHistoryExpiresByAge(t *testing.T) {
+	e := New(Config{HistorySize: 10, HistoryTTL: time.Minute})
+	e.Start(context.Background(), nil)
+	defer e.Close()
+	ctx := context.Background()
+	old := &engine.Publication{Stream: "room:a", Type: "chat", TS: time.Now().Add(-2 * time.Minute).UnixMilli()}
+	fresh := &engine.Publication{Stream: "room:a", Type: "chat", TS: time.Now().UnixMilli()}
+	e.Publish(ctx, old, engine.PublishOptions{})
+	e.Publish(ctx, fresh, engine.PublishOptions{})
+	h, err := e.History(ctx, "room:a", engine.HistoryQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Pubs) != 1 || h.Pubs[0].Seq != 2 || h.Oldest != 2 || h.Top != 2 {
+		t.Fatalf("history after expiry: %d pubs, oldest %d, top %d; want the fresh one only", len(h.Pubs), h.Oldest, h.Top)
+	}
+}
+
+func TestNewEngineStartsNewEpoch(t *testing.T) {
+	ctx := context.Background()
+	a, b := New(Config{}), New(Config{})
+	pa := &engine.Publication{Stream: "room:x", Type: "chat"}
+	pb := &engine.Publication{Stream: "room:x", Type: "chat"}
+	a.Publish(ctx, pa, engine.PublishOptions{})
+	b.Publish(ctx, pb, engine.PublishOptions{})
+	if pa.Epoch == pb.Epoch {
+		t.Fatalf("two engines (a restart) gave stream the same epoch %q", pa.Epoch)
+	}
+}

@@ -1,0 +1,55 @@
+package protocol
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+// FuzzDecode checks that no input makes Decode panic, that every failure
+// carries a known code, and that every success is a command the server can
+// act on without further checks. The seed corpus is in testdata/fuzz.
+func FuzzDecode(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"chat","id":"1","payload":{"room":"general","text":"hi"}}`,
+		`{"type":"direct","data":{"to":"bob","text":"x"}}`,
+		`{"type":"ping","payload":{"ts":1}}`,
+		`{"type":"history","payload":{"room":"a","after":3,"limit":10}}`,
+		`[]`, `null`, `{"type":{}}`, "\xff\xfe",
+	} {
+		f.Add([]byte(s))
+	}
+	known := map[ErrorCode]bool{ErrBadJSON: true, ErrBadEnvelope: true, ErrUnknownType: true,
+		ErrBadPayload: true, ErrBadRoom: true, ErrBadUser: true, ErrBadText: true}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		cmd, err := Decode(frame, Limits{MaxText: 100})
+		if err != nil {
+			if !known[err.Code] || err.Message == "" {
+				t.Fatalf("unexpected error %+v", err)
+			}
+			if len(err.ID) > MaxIDLength {
+				t.Fatalf("error id too long: %d", len(err.ID))
+			}
+			if _, mErr := json.Marshal(err); mErr != nil {
+				t.Fatalf("error reply does not encode: %v", mErr)
+			}
+			return
+		}
+		switch cmd.Type {
+		case TypeJoin, TypeLeave, TypeWho, TypeHistory:
+			if ValidateRoom(cmd.Room) != "" {
+				t.Fatalf("accepted bad room %q", cmd.Room)
+			}
+		case TypeChat:
+			if ValidateRoom(cmd.Room) != "" || ValidateText(cmd.Text, 100) != "" {
+				t.Fatalf("accepted bad chat %+v", cmd)
+			}
+		case TypeDirect:
+			if ValidateUser(cmd.To) != "" || ValidateText(cmd.Text, 100) != "" {
+				t.Fatalf("accepted bad direct %+v", cmd)
+			}
+		case TypePing:
+		default:
+			t.Fatalf("accepted unknown type %q", cmd.Type)
+		}
+	})
+}

@@ -1,0 +1,125 @@
+package protocol
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Envelope is the frame every message travels in, in both directions:
+//
+//	{"type": "chat", "id": "c7", "ts": 1718234567000, "payload": {...}}
+//
+// On input `data` is accepted as an alias of `payload`. On output the server
+// always writes `payload`. `id` is the client's message id; the server echoes
+// it in the `ack` or `error` that answers the message.
+type Envelope struct {
+	Type    string          `json:"type"`
+	ID      string          `json:"id,omitempty"`
+	TS      int64           `json:"ts,omitempty"`
+	Payload json.RawMessage `json:"payload,omitempty"`
+}
+
+// Heartbeat tells the client the server's heartbeat settings, in
+// milliseconds, so it can size its own timeout.
+type Heartbeat struct {
+	Interval int64 `json:"interval"` // the server pings a silent connection this often
+	Timeout  int64 `json:"timeout"`  // and drops it after interval+timeout of silence
+}
+
+// Welcome is the first message on every connection.
+type Welcome struct {
+	Protocol  int       `json:"protocol"`
+	User      string    `json:"user"`
+	Session   string    `json:"session"`
+	Online    int       `json:"online"` // users online on the server (not sockets)
+	Rooms     []string  `json:"rooms"`  // rooms the connection is in (the auto-joined room)
+	Heartbeat Heartbeat `json:"heartbeat"`
+	MaxText   int       `json:"max_text"` // longest text accepted, in characters
+}
+
+// Chat is a room message as delivered.
+type Chat struct {
+	Room  string `json:"room"`
+	From  string `json:"from"`
+	Text  string `json:"text"`
+	Seq   uint64 `json:"seq"`
+	Epoch string `json:"epoch"`
+	ID    string `json:"id,omitempty"` // the sender's client message id
+	TS    int64  `json:"ts"`           // server time of publication, ms since the epoch
+}
+
+// Direct is a private message as delivered to the recipient's connections
+// and to the sender's other connections. Seq and Epoch are those of the
+// receiving user's inbox.
+type Direct struct {
+	From  string `json:"from"`
+	To    string `json:"to"`
+	Text  string `json:"text"`
+	Seq   uint64 `json:"seq"`
+	Epoch string `json:"epoch"`
+	ID    string `json:"id,omitempty"`
+	TS    int64  `json:"ts"`
+}
+
+// Presence actions.
+const (
+	PresenceJoin  = "join"
+	PresenceLeave = "leave"
+)
+
+// Presence is a room membership change. Presence is per user: a user's
+// second tab joining is not an event, their last tab leaving is.
+type Presence struct {
+	Room   string `json:"room"`
+	User   string `json:"user"`
+	Action string `json:"action"`
+	Count  int    `json:"count"` // users in the room after the change
+}
+
+// Members answers `join` and `who`: who is in the room now.
+type Members struct {
+	Room  string   `json:"room"`
+	Users []string `json:"users"`
+	Count int      `json:"count"`
+}
+
+// Left tells a user that a private-conversation partner's last connection
+// went away.
+type Left struct {
+	User string `json:"user"`
+}
+
+// Ack confirms that the message with this id was processed. For chat and
+// direct it carries the sequence the message got.
+type Ack struct {
+	ID  string `json:"id"`
+	Seq uint64 `json:"seq,omitempty"`
+}
+
+// Error answers a message that was not processed. The connection stays open.
+type Error struct {
+	Code    ErrorCode `json:"code"`
+	Message string    `json:"message"`
+	ID      string    `json:"id,omitempty"`
+}
+
+func (e *Error) Error() string { return string(e.Code) + ": " + e.Message }
+
+// Pong answers `ping`; Echo carries the ping's payload back unchanged so a
+// client can measure its round trip.
+type Pong struct {
+	Echo json.RawMessage `json:"echo,omitempty"`
+}
+
+// Encode builds one server → client frame. It is called once per message,
+// never once per recipient: the bytes it returns are shared by every
+// connection's send queue and must not be modified.
+func Encode(typ, id string, payload any) []byte {
+	p, err := json.Marshal(payload)
+	if err != nil {
+		// Every payload type above marshals; reaching this is a bug.
+		panic("protocol: cannot encode " + typ + ": " + err.Error())
+	}
+	b, _ := json.Marshal(Envelope{Type: typ, ID: id, TS: time.Now().UnixMilli(), Payload: p})
+	return b
+}
