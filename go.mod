@@ -2,4 +2,4 @@ module github.com/tether-chat/tether
 
 go 1.26.8
 
-require github.com/gorilla/websocket v1.5.3 // indirect
+require github.com/gorilla/websocket v1.5.3

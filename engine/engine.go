@@ -136,6 +136,7 @@ type Engine interface {
 	PresenceAdd(ctx context.Context, set, user string) (added bool, count int, err error)
 	PresenceRemove(ctx context.Context, set, user string) (removed bool, count int, err error)
 	PresenceMembers(ctx context.Context, set string) ([]string, error)
+	PresenceHas(ctx context.Context, set, user string) (bool, error)
 	PresenceCount(ctx context.Context, set string) (int, error)
 
 	// Ready reports whether the engine can take traffic now.

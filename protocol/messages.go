@@ -123,3 +123,12 @@ func Encode(typ, id string, payload any) []byte {
 	b, _ := json.Marshal(Envelope{Type: typ, ID: id, TS: time.Now().UnixMilli(), Payload: p})
 	return b
 }
+
+// HistoryPage answers `history`: retained messages of a room, oldest first.
+type HistoryPage struct {
+	Room     string `json:"room"`
+	Epoch    string `json:"epoch"`
+	Top      uint64 `json:"top"`    // the room's latest sequence
+	Oldest   uint64 `json:"oldest"` // the oldest retained sequence (top+1 when none)
+	Messages []Chat `json:"messages"`
+}

@@ -215,6 +215,12 @@ func Run(t *testing.T, f Factory) {
 		if err != nil || fmt.Sprint(members) != "[alice bob]" {
 			t.Fatalf("members = %v, %v", members, err)
 		}
+		if has, err := e.PresenceHas(ctx, "r", "alice"); err != nil || !has {
+			t.Fatalf("PresenceHas(r, alice) = %v, %v; want true", has, err)
+		}
+		if has, err := e.PresenceHas(ctx, "", "bob"); err != nil || has {
+			t.Fatalf("PresenceHas(\"\", bob) = %v, %v; want false", has, err)
+		}
 		a, n, err = e.PresenceRemove(ctx, "r", "alice")
 		check(a, n, err, true, 1)
 		a, n, err = e.PresenceRemove(ctx, "r", "alice")

@@ -264,6 +264,14 @@ func (e *Engine) PresenceMembers(ctx context.Context, set string) ([]string, err
 	return users, nil
 }
 
+// PresenceHas implements engine.Engine.
+func (e *Engine) PresenceHas(ctx context.Context, set, user string) (bool, error) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	_, ok := e.sets[set][user]
+	return ok, nil
+}
+
 // PresenceCount implements engine.Engine.
 func (e *Engine) PresenceCount(ctx context.Context, set string) (int, error) {
 	e.mu.RLock()

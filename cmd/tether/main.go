@@ -1,0 +1,184 @@
+// Command tether is the Tether binary: `tether` or `tether serve` runs a
+// node; `tether version` prints the version.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(args, stderr)
+	case "version":
+		fmt.Fprintf(stdout, "tether %s (protocol v%d)\n", version, protocol.Version)
+		return 0
+	case "help":
+		usage(stdout)
+		return 0
+	}
+	fmt.Fprintf(stderr, "tether: unknown command %q\n\n", cmd)
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `Usage: tether [command] [flags]
+
+Commands:
+  serve     run a Tether node (the default)
+  version   print the version
+
+Run 'tether serve --help' for every setting and its default.
+`)
+}
+
+// serveFlags binds every server setting to a flag; each flag can also be
+// given as the environment variable TETHER_<NAME> (upper case, '-' → '_').
+// A flag on the command line wins over the environment.
+func serveFlags(fs *flag.FlagSet, cfg *server.Config, addr, logFormat, logLevel *string) {
+	fs.StringVar(addr, "addr", "127.0.0.1:8000", "address to listen on")
+	fs.DurationVar(&cfg.PingInterval, "ping-interval", 10*time.Second, "ping a connection silent for this long")
+	fs.DurationVar(&cfg.PongTimeout, "pong-timeout", 10*time.Second, "close a connection silent for ping-interval + this (code 4000)")
+	fs.Int64Var(&cfg.MaxMessageSize, "max-message-size", 64<<10, "largest frame a client may send, bytes (larger: close 1009)")
+	fs.IntVar(&cfg.MaxText, "max-text", protocol.DefaultMaxText, "longest chat/direct text, characters")
+	fs.IntVar(&cfg.SendQueueMessages, "send-queue-messages", 1024, "messages that may wait for one connection before it is a slow consumer (close 4008)")
+	fs.IntVar(&cfg.SendQueueBytes, "send-queue-bytes", 1<<20, "bytes that may wait for one connection before it is a slow consumer")
+	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "longest a single socket write may take")
+	fs.Float64Var(&cfg.RateLimit, "rate-limit", 50, "messages per second per connection (negative: unlimited)")
+	fs.IntVar(&cfg.RateBurst, "rate-burst", 100, "burst allowed above rate-limit")
+	fs.IntVar(&cfg.RateStrikes, "rate-strikes", 50, "rate_limited errors in a row before closing with 4029")
+	fs.IntVar(&cfg.MaxRoomsPerConn, "max-rooms", 100, "rooms one connection may be in")
+	fs.StringVar(&cfg.AutoJoin, "auto-join", protocol.DefaultRoom, "room every new connection joins ('-' for none)")
+	fs.IntVar(&cfg.HistorySize, "history-size", 100, "messages retained per room and inbox (memory engine)")
+	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", 10*time.Minute, "how long messages are retained (memory engine)")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
+	fs.StringVar(&cfg.NodeID, "node-id", "", "this node's id among several (default: random)")
+	fs.StringVar(logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+// applyEnv sets every flag not given on the command line from its
+// TETHER_* variable, naming the setting when a value is invalid.
+func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || err != nil {
+			return
+		}
+		env := "TETHER_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(env); v != "" {
+			if e := f.Value.Set(v); e != nil {
+				err = fmt.Errorf("%s=%q: invalid value for %s: %v", env, v, f.Name, e)
+			}
+		}
+	})
+	return err
+}
+
+func serve(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("tether serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg server.Config
+	var addr, logFormat, logLevel string
+	serveFlags(fs, &cfg, &addr, &logFormat, &logLevel)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: tether serve [flags]\n\nEvery flag can also be set as TETHER_<NAME>, e.g. TETHER_ADDR=0.0.0.0:8000.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if err := applyEnv(fs, os.Getenv); err != nil {
+		fmt.Fprintln(stderr, "tether:", err)
+		return 2
+	}
+	logger, err := newLogger(stderr, logFormat, logLevel)
+	if err != nil {
+		fmt.Fprintln(stderr, "tether:", err)
+		return 2
+	}
+	cfg.Logger = logger
+
+	srv, err := server.New(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "tether: invalid configuration:", err)
+		return 2
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(stderr, "tether:", err)
+		srv.Shutdown(context.Background())
+		return 1
+	}
+	logger.Info("tether listening", "version", version, "addr", ln.Addr().String(),
+		"chat", "http://"+ln.Addr().String()+"/", "engine", "memory")
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("serve failed", "err", err)
+			return 1
+		}
+	case <-ctx.Done():
+		stop()
+		logger.Info("signal received, shutting down", "timeout", cfg.ShutdownTimeout)
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			logger.Warn("shutdown did not drain every connection in time", "err", err)
+		}
+		logger.Info("stopped")
+	}
+	return 0
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log-level: %v", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log-format must be text or json, not %q", format)
+}

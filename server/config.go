@@ -1,0 +1,152 @@
+package server
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/tether-chat/tether/engine"
+	"github.com/tether-chat/tether/protocol"
+)
+
+// Config is everything a Server can be told. The zero value of every field
+// means its default, stated on the field; New fills them in. cmd/tether maps
+// flags and TETHER_* environment variables onto this struct one to one.
+type Config struct {
+	// Engine orders, stores and fans out messages. Nil means a new
+	// in-memory engine (engine/memory) with HistorySize and HistoryTTL.
+	Engine engine.Engine
+	// HistorySize and HistoryTTL size the default memory engine's retained
+	// history per stream. Zero means 100 messages and 10 minutes.
+	HistorySize int
+	HistoryTTL  time.Duration
+
+	// PingInterval: a connection silent for this long gets a WebSocket ping.
+	// Zero means 10s.
+	PingInterval time.Duration
+	// PongTimeout: a connection silent for PingInterval+PongTimeout is
+	// considered dead and closed with 4000. Zero means 10s. A half-open peer
+	// is therefore found within 20s by default (plus one heartbeat tick of
+	// at most 1s), whatever the TCP timeouts say.
+	PongTimeout time.Duration
+
+	// MaxMessageSize is the largest frame a client may send, in bytes;
+	// larger ones close the connection with 1009. Zero means 64 KiB.
+	MaxMessageSize int64
+	// MaxText is the longest chat or direct text, in characters.
+	// Zero means 4000.
+	MaxText int
+
+	// SendQueueMessages and SendQueueBytes bound what may wait to be written
+	// to one connection. A connection that lets its queue overflow is a slow
+	// consumer and is closed with 4008; nobody else waits for it. Zero
+	// means 1024 messages and 1 MiB.
+	SendQueueMessages int
+	SendQueueBytes    int
+	// WriteTimeout bounds one write to a connection's socket. Zero means 10s.
+	WriteTimeout time.Duration
+
+	// RateLimit is the sustained number of messages per second one
+	// connection may send, with bursts of RateBurst. Past it a message gets
+	// a rate_limited error and is not processed; after RateStrikes such
+	// errors in a row the connection is closed with 4029. Zero means 50/s,
+	// burst 100, 50 strikes. A negative RateLimit disables the limit
+	// (benchmarks).
+	RateLimit   float64
+	RateBurst   int
+	RateStrikes int
+
+	// MaxRoomsPerConn bounds the rooms one connection may be in.
+	// Zero means 100.
+	MaxRoomsPerConn int
+	// AutoJoin is the room every new connection is put in, so clients
+	// written for the tutorials (which never join) can chat at once.
+	// Empty means protocol.DefaultRoom; "-" disables it.
+	AutoJoin string
+
+	// ShutdownTimeout bounds a graceful shutdown: how long queued messages
+	// may take to drain and clients to answer the close. Zero means 10s.
+	ShutdownTimeout time.Duration
+
+	// NodeID names this server among several sharing an engine.
+	// Empty means a random id.
+	NodeID string
+
+	// Logger receives structured logs. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defInt := func(i *int, v int) {
+		if *i == 0 {
+			*i = v
+		}
+	}
+	def(&c.PingInterval, 10*time.Second)
+	def(&c.PongTimeout, 10*time.Second)
+	def(&c.WriteTimeout, 10*time.Second)
+	def(&c.ShutdownTimeout, 10*time.Second)
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = 64 << 10
+	}
+	defInt(&c.MaxText, protocol.DefaultMaxText)
+	defInt(&c.SendQueueMessages, 1024)
+	defInt(&c.SendQueueBytes, 1<<20)
+	if c.RateLimit == 0 {
+		c.RateLimit = 50
+	}
+	defInt(&c.RateBurst, 100)
+	defInt(&c.RateStrikes, 50)
+	defInt(&c.MaxRoomsPerConn, 100)
+	if c.AutoJoin == "" {
+		c.AutoJoin = protocol.DefaultRoom
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Validate reports the first setting that cannot work, by name.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"ping-interval", c.PingInterval}, {"pong-timeout", c.PongTimeout},
+		{"write-timeout", c.WriteTimeout}, {"shutdown-timeout", c.ShutdownTimeout},
+		{"history-ttl", c.HistoryTTL},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("%s must not be negative (got %s)", d.name, d.v)
+		}
+	}
+	for _, i := range []struct {
+		name string
+		v    int
+	}{
+		{"max-text", c.MaxText}, {"send-queue-messages", c.SendQueueMessages},
+		{"send-queue-bytes", c.SendQueueBytes}, {"rate-burst", c.RateBurst},
+		{"rate-strikes", c.RateStrikes}, {"max-rooms", c.MaxRoomsPerConn},
+		{"history-size", c.HistorySize},
+	} {
+		if i.v < 0 {
+			return fmt.Errorf("%s must not be negative (got %d)", i.name, i.v)
+		}
+	}
+	if c.MaxMessageSize < 256 {
+		return fmt.Errorf("max-message-size must be at least 256 bytes (got %d)", c.MaxMessageSize)
+	}
+	if c.AutoJoin != "-" {
+		if msg := protocol.ValidateRoom(c.AutoJoin); msg != "" {
+			return fmt.Errorf("auto-join: %s", msg)
+		}
+	}
+	return nil
+}

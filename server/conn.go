@@ -1,0 +1,253 @@
+package server
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tether-chat/tether/protocol"
+)
+
+// Conn is one client connection.
+//
+// Goroutines: the reader (readLoop) runs for the whole life of the
+// connection and is the only one that reads; it also owns the rate limiter
+// and does the clean-up when it returns. The writer (flush) exists only while
+// there is something to write: enqueue starts it, and it exits when the queue
+// is empty, so an idle connection costs one goroutine. Only the writer writes
+// data frames; gorilla's control-frame writes (pong, close echo) and ours are
+// serialized by rawConn.
+type Conn struct {
+	id     uint64
+	user   string
+	remote string
+	opened time.Time
+	srv    *Server
+	ws     *websocket.Conn
+	raw    *rawConn
+
+	// lastSeen is when the last frame of any kind arrived (unix nanos);
+	// pinged is when the heartbeat last queued a ping. Only the heartbeat
+	// and the reader touch them.
+	lastSeen atomic.Int64
+	pinged   atomic.Int64
+
+	mu      sync.Mutex
+	queue   []outFrame
+	spare   []outFrame
+	queued  int // bytes in queue
+	writing bool
+	// closing is set once, by the first close; nothing is queued after it
+	// but the close frame.
+	closing *protocol.Disconnect
+	// closed is closed when the reader has finished clean-up.
+	closed chan struct{}
+
+	// rooms is guarded by the hub's mutex.
+	rooms map[string]struct{}
+
+	// Reader-owned.
+	limiter bucket
+	strikes int
+}
+
+type outFrame struct {
+	op   byte // websocket.TextMessage, PingMessage or CloseMessage
+	data []byte
+}
+
+var pingFrame = outFrame{op: websocket.PingMessage}
+
+// enqueue queues a frame (shared, never modified) for writing. It never
+// blocks. It reports false when the connection is closing or overflowed; an
+// overflow starts the slow-consumer close.
+func (c *Conn) enqueue(data []byte) bool {
+	c.mu.Lock()
+	if c.closing != nil {
+		c.mu.Unlock()
+		return false
+	}
+	cfg := &c.srv.cfg
+	if len(c.queue) >= cfg.SendQueueMessages || c.queued+len(data) > cfg.SendQueueBytes {
+		c.mu.Unlock()
+		c.srv.metrics.slowConsumers.Add(1)
+		c.close(protocol.DisconnectSlowConsumer, false)
+		return false
+	}
+	c.queue = append(c.queue, outFrame{op: websocket.TextMessage, data: data})
+	c.queued += len(data)
+	c.kickLocked()
+	c.mu.Unlock()
+	return true
+}
+
+// ping queues a WebSocket ping ahead of queued data, so a backlog never
+// delays the heartbeat.
+func (c *Conn) ping() {
+	c.mu.Lock()
+	if c.closing == nil {
+		c.queue = append(c.queue, outFrame{})
+		copy(c.queue[1:], c.queue)
+		c.queue[0] = pingFrame
+		c.kickLocked()
+	}
+	c.mu.Unlock()
+}
+
+func (c *Conn) kickLocked() {
+	if !c.writing {
+		c.writing = true
+		go c.flush()
+	}
+}
+
+// close starts closing the connection with d. With drain, frames already
+// queued are written first (graceful shutdown); without, they are dropped
+// (slow consumer, heartbeat timeout, protocol errors). The close frame is
+// written by the writer; if the peer has not finished the closing handshake
+// within the grace period, the socket is closed anyway. Safe to call from any
+// goroutine, any number of times: the first call wins.
+func (c *Conn) close(d protocol.Disconnect, drain bool) {
+	c.mu.Lock()
+	if c.closing != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = &d
+	if !drain {
+		c.queue = c.queue[:0]
+		c.queued = 0
+	}
+	c.queue = append(c.queue, outFrame{op: websocket.CloseMessage, data: closePayload(d)})
+	c.kickLocked()
+	c.mu.Unlock()
+
+	// Closing the socket also ends a write blocked on a peer that stopped
+	// reading, so a slow consumer cannot hold its own close up.
+	grace := time.Second
+	if drain {
+		grace = c.srv.cfg.ShutdownTimeout
+	}
+	time.AfterFunc(grace, func() { c.raw.Conn.Close() })
+}
+
+func (c *Conn) closeReason() *protocol.Disconnect {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing
+}
+
+// flush is the writer: it drains the queue, coalescing every frame queued so
+// far into as few write() calls as possible, and exits when the queue is
+// empty.
+func (c *Conn) flush() {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	for {
+		c.mu.Lock()
+		if len(c.queue) == 0 {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		batch := c.queue
+		c.queue, c.spare = c.spare[:0], nil
+		c.queued = 0
+		c.mu.Unlock()
+
+		err := c.writeBatch(bp, batch)
+		clear(batch)
+		c.mu.Lock()
+		c.spare = batch[:0]
+		c.mu.Unlock()
+		if err != nil {
+			c.raw.Conn.Close() // the reader sees the error and cleans up
+			c.mu.Lock()
+			c.queue, c.queued, c.writing = nil, 0, false
+			c.mu.Unlock()
+			return
+		}
+	}
+}
+
+const maxBatchBytes = 64 << 10
+
+func (c *Conn) writeBatch(bp *[]byte, batch []outFrame) error {
+	buf := (*bp)[:0]
+	defer func() { *bp = buf[:0] }()
+	var delivered int
+	for _, f := range batch {
+		buf = appendFrame(buf, f.op, f.data)
+		if f.op == websocket.TextMessage {
+			delivered++
+		}
+		if len(buf) >= maxBatchBytes {
+			if err := c.raw.write(buf); err != nil {
+				return err
+			}
+			buf = buf[:0]
+		}
+	}
+	c.srv.metrics.delivered.Add(int64(delivered))
+	if len(buf) == 0 {
+		return nil
+	}
+	return c.raw.write(buf)
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// appendFrame appends one unmasked, unfragmented server frame (RFC 6455
+// section 5.2).
+func appendFrame(buf []byte, op byte, data []byte) []byte {
+	buf = append(buf, 0x80|op)
+	switch n := len(data); {
+	case n <= 125:
+		buf = append(buf, byte(n))
+	case n <= 0xffff:
+		buf = append(buf, 126, byte(n>>8), byte(n))
+	default:
+		buf = append(buf, 127)
+		buf = binary.BigEndian.AppendUint64(buf, uint64(n))
+	}
+	return append(buf, data...)
+}
+
+func closePayload(d protocol.Disconnect) []byte {
+	return websocket.FormatCloseMessage(int(d.Code), d.Reason)
+}
+
+// rawConn is the connection's socket as gorilla sees it. It serializes every
+// write (ours and gorilla's control frames) and gives each a deadline, so a
+// ping or a close never interleaves with a half-written data frame.
+type rawConn struct {
+	net.Conn
+	mu      sync.Mutex
+	timeout time.Duration
+}
+
+func (r *rawConn) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Conn.SetWriteDeadline(time.Now().Add(r.timeout))
+	return r.Conn.Write(p)
+}
+
+func (r *rawConn) write(p []byte) error {
+	_, err := r.Write(p)
+	return err
+}
+
+// SetWriteDeadline is a no-op: rawConn sets a deadline on every write
+// itself, and gorilla's own deadlines would otherwise cut short a data write
+// that is in progress on another goroutine.
+func (r *rawConn) SetWriteDeadline(time.Time) error { return nil }
+
+// errClosing is what the reader reports when it stopped because the server
+// closed the connection.
+var errClosing = errors.New("closed by server")

@@ -1,0 +1,245 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tether-chat/tether/engine"
+	"github.com/tether-chat/tether/protocol"
+)
+
+// readLoop is the connection's reader; see Conn for the goroutine model.
+// It returns when the socket is closed, and then cleans up.
+func (c *Conn) readLoop() {
+	var readErr error
+	defer func() { c.srv.disconnected(c, readErr) }()
+
+	c.ws.SetReadLimit(c.srv.cfg.MaxMessageSize)
+	c.ws.SetPingHandler(func(data string) error {
+		c.touch()
+		err := c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Time{})
+		if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
+			return err
+		}
+		return nil
+	})
+	c.ws.SetPongHandler(func(string) error { c.touch(); return nil })
+	c.ws.SetCloseHandler(func(code int, _ string) error {
+		// Answer the peer's close, unless the server started the closing
+		// handshake itself and already sent its close frame.
+		if c.closeReason() == nil {
+			c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Time{})
+		}
+		return nil
+	})
+
+	lim := protocol.Limits{MaxText: c.srv.cfg.MaxText}
+	for {
+		mt, data, err := c.ws.ReadMessage()
+		if err != nil {
+			readErr = err
+			if errors.Is(err, websocket.ErrReadLimit) {
+				// gorilla has sent the 1009 close frame itself.
+				c.markClosing(protocol.DisconnectTooBig)
+			}
+			return
+		}
+		c.touch()
+		if c.closeReason() != nil {
+			continue // closing: the rest is discarded until the peer answers
+		}
+		c.srv.metrics.received.Add(1)
+		if mt != websocket.TextMessage {
+			c.sendError(&protocol.Error{Code: protocol.ErrBadFrame,
+				Message: "binary frames are not supported: send JSON text frames"})
+			continue
+		}
+		if !utf8.Valid(data) {
+			c.close(protocol.DisconnectInvalidUTF8, false)
+			continue
+		}
+		cmd, perr := protocol.Decode(data, lim)
+		if !c.allow() {
+			if c.closeReason() == nil {
+				c.sendError(&protocol.Error{Code: protocol.ErrRateLimited, ID: cmd.ID,
+					Message: "too many messages: this one was not processed; slow down"})
+			}
+			continue
+		}
+		if perr != nil {
+			c.sendError(perr)
+			continue
+		}
+		c.handle(cmd)
+	}
+}
+
+func (c *Conn) touch() { c.lastSeen.Store(time.Now().UnixNano()) }
+
+// markClosing records d as the reason without sending anything (the close
+// frame is already on its way).
+func (c *Conn) markClosing(d protocol.Disconnect) {
+	c.mu.Lock()
+	if c.closing == nil {
+		c.closing = &d
+	}
+	c.mu.Unlock()
+}
+
+// allow applies the rate limit to one incoming message.
+func (c *Conn) allow() bool {
+	if c.limiter.take(time.Now()) {
+		c.strikes = 0
+		return true
+	}
+	c.srv.metrics.rateLimited.Add(1)
+	c.strikes++
+	if c.strikes >= c.srv.cfg.RateStrikes {
+		c.close(protocol.DisconnectRateLimited, false)
+	}
+	return false
+}
+
+// handle carries out one valid command. Every command with an id is
+// answered with exactly one ack (pong for ping) or error naming that id.
+func (c *Conn) handle(cmd protocol.Command) {
+	ctx, cancel := context.WithTimeout(c.srv.ctx, 5*time.Second)
+	defer cancel()
+	h := c.srv.hub
+	switch cmd.Type {
+	case protocol.TypePing:
+		c.send(protocol.Encode(protocol.TypePong, cmd.ID, protocol.Pong{Echo: cmd.Echo}))
+
+	case protocol.TypeJoin:
+		if err := h.join(ctx, c, cmd.Room); err != nil {
+			c.fail(cmd.ID, err)
+			return
+		}
+		c.ack(cmd.ID, 0)
+		c.sendMembers(ctx, cmd.Room)
+
+	case protocol.TypeLeave:
+		if err := h.leave(ctx, c, cmd.Room); err != nil {
+			c.fail(cmd.ID, err)
+			return
+		}
+		c.ack(cmd.ID, 0)
+
+	case protocol.TypeWho:
+		c.ack(cmd.ID, 0)
+		c.sendMembers(ctx, cmd.Room)
+
+	case protocol.TypeChat:
+		if !h.isMember(c, cmd.Room) {
+			c.fail(cmd.ID, notMember(cmd.Room))
+			return
+		}
+		p := &engine.Publication{Stream: engine.RoomStream(cmd.Room), Type: protocol.TypeChat,
+			Room: cmd.Room, From: c.user, Text: cmd.Text, ClientID: cmd.ID, TS: time.Now().UnixMilli()}
+		if err := c.srv.publish(ctx, p, engine.PublishOptions{}); err != nil {
+			c.fail(cmd.ID, err)
+			return
+		}
+		c.ack(cmd.ID, p.Seq)
+
+	case protocol.TypeDirect:
+		seq, err := h.direct(ctx, c, cmd.To, cmd.Text, cmd.ID)
+		if err != nil {
+			c.fail(cmd.ID, err)
+			return
+		}
+		c.ack(cmd.ID, seq)
+
+	case protocol.TypeHistory:
+		if !h.isMember(c, cmd.Room) {
+			c.fail(cmd.ID, notMember(cmd.Room))
+			return
+		}
+		q := engine.HistoryQuery{After: cmd.After, Before: cmd.Before, Limit: cmd.Limit, Latest: cmd.After == 0}
+		hist, err := c.srv.eng.History(ctx, engine.RoomStream(cmd.Room), q)
+		if err != nil {
+			c.fail(cmd.ID, unavailable(err))
+			return
+		}
+		page := protocol.HistoryPage{Room: cmd.Room, Epoch: hist.Epoch, Top: hist.Top, Oldest: hist.Oldest,
+			Messages: make([]protocol.Chat, 0, len(hist.Pubs))}
+		for _, p := range hist.Pubs {
+			page.Messages = append(page.Messages, chatOf(p))
+		}
+		c.send(protocol.Encode(protocol.TypeHistory, cmd.ID, page))
+	}
+}
+
+func (c *Conn) sendMembers(ctx context.Context, room string) {
+	users, err := c.srv.eng.PresenceMembers(ctx, room)
+	if err != nil {
+		c.sendError(unavailable(err))
+		return
+	}
+	c.send(protocol.Encode(protocol.TypeMembers, "", protocol.Members{Room: room, Users: users, Count: len(users)}))
+}
+
+// send queues one frame for this connection only.
+func (c *Conn) send(frame []byte) { c.enqueue(frame) }
+
+func (c *Conn) ack(id string, seq uint64) {
+	if id != "" {
+		c.send(protocol.Encode(protocol.TypeAck, id, protocol.Ack{ID: id, Seq: seq}))
+	}
+}
+
+func (c *Conn) sendError(e *protocol.Error) {
+	c.srv.metrics.errors.Add(1)
+	c.send(protocol.Encode(protocol.TypeError, e.ID, e))
+}
+
+// fail answers message id with err, which is a *protocol.Error or becomes
+// an internal error.
+func (c *Conn) fail(id string, err error) {
+	var pe *protocol.Error
+	if !errors.As(err, &pe) {
+		c.srv.log.Error("handling message failed", "user", c.user, "conn", c.id, "err", err)
+		pe = &protocol.Error{Code: protocol.ErrInternal, Message: "internal error; the message was not processed"}
+	}
+	e := *pe
+	e.ID = id
+	c.sendError(&e)
+}
+
+func notMember(room string) *protocol.Error {
+	return &protocol.Error{Code: protocol.ErrNotMember, Message: "join room " + room + " first"}
+}
+
+func unavailable(err error) *protocol.Error {
+	return &protocol.Error{Code: protocol.ErrUnavailable, Message: "engine unavailable, try again: " + err.Error()}
+}
+
+// bucket is a token bucket; rate <= 0 means unlimited.
+type bucket struct {
+	rate   float64
+	burst  float64
+	tokens float64
+	last   time.Time
+}
+
+func (b *bucket) take(now time.Time) bool {
+	if b.rate <= 0 {
+		return true
+	}
+	if !b.last.IsZero() {
+		b.tokens += now.Sub(b.last).Seconds() * b.rate
+		if b.tokens > b.burst {
+			b.tokens = b.burst
+		}
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
