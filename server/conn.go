@@ -76,7 +76,7 @@ func (c *Conn) enqueue(data []byte) bool {
 	if len(c.queue) >= cfg.SendQueueMessages || c.queued+len(data) > cfg.SendQueueBytes {
 		c.mu.Unlock()
 		c.srv.metrics.slowConsumers.Add(1)
-		c.close(protocol.DisconnectSlowConsumer, false)
+		c.close(protocol.DisconnectSlowConsumer, closeDrop)
 		return false
 	}
 	c.queue = append(c.queue, outFrame{op: websocket.TextMessage, data: data})
@@ -106,20 +106,34 @@ func (c *Conn) kickLocked() {
 	}
 }
 
-// close starts closing the connection with d. With drain, frames already
-// queued are written first (graceful shutdown); without, they are dropped
-// (slow consumer, heartbeat timeout, protocol errors). The close frame is
-// written by the writer; if the peer has not finished the closing handshake
-// within the grace period, the socket is closed anyway. Safe to call from any
-// goroutine, any number of times: the first call wins.
-func (c *Conn) close(d protocol.Disconnect, drain bool) {
+// closeMode says what happens to frames already queued when a close starts.
+type closeMode int
+
+const (
+	// closeDrop drops them: the peer cannot take them (slow consumer) or is
+	// gone (heartbeat timeout).
+	closeDrop closeMode = iota
+	// closeDrain writes them first, so the client sees the error replies
+	// that led to the close (rate limit, invalid UTF-8).
+	closeDrain
+	// closeShutdown drains too, and gives the peer the whole shutdown
+	// timeout to take it all.
+	closeShutdown
+)
+
+// close starts closing the connection with d. The close frame is written by
+// the writer after whatever mode keeps of the queue; if the peer has not
+// finished the closing handshake within the grace period, the socket is
+// closed anyway. Safe to call from any goroutine, any number of times: the
+// first call wins.
+func (c *Conn) close(d protocol.Disconnect, mode closeMode) {
 	c.mu.Lock()
 	if c.closing != nil {
 		c.mu.Unlock()
 		return
 	}
 	c.closing = &d
-	if !drain {
+	if mode == closeDrop {
 		c.queue = c.queue[:0]
 		c.queued = 0
 	}
@@ -127,10 +141,15 @@ func (c *Conn) close(d protocol.Disconnect, drain bool) {
 	c.kickLocked()
 	c.mu.Unlock()
 
-	// Closing the socket also ends a write blocked on a peer that stopped
-	// reading, so a slow consumer cannot hold its own close up.
-	grace := time.Second
-	if drain {
+	// A peer that stopped reading (slow consumer) or answering (heartbeat)
+	// will not complete the closing handshake: give the close frame a moment
+	// to reach the socket, then close it. Closing the socket also ends a
+	// write blocked on such a peer.
+	grace := 2 * time.Second
+	switch mode {
+	case closeDrop:
+		grace = 100 * time.Millisecond
+	case closeShutdown:
 		grace = c.srv.cfg.ShutdownTimeout
 	}
 	time.AfterFunc(grace, func() { c.raw.Conn.Close() })

@@ -59,7 +59,7 @@ func (c *Conn) readLoop() {
 			continue
 		}
 		if !utf8.Valid(data) {
-			c.close(protocol.DisconnectInvalidUTF8, false)
+			c.close(protocol.DisconnectInvalidUTF8, closeDrain)
 			continue
 		}
 		cmd, perr := protocol.Decode(data, lim)
@@ -99,7 +99,7 @@ func (c *Conn) allow() bool {
 	c.srv.metrics.rateLimited.Add(1)
 	c.strikes++
 	if c.strikes >= c.srv.cfg.RateStrikes {
-		c.close(protocol.DisconnectRateLimited, false)
+		c.close(protocol.DisconnectRateLimited, closeDrain)
 	}
 	return false
 }

@@ -168,7 +168,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.metrics.opened.Add(1)
 	if err := s.connected(c); err != nil {
 		s.log.Error("connection set-up failed", "user", user, "remote", c.remote, "err", err)
-		c.close(protocol.DisconnectInternal, true)
+		c.close(protocol.DisconnectInternal, closeDrain)
 	}
 	c.readLoop()
 }
@@ -269,7 +269,7 @@ func (s *Server) heartbeat() {
 				silent := time.Duration(now.UnixNano() - seen)
 				switch {
 				case silent >= interval+timeout:
-					c.close(protocol.DisconnectHeartbeat, false)
+					c.close(protocol.DisconnectHeartbeat, closeDrop)
 				case silent >= interval && c.pinged.Load() < seen:
 					c.pinged.Store(now.UnixNano())
 					c.ping()
@@ -297,7 +297,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	conns := s.hub.snapshot(nil)
 	s.log.Info("shutting down", "connections", len(conns))
 	for _, c := range conns {
-		c.close(protocol.DisconnectShutdown, true)
+		c.close(protocol.DisconnectShutdown, closeShutdown)
 	}
 	done := make(chan struct{})
 	go func() { s.conns.Wait(); close(done) }()

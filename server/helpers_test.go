@@ -1,0 +1,358 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tether-chat/tether/protocol"
+)
+
+const waitFor = 5 * time.Second
+
+type testServer struct {
+	*Server
+	http *httptest.Server
+	ws   string // ws://host:port
+}
+
+func newTestServer(t *testing.T, cfg Config) *testServer {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	ts := &testServer{Server: srv, http: hs, ws: "ws" + strings.TrimPrefix(hs.URL, "http")}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx) // a test may have shut it down already
+		hs.Close()
+	})
+	return ts
+}
+
+// client is a test peer on a real socket. A goroutine reads every frame
+// into msgs; expect and expectNone consume them in order.
+type client struct {
+	t       *testing.T
+	user    string
+	ws      *websocket.Conn
+	msgs    chan protocol.Envelope
+	done    chan struct{}
+	mu      sync.Mutex
+	readErr error
+	welcome protocol.Welcome
+	backlog []protocol.Envelope
+}
+
+func dial(t *testing.T, url string) *client {
+	t.Helper()
+	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	return startClient(t, ws)
+}
+
+// connect dials as user and consumes the welcome and the auto-join's
+// members message.
+func connect(t *testing.T, ts *testServer, user string) *client {
+	t.Helper()
+	c := dial(t, ts.ws+"/ws/"+user)
+	c.expectWelcome()
+	if ts.cfg.AutoJoin != "-" {
+		c.expect(protocol.TypeMembers, nil)
+	}
+	return c
+}
+
+func startClient(t *testing.T, ws *websocket.Conn) *client {
+	c := &client{t: t, ws: ws, msgs: make(chan protocol.Envelope, 100000), done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		for {
+			_, b, err := ws.ReadMessage()
+			if err != nil {
+				c.mu.Lock()
+				c.readErr = err
+				c.mu.Unlock()
+				return
+			}
+			var env protocol.Envelope
+			if err := json.Unmarshal(b, &env); err != nil {
+				t.Errorf("server sent invalid JSON %q: %v", b, err)
+				return
+			}
+			c.msgs <- env
+		}
+	}()
+	t.Cleanup(func() { ws.Close() })
+	return c
+}
+
+func (c *client) expectWelcome() protocol.Welcome {
+	c.t.Helper()
+	env := c.next()
+	if env.Type != protocol.TypeWelcome {
+		c.t.Fatalf("first message is %s, want welcome", env.Type)
+	}
+	decode(c.t, env, &c.welcome)
+	c.user = c.welcome.User
+	return c.welcome
+}
+
+func (c *client) send(typ, id string, payload any) {
+	c.t.Helper()
+	m := map[string]any{"type": typ}
+	if id != "" {
+		m["id"] = id
+	}
+	if payload != nil {
+		m["payload"] = payload
+	}
+	b, _ := json.Marshal(m)
+	c.sendRaw(websocket.TextMessage, b)
+}
+
+func (c *client) sendRaw(mt int, b []byte) {
+	c.t.Helper()
+	if err := c.ws.WriteMessage(mt, b); err != nil {
+		c.t.Fatalf("%s: write: %v", c.user, err)
+	}
+}
+
+// next returns the next message, or fails.
+func (c *client) next() protocol.Envelope {
+	c.t.Helper()
+	if len(c.backlog) > 0 {
+		env := c.backlog[0]
+		c.backlog = c.backlog[1:]
+		return env
+	}
+	select {
+	case env := <-c.msgs:
+		return env
+	case <-c.done:
+		if env, ok := c.drained(); ok {
+			return env
+		}
+		c.t.Fatalf("%s: connection ended while waiting: %v", c.user, c.err())
+	case <-time.After(waitFor):
+		c.t.Fatalf("%s: no message within %s", c.user, waitFor)
+	}
+	return protocol.Envelope{}
+}
+
+// expect returns the first message of type typ for which match (if any)
+// holds. Other messages before it are kept for later expects.
+func (c *client) expect(typ string, match func(protocol.Envelope) bool) protocol.Envelope {
+	c.t.Helper()
+	var skipped []protocol.Envelope
+	defer func() { c.backlog = append(skipped, c.backlog...) }()
+	deadline := time.After(waitFor)
+	for {
+		var env protocol.Envelope
+		if len(c.backlog) > 0 {
+			env, c.backlog = c.backlog[0], c.backlog[1:]
+		} else {
+			select {
+			case env = <-c.msgs:
+			case <-c.done:
+				var ok bool
+				if env, ok = c.drained(); !ok {
+					c.t.Fatalf("%s: connection ended while waiting for %s: %v", c.user, typ, c.err())
+				}
+			case <-deadline:
+				c.t.Fatalf("%s: no %s within %s (other messages: %v)", c.user, typ, waitFor, types(skipped))
+			}
+		}
+		if env.Type == typ && (match == nil || match(env)) {
+			return env
+		}
+		skipped = append(skipped, env)
+	}
+}
+
+// expectNone fails if a message of type typ (matching match) arrives within d.
+func (c *client) expectNone(typ string, match func(protocol.Envelope) bool, d time.Duration) {
+	c.t.Helper()
+	check := func(env protocol.Envelope) {
+		if env.Type == typ && (match == nil || match(env)) {
+			c.t.Fatalf("%s: unexpected %s: %s", c.user, typ, env.Payload)
+		}
+	}
+	for _, env := range c.backlog {
+		check(env)
+	}
+	deadline := time.After(d)
+	for {
+		select {
+		case env := <-c.msgs:
+			check(env)
+			c.backlog = append(c.backlog, env)
+		case <-deadline:
+			return
+		case <-c.done:
+			return
+		}
+	}
+}
+
+// expectClose waits for the connection to end and returns the close code
+// the server sent (or 1006 when it sent none).
+func (c *client) expectClose() (int, string) {
+	c.t.Helper()
+	select {
+	case <-c.done:
+	case <-time.After(waitFor):
+		c.t.Fatalf("%s: connection still open after %s", c.user, waitFor)
+	}
+	var ce *websocket.CloseError
+	if errors.As(c.err(), &ce) {
+		return ce.Code, ce.Text
+	}
+	return int(protocol.CloseAbnormal), ""
+}
+
+// drained returns a message that arrived before the connection ended, if
+// any is left: select picks at random between a ready msgs and a closed done.
+func (c *client) drained() (protocol.Envelope, bool) {
+	select {
+	case env := <-c.msgs:
+		return env, true
+	default:
+		return protocol.Envelope{}, false
+	}
+}
+
+func (c *client) err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.readErr
+}
+
+// roundTrip proves the connection is alive and served: ping → pong.
+func (c *client) roundTrip(id string) {
+	c.t.Helper()
+	c.send(protocol.TypePing, id, nil)
+	c.expect(protocol.TypePong, func(e protocol.Envelope) bool { return e.ID == id })
+}
+
+func decode(t *testing.T, env protocol.Envelope, v any) {
+	t.Helper()
+	if err := json.Unmarshal(env.Payload, v); err != nil {
+		t.Fatalf("%s payload %s: %v", env.Type, env.Payload, err)
+	}
+}
+
+func payloadOf[T any](t *testing.T, env protocol.Envelope) T {
+	t.Helper()
+	var v T
+	decode(t, env, &v)
+	return v
+}
+
+func isAck(id string) func(protocol.Envelope) bool {
+	return func(e protocol.Envelope) bool { return e.ID == id }
+}
+
+func types(envs []protocol.Envelope) []string {
+	var out []string
+	for _, e := range envs {
+		out = append(out, e.Type)
+	}
+	return out
+}
+
+// proxy is a TCP relay between a client and the server that can be frozen:
+// it then stops forwarding in both directions but keeps both sockets open,
+// which is what a pulled cable or a suspended laptop looks like to the
+// server.
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	frozen bool
+	conns  []net.Conn
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, in, out)
+			p.mu.Unlock()
+			go p.pipe(in, out)
+			go p.pipe(out, in)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+	})
+	return p
+}
+
+func (p *proxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			dst.Close()
+			return
+		}
+		p.mu.Lock()
+		frozen := p.frozen
+		p.mu.Unlock()
+		if frozen {
+			// Swallow everything from now on; the sockets stay open.
+			io.Copy(io.Discard, src)
+			return
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			src.Close()
+			return
+		}
+	}
+}
+
+func (p *proxy) freeze() {
+	p.mu.Lock()
+	p.frozen = true
+	p.mu.Unlock()
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }

@@ -1,0 +1,542 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tether-chat/tether/protocol"
+)
+
+const quiet = 300 * time.Millisecond // how long "nothing arrives" is watched
+
+func inRoom(r string) map[string]any { return map[string]any{"room": r} }
+
+func TestRoomBroadcastReachesEveryMemberAndNoOneElse(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	alice, bob, carol := connect(t, ts, "alice"), connect(t, ts, "bob"), connect(t, ts, "carol")
+	for _, c := range []*client{alice, bob} {
+		c.send(protocol.TypeJoin, "j", inRoom("lobby"))
+		c.expect(protocol.TypeAck, isAck("j"))
+		m := payloadOf[protocol.Members](t, c.expect(protocol.TypeMembers, nil))
+		if m.Room != "lobby" {
+			t.Fatalf("members for %q, want lobby", m.Room)
+		}
+	}
+
+	alice.send(protocol.TypeChat, "c1", map[string]any{"room": "lobby", "text": "hi lobby"})
+	alice.send(protocol.TypeChat, "c2", map[string]any{"room": "lobby", "text": "second"})
+	ack := payloadOf[protocol.Ack](t, alice.expect(protocol.TypeAck, isAck("c1")))
+	if ack.ID != "c1" || ack.Seq != 1 {
+		t.Fatalf("ack = %+v, want id c1 seq 1", ack)
+	}
+	for _, c := range []*client{alice, bob} { // the sender too
+		for i, want := range []string{"hi lobby", "second"} {
+			m := payloadOf[protocol.Chat](t, c.expect(protocol.TypeChat, nil))
+			if m.Room != "lobby" || m.From != "alice" || m.Text != want || m.Seq != uint64(i+1) || m.Epoch == "" {
+				t.Fatalf("%s got %+v, want lobby/alice/%q seq %d", c.user, m, want, i+1)
+			}
+		}
+	}
+	carol.expectNone(protocol.TypeChat, nil, quiet)
+
+	// A chat without a room goes to the default room, which everyone is in.
+	carol.send(protocol.TypeChat, "", map[string]any{"text": "to general"})
+	for _, c := range []*client{alice, bob, carol} {
+		m := payloadOf[protocol.Chat](t, c.expect(protocol.TypeChat, nil))
+		if m.Room != protocol.DefaultRoom || m.Text != "to general" {
+			t.Fatalf("%s got %+v, want general/to general", c.user, m)
+		}
+	}
+}
+
+func TestChatToRoomNotJoinedIsRefused(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	a := connect(t, ts, "a")
+	a.send(protocol.TypeChat, "x", map[string]any{"room": "elsewhere", "text": "hi"})
+	e := payloadOf[protocol.Error](t, a.expect(protocol.TypeError, nil))
+	if e.Code != protocol.ErrNotMember || e.ID != "x" {
+		t.Fatalf("error = %+v, want not_member for x", e)
+	}
+}
+
+func TestDirectReachesAllRecipientTabsAndSenderOtherTabsOnly(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	alice1, alice2 := connect(t, ts, "alice"), connect(t, ts, "alice")
+	bob1, bob2 := connect(t, ts, "bob"), connect(t, ts, "bob")
+	carol := connect(t, ts, "carol")
+
+	bob1.send(protocol.TypeDirect, "d1", map[string]any{"to": "alice", "text": "psst"})
+	ack := payloadOf[protocol.Ack](t, bob1.expect(protocol.TypeAck, isAck("d1")))
+	if ack.Seq != 1 {
+		t.Fatalf("ack seq = %d, want 1 (alice's inbox)", ack.Seq)
+	}
+	for _, c := range []*client{alice1, alice2, bob2} {
+		d := payloadOf[protocol.Direct](t, c.expect(protocol.TypeDirect, nil))
+		if d.From != "bob" || d.To != "alice" || d.Text != "psst" || d.ID != "d1" || d.Seq != 1 {
+			t.Fatalf("%s got %+v", c.user, d)
+		}
+	}
+	bob1.expectNone(protocol.TypeDirect, nil, quiet)
+	carol.expectNone(protocol.TypeDirect, nil, quiet)
+
+	carol.send(protocol.TypeDirect, "d2", map[string]any{"to": "nobody", "text": "hello?"})
+	e := payloadOf[protocol.Error](t, carol.expect(protocol.TypeError, nil))
+	if e.Code != protocol.ErrUserOffline || e.ID != "d2" {
+		t.Fatalf("error = %+v, want user_offline for d2", e)
+	}
+}
+
+func TestLeftNoticeWhenPartnersLastTabCloses(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	alice1, alice2 := connect(t, ts, "alice"), connect(t, ts, "alice")
+	bob, carol := connect(t, ts, "bob"), connect(t, ts, "carol")
+	bob.send(protocol.TypeDirect, "d", map[string]any{"to": "alice", "text": "hi"})
+	bob.expect(protocol.TypeAck, isAck("d"))
+	alice1.expect(protocol.TypeDirect, nil)
+
+	alice1.ws.Close()
+	bob.expectNone(protocol.TypeLeft, nil, quiet)
+	bob.expectNone(protocol.TypePresence, func(e protocol.Envelope) bool {
+		return payloadOf[protocol.Presence](t, e).Action == protocol.PresenceLeave
+	}, 0)
+
+	alice2.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, "bye"), time.Now().Add(time.Second))
+	left := payloadOf[protocol.Left](t, bob.expect(protocol.TypeLeft, nil))
+	if left.User != "alice" {
+		t.Fatalf("left = %+v, want alice", left)
+	}
+	leave := payloadOf[protocol.Presence](t, bob.expect(protocol.TypePresence, func(e protocol.Envelope) bool {
+		return payloadOf[protocol.Presence](t, e).Action == protocol.PresenceLeave
+	}))
+	if leave.User != "alice" || leave.Room != protocol.DefaultRoom || leave.Count != 2 {
+		t.Fatalf("presence = %+v, want alice leaving general, 2 left", leave)
+	}
+	carol.expectNone(protocol.TypeLeft, nil, quiet) // carol never talked to alice
+}
+
+func TestPresenceIsPerUser(t *testing.T) {
+	ts := newTestServer(t, Config{AutoJoin: "-"})
+	bob := connect(t, ts, "bob")
+	bob.send(protocol.TypeJoin, "", inRoom("r"))
+	bob.expect(protocol.TypeMembers, nil)
+
+	alice1 := connect(t, ts, "alice")
+	alice2 := connect(t, ts, "alice")
+	if alice2.welcome.Online != 2 {
+		t.Fatalf("welcome online = %d, want 2 users (3 sockets)", alice2.welcome.Online)
+	}
+	isPresence := func(e protocol.Envelope) bool { return payloadOf[protocol.Presence](t, e).User == "alice" }
+	alice1.send(protocol.TypeJoin, "", inRoom("r"))
+	p := payloadOf[protocol.Presence](t, bob.expect(protocol.TypePresence, isPresence))
+	if p.User != "alice" || p.Action != protocol.PresenceJoin || p.Count != 2 {
+		t.Fatalf("presence = %+v, want alice join, count 2", p)
+	}
+	m := payloadOf[protocol.Members](t, alice1.expect(protocol.TypeMembers, nil))
+	if fmt.Sprint(m.Users) != "[alice bob]" || m.Count != 2 {
+		t.Fatalf("members = %+v", m)
+	}
+
+	alice2.send(protocol.TypeJoin, "", inRoom("r")) // second tab: no event
+	alice2.expect(protocol.TypeMembers, nil)
+	alice1.send(protocol.TypeLeave, "l1", inRoom("r")) // one tab leaves: no event
+	alice1.expect(protocol.TypeAck, isAck("l1"))
+	bob.expectNone(protocol.TypePresence, isPresence, quiet)
+
+	alice2.send(protocol.TypeLeave, "", inRoom("r")) // last tab leaves
+	p = payloadOf[protocol.Presence](t, bob.expect(protocol.TypePresence, isPresence))
+	if p.User != "alice" || p.Action != protocol.PresenceLeave || p.Count != 1 {
+		t.Fatalf("presence = %+v, want alice leave, count 1", p)
+	}
+
+	alice1.send(protocol.TypeLeave, "l2", inRoom("r")) // not a member any more
+	e := payloadOf[protocol.Error](t, alice1.expect(protocol.TypeError, nil))
+	if e.Code != protocol.ErrNotMember || e.ID != "l2" {
+		t.Fatalf("error = %+v", e)
+	}
+	bob.send(protocol.TypeWho, "w", inRoom("r"))
+	bob.expect(protocol.TypeAck, isAck("w"))
+	m = payloadOf[protocol.Members](t, bob.expect(protocol.TypeMembers, nil))
+	if fmt.Sprint(m.Users) != "[bob]" {
+		t.Fatalf("who = %+v, want [bob]", m)
+	}
+}
+
+func TestPingPongAndAcks(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	c := connect(t, ts, "pinger")
+	c.sendRaw(websocket.TextMessage, []byte(`{"type":"ping","id":17,"data":{"ts":123}}`))
+	pong := c.expect(protocol.TypePong, nil)
+	if pong.ID != "17" || string(payloadOf[protocol.Pong](t, pong).Echo) != `{"ts":123}` {
+		t.Fatalf("pong = %+v %s", pong, pong.Payload)
+	}
+	// Every message with an id is acked; one without is not.
+	c.send(protocol.TypeJoin, "a1", inRoom("x"))
+	c.send(protocol.TypeChat, "a2", map[string]any{"room": "x", "text": "t"})
+	c.send(protocol.TypeLeave, "a3", inRoom("x"))
+	c.send(protocol.TypeWho, "a4", inRoom("x"))
+	for _, id := range []string{"a1", "a2", "a3", "a4"} {
+		c.expect(protocol.TypeAck, isAck(id))
+	}
+	c.send(protocol.TypeJoin, "", inRoom("y"))
+	c.expect(protocol.TypeMembers, func(e protocol.Envelope) bool { return payloadOf[protocol.Members](t, e).Room == "y" })
+	c.expectNone(protocol.TypeAck, nil, quiet)
+}
+
+func TestHistoryPage(t *testing.T) {
+	ts := newTestServer(t, Config{HistorySize: 3})
+	c := connect(t, ts, "h")
+	for i := 1; i <= 5; i++ {
+		c.send(protocol.TypeChat, fmt.Sprint(i), map[string]any{"text": fmt.Sprint("m", i)})
+		c.expect(protocol.TypeAck, isAck(fmt.Sprint(i)))
+	}
+	c.send(protocol.TypeHistory, "h", map[string]any{"room": "general", "limit": 2})
+	page := payloadOf[protocol.HistoryPage](t, c.expect(protocol.TypeHistory, nil))
+	if page.Top != 5 || page.Oldest != 3 || len(page.Messages) != 2 || page.Messages[0].Seq != 4 || page.Messages[1].Text != "m5" {
+		t.Fatalf("history = %+v", page)
+	}
+}
+
+// TestBadInputGetsErrorAndConnectionStays sends each kind of bad message
+// and checks the documented error, that the same connection still works,
+// and that a bystander never notices.
+func TestBadInputGetsErrorAndConnectionStays(t *testing.T) {
+	ts := newTestServer(t, Config{MaxText: 50})
+	c := connect(t, ts, "mallory")
+	bystander := connect(t, ts, "bystander")
+	for i, tc := range []struct {
+		frame string
+		code  protocol.ErrorCode
+		id    string
+	}{
+		{`not json at all`, protocol.ErrBadJSON, ""},
+		{`{"type":"chat"`, protocol.ErrBadJSON, ""},
+		{`[1,2,3]`, protocol.ErrBadEnvelope, ""},
+		{`"just a string"`, protocol.ErrBadEnvelope, ""},
+		{`12345678901234567890123456789012345678901234567890`, protocol.ErrBadEnvelope, ""},
+		{`{"id":"1"}`, protocol.ErrBadEnvelope, "1"},
+		{`{"type":"teleport","id":"2"}`, protocol.ErrUnknownType, "2"},
+		{`{"type":"join","id":"3"}`, protocol.ErrBadPayload, "3"},
+		{`{"type":"join","id":"4","payload":{"room":42}}`, protocol.ErrBadPayload, "4"},
+		{`{"type":"join","id":"5","payload":{"room":""}}`, protocol.ErrBadRoom, "5"},
+		{`{"type":"join","id":"6","payload":{"room":"../../etc/passwd"}}`, protocol.ErrBadRoom, "6"},
+		{`{"type":"join","id":"7","payload":{"room":"rooms.*"}}`, protocol.ErrBadRoom, "7"},
+		{`{"type":"join","id":"8","payload":{"room":"` + strings.Repeat("r", 65) + `"}}`, protocol.ErrBadRoom, "8"},
+		{`{"type":"chat","id":"9","payload":{"text":""}}`, protocol.ErrBadText, "9"},
+		{`{"type":"chat","id":"10","payload":{"text":"` + strings.Repeat("x", 51) + `"}}`, protocol.ErrBadText, "10"},
+		{`{"type":"chat","id":"11","payload":{"text":["a"]}}`, protocol.ErrBadPayload, "11"},
+		{`{"type":"direct","id":"12","payload":{"to":"<script>","text":"x"}}`, protocol.ErrBadUser, "12"},
+		{`{"type":"chat","id":"13","payload":"hello"}`, protocol.ErrBadPayload, "13"},
+		{`{"type":"join","id":"14","payload":{"room":` + strings.Repeat("[", 11000) + strings.Repeat("]", 11000) + `}}`, protocol.ErrBadJSON, ""},
+	} {
+		c.sendRaw(websocket.TextMessage, []byte(tc.frame))
+		e := payloadOf[protocol.Error](t, c.expect(protocol.TypeError, nil))
+		if e.Code != tc.code || e.ID != tc.id || e.Message == "" {
+			t.Fatalf("frame %.60q: error %+v, want code %s id %q", tc.frame, e, tc.code, tc.id)
+		}
+		c.roundTrip(fmt.Sprint("alive-", i))
+	}
+	c.sendRaw(websocket.BinaryMessage, []byte{1, 2, 3})
+	if e := payloadOf[protocol.Error](t, c.expect(protocol.TypeError, nil)); e.Code != protocol.ErrBadFrame {
+		t.Fatalf("binary frame: %+v, want bad_frame", e)
+	}
+	c.roundTrip("after-binary")
+	bystander.expectNone(protocol.TypeError, nil, 0)
+	bystander.roundTrip("bystander-ok")
+}
+
+func TestOversizedFrameCloses1009(t *testing.T) {
+	ts := newTestServer(t, Config{MaxMessageSize: 1024})
+	c := connect(t, ts, "big")
+	other := connect(t, ts, "other")
+	c.sendRaw(websocket.TextMessage, []byte(`{"type":"chat","payload":{"text":"`+strings.Repeat("x", 2000)+`"}}`))
+	if code, _ := c.expectClose(); code != int(protocol.CloseTooBig) {
+		t.Fatalf("close code %d, want 1009", code)
+	}
+	other.roundTrip("still-served")
+}
+
+func TestMegabyteFrameCloses1009(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	c := connect(t, ts, "huge")
+	c.ws.WriteMessage(websocket.TextMessage, make([]byte, 1<<20)) // may fail midway: the server closes early
+	if code, _ := c.expectClose(); code != int(protocol.CloseTooBig) {
+		t.Fatalf("close code %d, want 1009", code)
+	}
+	connect(t, ts, "next").roundTrip("ok")
+}
+
+func TestInvalidUTF8Closes1007(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	c := connect(t, ts, "utf")
+	other := connect(t, ts, "other")
+	c.sendRaw(websocket.TextMessage, []byte("{\"type\":\"chat\",\"payload\":{\"text\":\"\xff\xfe\"}}"))
+	if code, _ := c.expectClose(); code != int(protocol.CloseInvalidUTF8) {
+		t.Fatalf("close code %d, want 1007", code)
+	}
+	other.roundTrip("still-served")
+}
+
+func TestFloodIsRateLimitedThenClosed(t *testing.T) {
+	ts := newTestServer(t, Config{RateLimit: 10, RateBurst: 5, RateStrikes: 20})
+	c := connect(t, ts, "flood")
+	other := connect(t, ts, "other")
+	for i := 0; i < 200; i++ {
+		if err := c.ws.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"type":"ping","id":"%d"}`, i))); err != nil {
+			break // closed by the server mid-flood
+		}
+	}
+	e := payloadOf[protocol.Error](t, c.expect(protocol.TypeError, nil))
+	if e.Code != protocol.ErrRateLimited || e.ID == "" {
+		t.Fatalf("error = %+v, want rate_limited naming the id", e)
+	}
+	if code, _ := c.expectClose(); code != int(protocol.CloseRateLimited) {
+		t.Fatalf("close code %d, want 4029", code)
+	}
+	if ts.Stats().RateLimited < 20 {
+		t.Fatalf("rate limited count = %d", ts.Stats().RateLimited)
+	}
+	other.roundTrip("still-served")
+}
+
+func TestHandshakeRefusals(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	for _, tc := range []struct {
+		name   string
+		path   string
+		header map[string]string
+		status int
+	}{
+		{"no upgrade headers", "/ws", nil, http.StatusBadRequest},
+		{"bad user in path", "/ws/a%20b", nil, http.StatusBadRequest},
+		{"bad user in query", "/ws?user=%3Cscript%3E", nil, http.StatusBadRequest},
+		{"foreign origin", "/ws", map[string]string{"Connection": "Upgrade", "Upgrade": "websocket",
+			"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Origin": "https://evil.example"}, http.StatusForbidden},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", ts.http.URL+tc.path, nil)
+			for k, v := range tc.header {
+				req.Header.Set(k, v)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.status || len(body) == 0 {
+				t.Fatalf("status %d body %q, want %d with a reason", resp.StatusCode, body, tc.status)
+			}
+		})
+	}
+	// Loopback origins are fine in open mode.
+	h := http.Header{"Origin": {"http://localhost:5173"}}
+	ws, _, err := websocket.DefaultDialer.Dial(ts.ws+"/ws?user=vite", h)
+	if err != nil {
+		t.Fatalf("loopback origin refused: %v", err)
+	}
+	ws.Close()
+}
+
+func TestGuestNameWhenNoUserGiven(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	c := dial(t, ts.ws+"/ws")
+	w := c.expectWelcome()
+	if !strings.HasPrefix(w.User, "guest-") || w.Session == "" || w.Protocol != protocol.Version {
+		t.Fatalf("welcome = %+v", w)
+	}
+	q := dial(t, ts.ws+"/ws?user=quinn")
+	if w := q.expectWelcome(); w.User != "quinn" {
+		t.Fatalf("user from query = %q", w.User)
+	}
+}
+
+// TestSlowConsumerIsDroppedAndRoomKeepsPace: a member that never reads fills
+// its bounded queue and is closed alone; another member gets every message.
+func TestSlowConsumerIsDroppedAndRoomKeepsPace(t *testing.T) {
+	ts := newTestServer(t, Config{RateLimit: -1})
+	d := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err == nil {
+			conn.(*net.TCPConn).SetReadBuffer(4096) // fill up fast
+		}
+		return conn, err
+	}}
+	frozen, _, err := d.Dial(ts.ws+"/ws/frozen", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer frozen.Close() // never read from
+	healthy := connect(t, ts, "healthy")
+	sender := connect(t, ts, "sender")
+
+	// The sender keeps the room busy (paced, so that a healthy reader keeps
+	// up even under the race detector) until the frozen member is dropped,
+	// then sends "END". The healthy member must see every message, in order.
+	text := strings.Repeat("x", 3000)
+	stop := make(chan struct{})
+	go func() {
+		for i := 0; i < 20000; i++ {
+			select {
+			case <-stop:
+				sender.ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"chat","payload":{"text":"END"}}`))
+				return
+			default:
+			}
+			sender.ws.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"type":"chat","payload":{"text":"%d %s"}}`, i, text)))
+			if i%10 == 9 {
+				time.Sleep(2 * time.Millisecond)
+			}
+		}
+	}()
+	var seq uint64
+	dropped := false
+	for {
+		env := healthy.next()
+		if env.Type == protocol.TypePresence {
+			if p := payloadOf[protocol.Presence](t, env); p.User == "frozen" && p.Action == protocol.PresenceLeave && !dropped {
+				dropped = true
+				close(stop)
+			}
+			continue
+		}
+		if env.Type != protocol.TypeChat {
+			continue
+		}
+		m := payloadOf[protocol.Chat](t, env)
+		if m.Seq != seq+1 {
+			t.Fatalf("healthy member got seq %d after %d", m.Seq, seq)
+		}
+		seq = m.Seq
+		if m.Text == "END" {
+			break
+		}
+	}
+	if !dropped {
+		t.Fatal("END before the frozen member was dropped")
+	}
+	t.Logf("frozen member dropped; healthy member received all %d messages in order", seq)
+	if ts.Stats().SlowConsumers == 0 {
+		t.Fatal("slow consumer not counted")
+	}
+}
+
+// TestHalfOpenPeerIsDetectedByHeartbeat: a client behind a proxy that stops
+// forwarding (cable pulled) is closed after PingInterval+PongTimeout and
+// its presence leave reaches the room.
+func TestHalfOpenPeerIsDetectedByHeartbeat(t *testing.T) {
+	interval, timeout := 200*time.Millisecond, 300*time.Millisecond
+	ts := newTestServer(t, Config{PingInterval: interval, PongTimeout: timeout})
+	observer := connect(t, ts, "observer")
+	px := newProxy(t, strings.TrimPrefix(ts.http.URL, "http://"))
+	ghost := dial(t, "ws://"+px.addr()+"/ws/ghost")
+	ghost.expectWelcome()
+	observer.expect(protocol.TypePresence, func(e protocol.Envelope) bool { return payloadOf[protocol.Presence](t, e).User == "ghost" })
+
+	// The observer answers pings (gorilla does so while reading), so it
+	// must survive several intervals while the ghost must not.
+	px.freeze()
+	frozenAt := time.Now()
+	leave := payloadOf[protocol.Presence](t, observer.expect(protocol.TypePresence, func(e protocol.Envelope) bool {
+		p := payloadOf[protocol.Presence](t, e)
+		return p.User == "ghost" && p.Action == protocol.PresenceLeave
+	}))
+	took := time.Since(frozenAt)
+	if leave.Count != 1 {
+		t.Fatalf("presence = %+v", leave)
+	}
+	t.Logf("half-open peer detected after %s (interval %s + timeout %s)", took.Round(time.Millisecond), interval, timeout)
+	observer.roundTrip("observer-alive")
+}
+
+func TestGracefulShutdownClosesEveryClientWith1012(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	clients := []*client{connect(t, ts, "a"), connect(t, ts, "b"), connect(t, ts, "c")}
+	clients[0].send(protocol.TypeChat, "last", map[string]any{"text": "before shutdown"})
+	clients[0].expect(protocol.TypeAck, isAck("last"))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := ts.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	for _, c := range clients {
+		m := payloadOf[protocol.Chat](t, c.expect(protocol.TypeChat, nil)) // queued data drains first
+		if m.Text != "before shutdown" {
+			t.Fatalf("%s got %+v", c.user, m)
+		}
+		if code, reason := c.expectClose(); code != int(protocol.CloseRestart) || reason == "" {
+			t.Fatalf("%s: close %d %q, want 1012 with a reason", c.user, code, reason)
+		}
+	}
+	resp, err := http.Get(ts.http.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz after shutdown = %d", resp.StatusCode)
+	}
+	if _, _, err := websocket.DefaultDialer.Dial(ts.ws+"/ws/late", nil); err == nil {
+		t.Fatal("a connection was accepted during shutdown")
+	}
+}
+
+func TestHealthReadyAndStaticAssets(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	for _, tc := range []struct{ path, want string }{
+		{"/healthz", "ok"},
+		{"/readyz", "ready"},
+		{"/", "<!doctype html>"},
+		{"/sdk/tether.js", "export"},
+	} {
+		resp, err := http.Get(ts.http.URL + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(strings.ToLower(string(body)), strings.ToLower(tc.want)) {
+			t.Fatalf("GET %s = %d %.80q", tc.path, resp.StatusCode, body)
+		}
+	}
+}
+
+// TestNoGoroutineGrowth opens and closes connections cleanly and abruptly
+// and checks that the goroutine count comes back down.
+func TestNoGoroutineGrowth(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	connect(t, ts, "warm").roundTrip("w")
+	time.Sleep(50 * time.Millisecond)
+	base := runtime.NumGoroutine()
+	for i := 0; i < 200; i++ {
+		ws, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("%s/ws/u%d", ts.ws, i%7), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"chat","payload":{"text":"x"}}`))
+		if i%2 == 0 {
+			ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(time.Second))
+		}
+		ws.Close()
+	}
+	deadline := time.Now().Add(waitFor)
+	for {
+		n := runtime.NumGoroutine()
+		if n <= base+2 && ts.Stats().Connections == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines %d (baseline %d), connections %d", n, base, ts.Stats().Connections)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
