@@ -1,1 +1,598 @@
-export {}
+// Tether browser SDK: a reconnecting WebSocket client for the Tether
+// protocol (docs/protocol.md), with a visible state machine, backoff with
+// jitter, a heartbeat that detects dead sockets, and an outbox that keeps
+// every message until the server acknowledged it.
+//
+// No dependencies, no build step: import it as an ES module from the server
+// (`/sdk/tether.js`) or from the package (web/sdk). Behaviour is specified in
+// docs/clients.md; the Go SDK follows the same document.
+
+/** Connection states. */
+export const State = Object.freeze({
+  IDLE: 'IDLE',                 // created, connect() not called yet
+  CONNECTING: 'CONNECTING',     // first attempt in progress
+  OPEN: 'OPEN',                 // socket open and welcomed
+  RECONNECTING: 'RECONNECTING', // waiting for, or making, another attempt
+  OFFLINE: 'OFFLINE',           // the browser says it is offline: no attempts until online
+  CLOSED: 'CLOSED',             // stopped: manual disconnect, terminal close code or retry limit
+  ERROR: 'ERROR',               // stopped on an unrecoverable client-side error (bad URL)
+})
+
+/** Close codes the server uses (docs/protocol.md). */
+export const CloseCode = Object.freeze({
+  NORMAL: 1000, GOING_AWAY: 1001, PROTOCOL_ERROR: 1002, UNSUPPORTED: 1003,
+  ABNORMAL: 1006, INVALID_UTF8: 1007, POLICY: 1008, TOO_BIG: 1009,
+  INTERNAL: 1011, RESTART: 1012, TRY_AGAIN_LATER: 1013,
+  HEARTBEAT: 4000, SLOW_CONSUMER: 4008, RATE_LIMITED: 4029,
+  UNAUTHORIZED: 4401, FORBIDDEN: 4403, SESSION_INVALID: 4409,
+})
+
+const TERMINAL = new Set([1000, 1002, 1003, 1007, 1008, 1009, 4401, 4403])
+const LATER = new Set([1013, 4008, 4029])
+
+/**
+ * What to do after a close: 'terminal' (stop), 'reconnect-later' (wait at
+ * least policy.laterDelayMs) or 'reconnect'. Unknown codes reconnect.
+ */
+export function policyFor(code) {
+  if (TERMINAL.has(code)) return 'terminal'
+  if (LATER.has(code)) return 'reconnect-later'
+  return 'reconnect'
+}
+
+/** Default reconnect policy (the course's values). */
+export const defaultReconnect = Object.freeze({
+  baseDelayMs: 500,
+  factor: 1.8,
+  maxDelayMs: 15000,
+  jitter: 0.2,          // ±20%
+  maxRetries: Infinity, // attempts after a drop before giving up (CLOSED)
+  laterDelayMs: 5000,   // minimum wait after a rate-limit/overload close
+  stableAfterMs: 5000,  // the retry counter resets only after staying open this long
+  connectTimeoutMs: 10000,
+})
+
+/** Default heartbeat: ping every interval; silence past timeout is death. */
+export const defaultHeartbeat = Object.freeze({ intervalMs: 10000, timeoutMs: 25000 })
+
+/**
+ * Delay before reconnect attempt n (1-based):
+ * min(max, base·factor^(n-1)) · random(1-jitter, 1+jitter).
+ */
+export function backoffDelay(attempt, policy = defaultReconnect, random = Math.random) {
+  const n = Math.max(1, attempt)
+  const pure = Math.min(policy.maxDelayMs, policy.baseDelayMs * Math.pow(policy.factor, n - 1))
+  const j = Math.min(1, Math.max(0, policy.jitter))
+  return Math.max(0, Math.round(pure * (1 - j + random() * 2 * j)))
+}
+
+/** Error for a message the server refused or the client could not send. */
+export class TetherError extends Error {
+  constructor(code, message, id) {
+    super(message)
+    this.name = 'TetherError'
+    this.code = code
+    this.id = id
+  }
+}
+
+function defaultURL(user) {
+  const loc = globalThis.location
+  const base = loc ? `${loc.protocol === 'https:' ? 'wss' : 'ws'}://${loc.host}/ws` : 'ws://127.0.0.1:8000/ws'
+  return user ? `${base}?user=${encodeURIComponent(user)}` : base
+}
+
+const realTimers = {
+  setTimeout: (f, ms) => globalThis.setTimeout(f, ms),
+  clearTimeout: (t) => globalThis.clearTimeout(t),
+  now: () => Date.now(),
+}
+
+/**
+ * TetherClient is one logical connection to a Tether server that survives
+ * the real network: it reconnects by itself, re-joins its rooms, and
+ * delivers what was sent while disconnected exactly once, in order.
+ *
+ * Events (subscribe with on(name, fn), which returns an unsubscribe function):
+ *   state    {state, prev, reason}     every transition
+ *   welcome  welcome payload           each successful (re)connect
+ *   chat, direct, presence, members, left, history   server messages (payload)
+ *   error    {code, message, id}       error replies
+ *   outbox   {pending}                 the number of unacknowledged messages changed
+ *   ack      {id, seq}                 a message was acknowledged
+ *   log      {at, text}                one line of the evidence log
+ *   message  envelope                  every server message, raw
+ */
+export class TetherClient {
+  constructor(options = {}) {
+    this.options = options
+    this.reconnectPolicy = { ...defaultReconnect, ...(options.reconnect || {}) }
+    this.heartbeatPolicy = { ...defaultHeartbeat, ...(options.heartbeat || {}) }
+    this.outboxLimit = options.outboxLimit ?? 1000
+    this.logLimit = options.logLimit ?? 200
+    this._WS = options.WebSocket || globalThis.WebSocket
+    this._t = options.timers || realTimers
+    this._env = options.environment === undefined ? globalThis.window : options.environment
+    this._random = options.random || Math.random
+
+    this.state = State.IDLE
+    this.attempt = 0          // reconnect attempts since the last stable connection
+    this.nextRetryAt = null   // when the next attempt is scheduled (ms), or null
+    this.lastClose = null     // {code, reason, wasClean, at}
+    this.lastErrorAt = null
+    this.lastMessageAt = null
+    this.user = options.user || null
+    this.session = null
+    this.rooms = new Set()
+    this.log = []
+
+    this._listeners = new Map()
+    this._ws = null
+    this._manual = false
+    this._timers = { retry: null, connect: null, heartbeat: null, stable: null, resend: null }
+    this._outbox = []         // {id, type, payload, resolve, reject}
+    this._pendingReplies = new Map() // id -> {resolve, reject} for requests outside the outbox
+    this._seq = 0
+    this._idPrefix = Math.floor(this._random() * 36 ** 6).toString(36)
+    this._positions = new Map() // stream -> {epoch, seq}: dedupe by (stream, seq)
+    this._onEnv = {
+      online: () => this._handleOnline(),
+      offline: () => this._handleOffline(),
+      check: () => this._checkAlive('page became visible'),
+    }
+    this._watchEnvironment(true)
+    if (options.autoConnect) this.connect()
+  }
+
+  // ---- public API ------------------------------------------------------
+
+  /** Subscribe to an event; returns a function that unsubscribes. */
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set())
+    this._listeners.get(event).add(fn)
+    return () => this._listeners.get(event)?.delete(fn)
+  }
+
+  /** Number of messages waiting for the server's ack. */
+  get pending() { return this._outbox.length }
+
+  /**
+   * Connect now. Safe to call in any state: an open or opening connection
+   * is kept (single flight); a scheduled retry is brought forward; after
+   * CLOSED (manual, terminal or retry limit) it starts afresh.
+   */
+  connect() {
+    this._manual = false
+    if (this.state === State.OPEN || (this._ws && this._timers.connect !== null)) return
+    if (this.state === State.CLOSED || this.state === State.ERROR || this.state === State.IDLE) this.attempt = 0
+    this._clearTimer('retry')
+    this._open(this.state === State.IDLE || this.state === State.CLOSED || this.state === State.ERROR
+      ? State.CONNECTING : State.RECONNECTING, 'connect() called')
+  }
+
+  /**
+   * Close for good (code 1000). No reconnect follows until connect() is
+   * called again. Unacknowledged messages stay in the outbox.
+   */
+  disconnect(reason = 'manual disconnect') {
+    this._manual = true
+    this._clearAllTimers()
+    const ws = this._ws
+    this._detach()
+    if (ws) {
+      try { ws.close(1000, reason) } catch { /* already closed */ }
+    }
+    this.lastClose = { code: 1000, reason, wasClean: true, at: this._t.now() }
+    this._setState(State.CLOSED, reason)
+  }
+
+  /** Join a room; resolves on the server's ack. */
+  join(room) { this.rooms.add(room); return this._enqueue('join', { room }) }
+
+  /** Leave a room; resolves on the server's ack. */
+  leave(room) { this.rooms.delete(room); return this._enqueue('leave', { room }) }
+
+  /** Send a chat message to a room; resolves with {id, seq} on ack. */
+  send(room, text) { return this._enqueue('chat', { room, text }) }
+
+  /** Send a private message to a user; resolves with {id, seq} on ack. */
+  direct(user, text) { return this._enqueue('direct', { to: user, text }) }
+
+  /** Ask who is in a room (answered by a `members` event). Not queued. */
+  who(room) { return this._request('who', { room }) }
+
+  /** Page back through a room's history (answered by a `history` event). Not queued. */
+  history(room, { before = 0, after = 0, limit = 50 } = {}) {
+    return this._request('history', { room, before, after, limit })
+  }
+
+  /** Stop for good and release every timer and listener. */
+  destroy() {
+    this.disconnect('destroyed')
+    this._watchEnvironment(false)
+    this._listeners.clear()
+  }
+
+  // ---- connection lifecycle -------------------------------------------
+
+  _url() {
+    const u = this.options.url
+    if (typeof u === 'function') return u()
+    if (u) return u
+    return defaultURL(this.user)
+  }
+
+  _open(state, reason) {
+    this._detach()
+    this._clearAllTimers()
+    if (this._env && this._env.navigator && this._env.navigator.onLine === false) {
+      this._setState(State.OFFLINE, 'browser is offline')
+      return
+    }
+    let ws
+    const url = this._url()
+    try {
+      ws = new this._WS(url)
+    } catch (e) {
+      this.lastErrorAt = this._t.now()
+      this._log(`[error] cannot create socket for ${url}: ${e.message}`)
+      this._setState(State.ERROR, 'invalid URL')
+      return
+    }
+    this._ws = ws
+    this._setState(state, reason)
+    this._log(`[connect] attempt=${this.attempt} url=${url}`)
+    ws.onopen = () => this._log('[open] waiting for welcome')
+    ws.onmessage = (e) => this._handleMessage(e.data)
+    ws.onerror = () => {
+      this.lastErrorAt = this._t.now()
+      this._log('[error] socket error (details are in the close that follows)')
+    }
+    ws.onclose = (e) => this._handleClose(e.code, e.reason, e.wasClean)
+    this._timers.connect = this._t.setTimeout(() => {
+      this._timers.connect = null
+      this._log(`[timeout] no welcome within ${this.reconnectPolicy.connectTimeoutMs}ms`)
+      this._abandon(4000, 'connect timeout')
+    }, this.reconnectPolicy.connectTimeoutMs)
+  }
+
+  // _detach makes the current socket irrelevant: its handlers are removed
+  // (so a late close cannot touch the state) and it is closed.
+  _detach() {
+    const ws = this._ws
+    if (!ws) return
+    this._ws = null
+    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null
+    try {
+      if (ws.readyState === 0 || ws.readyState === 1) ws.close(4000, 'replaced')
+    } catch { /* ignore */ }
+  }
+
+  // _abandon gives up on the current socket without waiting for the
+  // browser's closing handshake (which takes ~60s against a frozen peer).
+  _abandon(code, reason) {
+    this._detach()
+    this._handleClose(code, reason, false, true)
+  }
+
+  _handleClose(code, reason, wasClean, local = false) {
+    if (!local) this._ws = null
+    this._clearAllTimers()
+    this.lastClose = { code, reason: reason || '', wasClean: !!wasClean, at: this._t.now() }
+    this._log(`[close] code=${code} reason=${reason || '-'} wasClean=${!!wasClean}`)
+    if (this._manual) {
+      this._setState(State.CLOSED, 'manual disconnect')
+      return
+    }
+    const policy = policyFor(code)
+    if (policy === 'terminal') {
+      this._log(`[close] code ${code} is terminal: not reconnecting`)
+      this._setState(State.CLOSED, `terminal close ${code}`)
+      return
+    }
+    this._scheduleReconnect(policy === 'reconnect-later', `closed with ${code}`)
+  }
+
+  _scheduleReconnect(later, reason) {
+    if (this._manual) return
+    if (this._env && this._env.navigator && this._env.navigator.onLine === false) {
+      this._setState(State.OFFLINE, 'browser is offline')
+      this._log('[offline] waiting for online')
+      return
+    }
+    const next = this.attempt + 1
+    if (next > this.reconnectPolicy.maxRetries) {
+      this._log(`[reconnect] giving up after ${this.attempt} attempts`)
+      this._setState(State.CLOSED, 'retry limit reached')
+      return
+    }
+    this.attempt = next
+    let delay = backoffDelay(next, this.reconnectPolicy, this._random)
+    if (later) delay = Math.max(delay, this.reconnectPolicy.laterDelayMs)
+    this.nextRetryAt = this._t.now() + delay
+    this._setState(State.RECONNECTING, reason)
+    this._log(`[reconnect] attempt=${next} in ${delay}ms`)
+    this._timers.retry = this._t.setTimeout(() => {
+      this._timers.retry = null
+      this.nextRetryAt = null
+      this._open(State.RECONNECTING, `attempt ${next}`)
+    }, delay)
+  }
+
+  _handleOnline() {
+    this._log('[online] network is back')
+    if (this._manual || this.state === State.CLOSED || this.state === State.ERROR || this.state === State.IDLE) return
+    if (this.state === State.OPEN) { this._checkAlive('online'); return }
+    this._clearTimer('retry')
+    this._open(State.RECONNECTING, 'browser is online')
+  }
+
+  _handleOffline() {
+    this._log('[offline] browser reports no network')
+    if (this._manual || this.state === State.CLOSED || this.state === State.ERROR || this.state === State.IDLE) return
+    this._detach()
+    this._clearAllTimers()
+    this.lastClose = { code: CloseCode.ABNORMAL, reason: 'browser offline', wasClean: false, at: this._t.now() }
+    this._setState(State.OFFLINE, 'browser is offline')
+  }
+
+  _watchEnvironment(on) {
+    const env = this._env
+    if (!env || typeof env.addEventListener !== 'function') return
+    const m = on ? 'addEventListener' : 'removeEventListener'
+    env[m]('online', this._onEnv.online)
+    env[m]('offline', this._onEnv.offline)
+    env[m]('pageshow', this._onEnv.check)
+    env[m]('focus', this._onEnv.check)
+    const doc = env.document
+    if (doc && typeof doc.addEventListener === 'function') doc[m]('visibilitychange', this._onEnv.check)
+  }
+
+  // ---- heartbeat -------------------------------------------------------
+
+  // The heartbeat re-arms a one-shot timer each round and measures silence
+  // with wall-clock deltas, so a throttled background tab or a laptop that
+  // slept notices a dead socket on the first check after waking.
+  _startHeartbeat() {
+    this._clearTimer('heartbeat')
+    const tick = () => {
+      this._timers.heartbeat = this._t.setTimeout(() => {
+        this._timers.heartbeat = null
+        if (!this._checkAlive('heartbeat')) return
+        this._sendNow({ type: 'ping', payload: { ts: this._t.now() } })
+        tick()
+      }, this.heartbeatPolicy.intervalMs)
+    }
+    tick()
+  }
+
+  // _checkAlive closes the socket with 4000 when nothing arrived for the
+  // heartbeat timeout. Returns whether the connection is still usable.
+  _checkAlive(why) {
+    if (this.state !== State.OPEN) return false
+    const silent = this._t.now() - (this.lastMessageAt ?? 0)
+    if (silent > this.heartbeatPolicy.timeoutMs) {
+      this._log(`[heartbeat] silent for ${silent}ms (> ${this.heartbeatPolicy.timeoutMs}ms) on ${why}: closing with 4000`)
+      this._abandon(CloseCode.HEARTBEAT, 'heartbeat timeout')
+      return false
+    }
+    return true
+  }
+
+  // ---- sending ---------------------------------------------------------
+
+  _nextID() { return `${this._idPrefix}-${++this._seq}` }
+
+  _enqueue(type, payload) {
+    if (this._outbox.length >= this.outboxLimit) {
+      return Promise.reject(new TetherError('outbox_full',
+        `outbox full (${this.outboxLimit} messages waiting for the server); not queued`))
+    }
+    const item = { id: this._nextID(), type, payload, sent: false }
+    const p = new Promise((resolve, reject) => { item.resolve = resolve; item.reject = reject })
+    p.id = item.id // lets a UI match the server's echo of this message to its pending line
+    this._outbox.push(item)
+    this._emit('outbox', { pending: this._outbox.length })
+    if (this.state === State.OPEN && this._checkAlive('send')) {
+      item.sent = this._sendNow({ type, id: item.id, payload })
+    }
+    return p
+  }
+
+  _request(type, payload) {
+    if (this.state !== State.OPEN || !this._checkAlive('send')) {
+      return Promise.reject(new TetherError('not_connected', `not connected (${this.state})`))
+    }
+    const id = this._nextID()
+    return new Promise((resolve, reject) => {
+      this._pendingReplies.set(id, { resolve, reject })
+      this._sendNow({ type, id, payload })
+    })
+  }
+
+  _sendNow(msg) {
+    const ws = this._ws
+    if (!ws || ws.readyState !== 1) return false
+    try {
+      ws.send(JSON.stringify({ ...msg, ts: this._t.now() }))
+      return true
+    } catch (e) {
+      this._log(`[error] send failed: ${e.message}`)
+      return false
+    }
+  }
+
+  _flushOutbox() {
+    for (const item of this._outbox) {
+      item.sent = this._sendNow({ type: item.type, id: item.id, payload: item.payload })
+    }
+  }
+
+  // ---- receiving -------------------------------------------------------
+
+  _handleMessage(data) {
+    this.lastMessageAt = this._t.now()
+    let env
+    try {
+      env = JSON.parse(data)
+    } catch {
+      this._log('[error] server sent a frame that is not JSON')
+      return
+    }
+    this._emit('message', env)
+    const p = env.payload || {}
+    switch (env.type) {
+      case 'welcome': return this._handleWelcome(p)
+      case 'ack': return this._settle(env.id || p.id, null, p)
+      case 'error': return this._handleError(env.id || p.id, p)
+      case 'pong': return
+      case 'chat':
+        if (this._isDuplicate(`room:${p.room}`, p)) return
+        return this._emit('chat', p)
+      case 'direct':
+        if (this._isDuplicate('inbox', p)) return
+        return this._emit('direct', p)
+      case 'members': case 'history':
+        this._settle(env.id, null, p, true)
+        return this._emit(env.type, p)
+      default:
+        return this._emit(env.type, p)
+    }
+  }
+
+  _handleWelcome(w) {
+    this._clearTimer('connect')
+    const resumedUser = this.user === w.user
+    this.user = w.user
+    this.session = w.session
+    if (w.heartbeat && w.heartbeat.interval && !this.options.heartbeat?.timeoutMs) {
+      // Never time out before the server would have pinged us and waited.
+      this.heartbeatPolicy.timeoutMs = Math.max(this.heartbeatPolicy.timeoutMs, w.heartbeat.interval + w.heartbeat.timeout)
+    }
+    this.nextRetryAt = null
+    this._setState(State.OPEN, 'welcome received')
+    this._log(`[open] user=${w.user} online=${w.online}${resumedUser ? '' : ' (new user)'}`)
+    this._startHeartbeat()
+    this._timers.stable = this._t.setTimeout(() => {
+      this._timers.stable = null
+      if (this.attempt) this._log(`[stable] open for ${this.reconnectPolicy.stableAfterMs}ms: retry counter reset`)
+      this.attempt = 0
+    }, this.reconnectPolicy.stableAfterMs)
+
+    // Re-join what the server does not already have us in, then re-send
+    // every unacknowledged message in its original order.
+    const have = new Set(w.rooms || [])
+    for (const r of have) this.rooms.add(r)
+    for (const room of this.rooms) {
+      if (!have.has(room) && !this._outbox.some((i) => i.type === 'join' && i.payload.room === room)) {
+        this._sendNow({ type: 'join', payload: { room } })
+      }
+    }
+    this._flushOutbox()
+    this._emit('welcome', w)
+  }
+
+  _handleError(id, p) {
+    const err = new TetherError(p.code, p.message, id)
+    if (id && this._settle(id, err, p)) {
+      this._emit('error', p)
+      return
+    }
+    this._log(`[server error] ${p.code}: ${p.message}`)
+    this._emit('error', p)
+  }
+
+  // _settle resolves or rejects the outbox item or request with this id.
+  _settle(id, err, payload, requestOnly = false) {
+    if (!id) return false
+    const req = this._pendingReplies.get(id)
+    if (req) {
+      this._pendingReplies.delete(id)
+      err ? req.reject(err) : req.resolve(payload)
+      return true
+    }
+    if (requestOnly) return false
+    const i = this._outbox.findIndex((x) => x.id === id)
+    if (i < 0) return false
+    if (err && ['rate_limited', 'unavailable', 'internal'].includes(err.code)) {
+      // Retryable: keep it and send the refused messages again shortly (or
+      // with everything else after a reconnect).
+      this._log(`[outbox] ${id} refused with ${err.code}; re-sending in ${this.reconnectPolicy.baseDelayMs * 2}ms`)
+      this._outbox[i].sent = false
+      if (this._timers.resend === null) {
+        this._timers.resend = this._t.setTimeout(() => {
+          this._timers.resend = null
+          if (this.state !== State.OPEN) return
+          for (const item of this._outbox) {
+            if (!item.sent) item.sent = this._sendNow({ type: item.type, id: item.id, payload: item.payload })
+          }
+        }, this.reconnectPolicy.baseDelayMs * 2)
+      }
+      return true
+    }
+    const [item] = this._outbox.splice(i, 1)
+    this._emit('outbox', { pending: this._outbox.length })
+    if (err) {
+      item.reject(err)
+    } else {
+      item.resolve(payload)
+      this._emit('ack', payload)
+    }
+    return true
+  }
+
+  // _isDuplicate drops a message already seen on this stream: the second
+  // line of defence behind the server's own deduplication.
+  _isDuplicate(stream, p) {
+    if (!p.seq) return false
+    const pos = this._positions.get(stream)
+    if (pos && pos.epoch === p.epoch && p.seq <= pos.seq) {
+      this._log(`[dedupe] dropped ${stream} seq=${p.seq}`)
+      return true
+    }
+    this._positions.set(stream, { epoch: p.epoch, seq: p.seq })
+    return false
+  }
+
+  // ---- plumbing ----------------------------------------------------------
+
+  _setState(state, reason) {
+    if (state === this.state) return
+    const prev = this.state
+    this.state = state
+    this._log(`[state] ${prev} -> ${state} (${reason})`)
+    this._emit('state', { state, prev, reason })
+  }
+
+  _log(text) {
+    const line = { at: this._t.now(), text }
+    this.log.push(line)
+    if (this.log.length > this.logLimit) this.log.splice(0, this.log.length - this.logLimit)
+    this._emit('log', line)
+  }
+
+  _emit(event, data) {
+    const fns = this._listeners.get(event)
+    if (!fns) return
+    for (const fn of [...fns]) {
+      try { fn(data) } catch (e) { console.error(`tether: ${event} listener failed`, e) }
+    }
+  }
+
+  _clearTimer(name) {
+    if (this._timers[name] !== null) {
+      this._t.clearTimeout(this._timers[name])
+      this._timers[name] = null
+    }
+  }
+
+  _clearAllTimers() {
+    for (const name of Object.keys(this._timers)) this._clearTimer(name)
+    this.nextRetryAt = null
+  }
+
+  /** Number of timers the client holds (for leak checks in tests). */
+  get activeTimers() {
+    return Object.values(this._timers).filter((t) => t !== null).length
+  }
+}

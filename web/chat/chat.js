@@ -1,0 +1,262 @@
+// The Tether web chat: rooms, private conversations, who is online, and a
+// connection panel that shows the SDK's state machine and evidence log.
+// Everything a user typed is put on the page with textContent, never as HTML.
+import { TetherClient, State } from './sdk/tether.js'
+
+const $ = (id) => document.getElementById(id)
+const NAME = /^[\p{L}\p{N}_.-]{1,64}$/u
+
+const params = new URLSearchParams(location.search)
+let user = params.get('user') || localStorage.getItem('tether.user') || ''
+
+if (user && NAME.test(user)) start(user)
+else showLogin()
+
+function showLogin() {
+  $('login').hidden = false
+  $('login-name').focus()
+  $('login').addEventListener('submit', (e) => {
+    e.preventDefault()
+    const name = $('login-name').value.trim()
+    if (!NAME.test(name)) {
+      $('login-error').textContent = 'That name has characters that are not allowed.'
+      return
+    }
+    localStorage.setItem('tether.user', name)
+    $('login').hidden = true
+    start(name)
+  })
+}
+
+function start(name) {
+  $('app').hidden = false
+  const client = new TetherClient({ user: name, autoConnect: true })
+  window.tether = client // for the browser tests and for curious users
+
+  /** conversations: key -> {key, kind: 'room'|'dm', name, list: <ol>, unread, gone} */
+  const convs = new Map()
+  let current = null
+  const pendingEls = new Map() // client message id -> <li>
+
+  function conv(kind, cname) {
+    const key = `${kind}:${cname}`
+    let c = convs.get(key)
+    if (!c) {
+      c = { key, kind, name: cname, items: document.createDocumentFragment(), nodes: [], unread: 0, gone: false }
+      convs.set(key, c)
+      renderLists()
+    }
+    return c
+  }
+
+  function select(key) {
+    current = convs.get(key)
+    current.unread = 0
+    const ol = $('messages')
+    ol.replaceChildren(...current.nodes)
+    ol.scrollTop = ol.scrollHeight
+    $('conv-title').textContent = current.kind === 'room' ? `# ${current.name}` : `@ ${current.name}`
+    $('leave').hidden = current.kind !== 'room'
+    if (current.kind === 'room') {
+      $('members-room').textContent = current.name
+      client.who(current.name).catch(() => {})
+    }
+    renderLists()
+    $('text').focus()
+  }
+
+  function add(c, li) {
+    c.nodes.push(li)
+    if (c.nodes.length > 500) c.nodes.shift().remove()
+    if (current === c) {
+      const ol = $('messages')
+      const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40
+      ol.append(li)
+      if (atBottom) ol.scrollTop = ol.scrollHeight
+    } else {
+      c.unread++
+      renderLists()
+    }
+  }
+
+  function messageLi(from, text, ts, mine) {
+    const li = document.createElement('li')
+    if (mine) li.classList.add('mine')
+    const f = document.createElement('span')
+    f.className = 'from'
+    f.textContent = from
+    const t = document.createElement('span')
+    t.className = 'text'
+    t.textContent = text
+    const meta = document.createElement('span')
+    meta.className = 'meta'
+    meta.textContent = time(ts)
+    li.append(f, t, meta)
+    return li
+  }
+
+  function notice(c, text) {
+    const li = document.createElement('li')
+    li.className = 'notice'
+    li.textContent = text
+    add(c, li)
+  }
+
+  function renderLists() {
+    for (const [listId, kind] of [['rooms', 'room'], ['dms', 'dm']]) {
+      const ul = $(listId)
+      ul.replaceChildren()
+      for (const c of convs.values()) {
+        if (c.kind !== kind) continue
+        const li = document.createElement('li')
+        li.textContent = (kind === 'room' ? '# ' : '@ ') + c.name
+        if (c === current) li.classList.add('active')
+        if (c.gone) li.classList.add('gone')
+        if (c.unread) {
+          const b = document.createElement('span')
+          b.className = 'badge'
+          b.textContent = String(c.unread)
+          li.append(b)
+        }
+        li.addEventListener('click', () => select(c.key))
+        ul.append(li)
+      }
+    }
+  }
+
+  function renderMembers(m) {
+    if (!current || current.kind !== 'room' || current.name !== m.room) return
+    $('members-count').textContent = `(${m.count})`
+    const ul = $('members')
+    ul.replaceChildren()
+    for (const u of m.users) {
+      const li = document.createElement('li')
+      li.textContent = u === client.user ? `${u} (you)` : u
+      if (u !== client.user) li.addEventListener('click', () => select(conv('dm', u).key))
+      ul.append(li)
+    }
+  }
+
+  // ---- server events ----
+  client.on('welcome', (w) => {
+    $('me').textContent = w.user
+    $('online').textContent = `${w.online} online`
+    for (const r of client.rooms) conv('room', r)
+    if (!current) select(conv('room', w.rooms[0] || 'general').key)
+    else if (current.kind === 'room') client.who(current.name).catch(() => {})
+  })
+  client.on('chat', (m) => {
+    const c = conv('room', m.room)
+    const el = m.id && pendingEls.get(m.id)
+    if (el && m.from === client.user) {
+      markSent(el, m.seq)
+      return
+    }
+    add(c, messageLi(m.from, m.text, m.ts, m.from === client.user))
+  })
+  client.on('direct', (m) => {
+    const other = m.from === client.user ? m.to : m.from
+    const c = conv('dm', other)
+    c.gone = false
+    add(c, messageLi(m.from, m.text, m.ts, m.from === client.user))
+  })
+  client.on('presence', (p) => {
+    const c = convs.get(`room:${p.room}`)
+    if (!c) return
+    if (p.user !== client.user) notice(c, `${p.user} ${p.action === 'join' ? 'joined' : 'left'} · ${p.count} here`)
+    if (current === c) client.who(p.room).catch(() => {})
+  })
+  client.on('members', renderMembers)
+  client.on('left', (l) => {
+    const c = convs.get(`dm:${l.user}`)
+    if (!c) return
+    c.gone = true
+    notice(c, `${l.user} left the chat`)
+    renderLists()
+  })
+
+  // ---- sending ----
+  function markSent(li, seq) {
+    li.classList.remove('pending')
+    li.querySelector('.meta').textContent = `${time(Date.now())} ✓${seq ? ` #${seq}` : ''}`
+  }
+
+  function submit() {
+    const text = $('text').value
+    if (!text.trim() || !current) return
+    $('text').value = ''
+    const li = messageLi(client.user, text, Date.now(), true)
+    li.classList.add('pending')
+    li.querySelector('.meta').textContent = client.state === State.OPEN ? 'sending…' : 'pending (offline)'
+    add(current, li)
+    const p = current.kind === 'room' ? client.send(current.name, text) : client.direct(current.name, text)
+    const id = p.id
+    if (id) pendingEls.set(id, li)
+    p.then((ack) => markSent(li, ack.seq), (err) => {
+      li.classList.remove('pending')
+      li.classList.add('failed')
+      li.querySelector('.meta').textContent = `not sent: ${err.message}`
+    }).finally(() => id && pendingEls.delete(id))
+  }
+  $('composer').addEventListener('submit', (e) => { e.preventDefault(); submit() })
+  $('text').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); submit() }
+  })
+  $('join-form').addEventListener('submit', (e) => {
+    e.preventDefault()
+    const r = $('join-name').value.trim()
+    if (!NAME.test(r)) { $('join-name').setCustomValidity('letters, digits, _ - . only'); $('join-name').reportValidity(); return }
+    $('join-name').setCustomValidity('')
+    $('join-name').value = ''
+    client.join(r).catch((err) => notice(conv('room', r), `could not join: ${err.message}`))
+    select(conv('room', r).key)
+  })
+  $('leave').addEventListener('click', () => {
+    if (!current || current.kind !== 'room') return
+    const c = current
+    client.leave(c.name).catch(() => {})
+    convs.delete(c.key)
+    current = null
+    const next = convs.values().next().value
+    if (next) select(next.key)
+    else { $('messages').replaceChildren(); renderLists() }
+  })
+
+  // ---- connection panel ----
+  $('btn-connect').addEventListener('click', () => client.connect())
+  $('btn-disconnect').addEventListener('click', () => client.disconnect())
+  client.on('state', renderPanel)
+  client.on('outbox', renderPanel)
+  client.on('log', (line) => {
+    const li = document.createElement('li')
+    li.textContent = `${time(line.at)} ${line.text}`
+    const log = $('log')
+    log.append(li)
+    while (log.children.length > client.logLimit) log.firstChild.remove()
+    log.scrollTop = log.scrollHeight
+  })
+  function renderPanel() {
+    const st = $('state')
+    st.textContent = client.state
+    st.className = `state ${client.state}`
+    $('f-attempt').textContent = String(client.attempt)
+    $('f-next').textContent = client.nextRetryAt ? `${Math.max(0, Math.ceil((client.nextRetryAt - Date.now()) / 100) / 10)}s` : '-'
+    const lc = client.lastClose
+    $('f-close').textContent = lc ? `${lc.code}${lc.reason ? ` ${lc.reason}` : ''}` : '-'
+    $('f-clean').textContent = lc ? String(lc.wasClean) : '-'
+    $('f-last').textContent = client.lastMessageAt ? `${ago(client.lastMessageAt)} (${time(client.lastMessageAt)})` : '-'
+    $('f-error').textContent = client.lastErrorAt ? time(client.lastErrorAt) : '-'
+    $('f-pending').textContent = String(client.pending)
+  }
+  setInterval(renderPanel, 250)
+  renderPanel()
+}
+
+function time(ts) {
+  return new Date(ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' })
+}
+
+function ago(ts) {
+  const s = Math.max(0, Math.round((Date.now() - ts) / 1000))
+  return s < 1 ? 'just now' : `${s}s ago`
+}
