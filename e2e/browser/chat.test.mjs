@@ -1,0 +1,65 @@
+// The web chat in real headless Chromium against the real tether binary.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { browserMissing, TetherProcess, launchBrowser, screenshot, until } from './harness.mjs'
+
+const skip = browserMissing()
+
+async function openChat(browser, server, user) {
+  const page = await (await browser.newContext({ viewport: { width: 1280, height: 720 } })).newPage()
+  const errors = []
+  page.on('pageerror', (e) => errors.push(e.message))
+  await page.goto(`${server.url}/?user=${encodeURIComponent(user)}`)
+  await until(() => page.evaluate(() => window.tether?.state === 'OPEN'), `${user} OPEN`)
+  page.jsErrors = errors
+  return page
+}
+
+async function say(page, text) {
+  await page.fill('#text', text)
+  await page.press('#text', 'Enter')
+}
+
+const lines = (page, text) => page.locator('#messages li', { hasText: text })
+
+test('web chat: room and private conversation between two browsers, hostile text stays text', { skip }, async (t) => {
+  const server = await TetherProcess.start()
+  const browser = await launchBrowser()
+  t.after(async () => { await browser.close(); await server.kill() })
+
+  const alice = await openChat(browser, server, 'alice')
+  const bob = await openChat(browser, server, 'bob')
+  assert.equal(await alice.textContent('#state'), 'OPEN')
+  await until(async () => (await alice.locator('#members li').allTextContents()).join(',') === 'alice (you),bob', 'alice sees bob in general')
+
+  await say(alice, 'Hi bob, the deploy is done.')
+  await lines(bob, 'Hi bob, the deploy is done.').waitFor()
+  await alice.locator('#messages li.mine:not(.pending)', { hasText: 'the deploy is done' }).waitFor()
+  await say(bob, 'Great, thanks alice!')
+  await lines(alice, 'Great, thanks alice!').waitFor()
+
+  // Hostile text: shown as text, nothing runs.
+  const hostile = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+  await say(bob, hostile)
+  await lines(alice, '<img src=x').waitFor()
+  assert.equal(await alice.evaluate(() => window.__pwned), undefined)
+  assert.equal(await alice.locator('#messages img, #messages script').count(), 0)
+
+  // Private conversation: bob clicks alice in the member list.
+  await bob.locator('#members li', { hasText: /^alice$/ }).click()
+  await say(bob, 'psst: lunch at noon?')
+  await alice.locator('#dms li', { hasText: 'bob' }).click()
+  await lines(alice, 'psst: lunch at noon?').waitFor()
+  await say(alice, 'yes!')
+  await lines(bob, 'yes!').waitFor()
+  await alice.locator('#rooms li', { hasText: 'general' }).click()
+  await lines(alice, 'Great, thanks alice!').waitFor()
+  await screenshot(alice, 'chat-open')
+
+  // bob's last tab goes away: alice's private conversation says so.
+  await bob.context().close()
+  await alice.locator('#dms li', { hasText: 'bob' }).click()
+  await lines(alice, 'bob left the chat').waitFor()
+
+  assert.deepEqual(alice.jsErrors, [])
+})
