@@ -140,7 +140,6 @@ function start(name) {
   // ---- server events ----
   client.on('welcome', (w) => {
     $('me').textContent = w.user
-    $('online').textContent = `${w.online} online`
     for (const r of client.rooms) conv('room', r)
     if (!current) select(conv('room', w.rooms[0] || 'general').key)
     else if (current.kind === 'room') client.who(current.name).catch(() => {})

@@ -1,0 +1,39 @@
+# Tether: `make run` starts a node; `make test` installs what the tests need
+# (Debian packages, npm packages) and runs every test. CI runs `make test`.
+
+GO ?= go
+export CGO_ENABLED ?= 1
+
+.PHONY: run test deps lint gotest jstest e2e fuzz bench build
+
+run:
+	$(GO) run ./cmd/tether
+
+build:
+	$(GO) build -o bin/tether ./cmd/tether
+
+test: deps lint gotest jstest e2e
+
+deps:
+	./scripts/test-deps.sh
+
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+gotest:
+	$(GO) test -race -count=1 ./...
+
+jstest:
+	npm run --silent test:unit
+
+e2e: build
+	TETHER_BIN=$(CURDIR)/bin/tether npm run --silent test:e2e
+
+# Fuzz the decoder for longer than the seed corpus run in gotest.
+fuzz:
+	$(GO) test -run XXX -fuzz FuzzDecode -fuzztime 60s ./protocol
+
+bench:
+	$(GO) test -run XXX -bench . -benchmem ./...

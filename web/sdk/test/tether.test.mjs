@@ -1,0 +1,331 @@
+// Unit tests of the browser SDK's state machine, backoff and outbox, with a
+// fake clock and a fake WebSocket: no network, deterministic.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { TetherClient, State, backoffDelay, policyFor, defaultReconnect } from '../tether.js'
+
+class FakeClock {
+  constructor() { this.t = 1_000_000; this.timers = new Map(); this.next = 1 }
+  now() { return this.t }
+  setTimeout(fn, ms) { const id = this.next++; this.timers.set(id, { at: this.t + ms, fn }); return id }
+  clearTimeout(id) { this.timers.delete(id) }
+  /** Moves time forward, running every timer that falls due, in order. */
+  advance(ms) {
+    const end = this.t + ms
+    for (;;) {
+      let due = null
+      for (const [id, tm] of this.timers) if (tm.at <= end && (!due || tm.at < due[1].at)) due = [id, tm]
+      if (!due) break
+      this.timers.delete(due[0])
+      this.t = due[1].at
+      due[1].fn()
+    }
+    this.t = end
+  }
+}
+
+class FakeWS {
+  static all = []
+  constructor(url) { this.url = url; this.readyState = 0; this.sent = []; FakeWS.all.push(this) }
+  send(s) { if (this.readyState !== 1) throw new Error('not open'); this.sent.push(JSON.parse(s)) }
+  close(code, reason) { this.readyState = 3; this.closedWith = { code, reason } }
+  // test helpers: what the server or the network does
+  open() { this.readyState = 1; this.onopen?.({}) }
+  receive(type, payload = {}, id) { this.onmessage?.({ data: JSON.stringify({ type, id, payload }) }) }
+  welcome(extra = {}) {
+    this.open()
+    this.receive('welcome', { user: 'alice', session: 's1', online: 1, rooms: ['general'], heartbeat: { interval: 10000, timeout: 10000 }, ...extra })
+  }
+  drop(code = 1006, reason = '', wasClean = false) { this.readyState = 3; this.onclose?.({ code, reason, wasClean }) }
+}
+
+class FakeEnv {
+  constructor() { this.navigator = { onLine: true }; this.handlers = {} }
+  addEventListener(ev, fn) { (this.handlers[ev] ||= new Set()).add(fn) }
+  removeEventListener(ev, fn) { this.handlers[ev]?.delete(fn) }
+  fire(ev) { for (const fn of this.handlers[ev] || []) fn() }
+}
+
+function setup(opts = {}) {
+  FakeWS.all = []
+  const clock = new FakeClock()
+  const env = new FakeEnv()
+  const client = new TetherClient({
+    url: 'ws://test/ws', WebSocket: FakeWS, timers: clock, environment: env, random: () => 0.5, ...opts,
+  })
+  const states = []
+  client.on('state', (s) => states.push(s.state))
+  return { client, clock, env, states, last: () => FakeWS.all.at(-1) }
+}
+
+const liveSockets = () => FakeWS.all.filter((w) => w.readyState <= 1 && w.onmessage).length
+
+test('backoffDelay grows by the factor, is capped, and jitters within ±jitter', () => {
+  const p = defaultReconnect
+  for (let n = 1; n <= 30; n++) {
+    const pure = Math.min(p.maxDelayMs, p.baseDelayMs * p.factor ** (n - 1))
+    assert.equal(backoffDelay(n, p, () => 0.5), Math.round(pure))
+    assert.equal(backoffDelay(n, p, () => 0), Math.round(pure * 0.8))
+    assert.ok(backoffDelay(n, p, () => 0.999999) <= Math.round(pure * 1.2))
+    const d = backoffDelay(n, p)
+    assert.ok(d >= pure * 0.8 - 1 && d <= pure * 1.2 + 1, `attempt ${n}: ${d} outside ±20% of ${pure}`)
+  }
+  assert.equal(backoffDelay(1, p, () => 0.5), 500)
+  assert.equal(backoffDelay(2, p, () => 0.5), 900)
+  assert.equal(backoffDelay(50, p, () => 0.5), 15000)
+})
+
+test('policyFor follows the close-code table', () => {
+  for (const c of [1000, 1002, 1003, 1007, 1008, 1009, 4401, 4403]) assert.equal(policyFor(c), 'terminal', String(c))
+  for (const c of [1013, 4008, 4029]) assert.equal(policyFor(c), 'reconnect-later', String(c))
+  for (const c of [1001, 1005, 1006, 1011, 1012, 4000, 4409, 4999]) assert.equal(policyFor(c), 'reconnect', String(c))
+})
+
+test('connect → OPEN on welcome; an abnormal close schedules a reconnect with growing delays', () => {
+  const { client, clock, states, last } = setup()
+  client.connect()
+  assert.equal(client.state, State.CONNECTING)
+  last().welcome()
+  assert.equal(client.state, State.OPEN)
+
+  const delays = []
+  for (let i = 0; i < 4; i++) {
+    last().drop(1006)
+    assert.equal(client.state, State.RECONNECTING)
+    delays.push(client.nextRetryAt - clock.now())
+    const before = FakeWS.all.length
+    clock.advance(delays.at(-1) - 1)
+    assert.equal(FakeWS.all.length, before, 'no attempt before the delay')
+    clock.advance(1)
+    assert.equal(FakeWS.all.length, before + 1, 'one attempt after the delay')
+    last().drop(1006) // the attempt fails too
+    clock.advance(client.nextRetryAt - clock.now())
+    last().welcome()
+  }
+  assert.ok(delays.every((d) => d >= 400), `delays ${delays}`)
+  assert.deepEqual(states.slice(0, 3), ['CONNECTING', 'OPEN', 'RECONNECTING'])
+})
+
+test('retry counter resets only after the connection stayed up for stableAfterMs', () => {
+  const { client, clock, last } = setup()
+  client.connect()
+  last().welcome()
+  for (let i = 1; i <= 3; i++) {
+    last().drop(1006)
+    assert.equal(client.attempt, i)
+    clock.advance(client.nextRetryAt - clock.now())
+    last().welcome() // accepted, then dropped at once: no reset
+  }
+  clock.advance(defaultReconnect.stableAfterMs)
+  assert.equal(client.attempt, 0)
+})
+
+test('manual disconnect is CLOSED with 1000 and never reconnects; connect() starts again', () => {
+  const { client, clock, last } = setup()
+  client.connect()
+  last().welcome()
+  client.disconnect()
+  assert.equal(client.state, State.CLOSED)
+  assert.equal(last().closedWith.code, 1000)
+  assert.equal(client.lastClose.code, 1000)
+  assert.equal(client.activeTimers, 0)
+  const n = FakeWS.all.length
+  clock.advance(600_000)
+  assert.equal(FakeWS.all.length, n)
+  client.connect()
+  assert.equal(client.state, State.CONNECTING)
+  assert.equal(FakeWS.all.length, n + 1)
+})
+
+test('terminal close codes stop; reconnectable ones do not', () => {
+  for (const [code, want] of [[4401, State.CLOSED], [1008, State.CLOSED], [1000, State.CLOSED], [1012, State.RECONNECTING], [4000, State.RECONNECTING], [4008, State.RECONNECTING]]) {
+    const { client, clock, last } = setup()
+    client.connect()
+    last().welcome()
+    last().drop(code, 'x', true)
+    assert.equal(client.state, want, `code ${code}`)
+    if (want === State.CLOSED) {
+      const n = FakeWS.all.length
+      clock.advance(600_000)
+      assert.equal(FakeWS.all.length, n, `code ${code} must not retry`)
+    }
+  }
+  const { client, clock, last } = setup()
+  client.connect()
+  last().welcome()
+  last().drop(4029, 'rate limit', true)
+  assert.ok(client.nextRetryAt - clock.now() >= defaultReconnect.laterDelayMs, 'rate limit waits at least laterDelayMs')
+})
+
+test('retry limit ends in CLOSED, and connect() works afterwards', () => {
+  const { client, clock, last } = setup({ reconnect: { maxRetries: 2 } })
+  client.connect()
+  last().welcome()
+  last().drop(1006)
+  clock.advance(60_000)
+  last().drop(1006)
+  clock.advance(60_000)
+  last().drop(1006)
+  assert.equal(client.state, State.CLOSED)
+  const n = FakeWS.all.length
+  client.connect()
+  assert.equal(FakeWS.all.length, n + 1)
+  last().welcome()
+  assert.equal(client.state, State.OPEN)
+})
+
+test('heartbeat: silence past the timeout leaves OPEN at once with 4000 and reconnects', () => {
+  const { client, clock, last } = setup({ heartbeat: { intervalMs: 1000, timeoutMs: 3000 } })
+  client.connect()
+  const ws = last()
+  ws.welcome()
+  clock.advance(1000)
+  assert.equal(ws.sent.at(-1).type, 'ping')
+  clock.advance(3000) // pings go out, nothing comes back; the 4s check sees 4s of silence
+  assert.equal(client.state, State.RECONNECTING)
+  assert.equal(client.lastClose.code, 4000)
+  assert.equal(ws.onclose, null, 'the dead socket is detached, not awaited')
+  assert.equal(ws.closedWith.code, 4000)
+})
+
+test('a laptop waking up: the first check after a long sleep detects the dead socket before sending', () => {
+  const { client, clock, last } = setup({ heartbeat: { intervalMs: 10000, timeoutMs: 25000 } })
+  client.connect()
+  const ws = last()
+  ws.welcome()
+  clock.t += 3_600_000 // an hour passes without any timer firing (suspended)
+  client.send('general', 'hello after sleep')
+  assert.equal(ws.sent.filter((m) => m.type === 'chat').length, 0, 'nothing sent into the dead socket')
+  assert.equal(client.state, State.RECONNECTING)
+  assert.equal(client.pending, 1)
+})
+
+test('outbox: queued while down, re-sent in order after reconnect, resolved on ack, never twice on the wire per socket', async () => {
+  const { client, clock, last } = setup()
+  client.connect()
+  last().welcome()
+  last().drop(1006)
+  const p1 = client.send('general', 'one')
+  const p2 = client.direct('bob', 'two')
+  const p3 = client.send('general', 'three')
+  assert.equal(client.pending, 3)
+  clock.advance(client.nextRetryAt - clock.now())
+  const ws = last()
+  ws.welcome()
+  const sent = ws.sent.filter((m) => m.id)
+  assert.deepEqual(sent.map((m) => m.payload.text), ['one', 'two', 'three'])
+  assert.deepEqual(sent.map((m) => m.id), [p1.id, p2.id, p3.id])
+  for (const m of sent) ws.receive('ack', { id: m.id, seq: 7 }, m.id)
+  assert.deepEqual(await Promise.all([p1, p2, p3]), [{ id: p1.id, seq: 7 }, { id: p2.id, seq: 7 }, { id: p3.id, seq: 7 }])
+  assert.equal(client.pending, 0)
+})
+
+test('outbox: unacked messages are re-sent on the next connection with the same ids', () => {
+  const { client, clock, last } = setup()
+  client.connect()
+  last().welcome()
+  const p = client.send('general', 'maybe lost')
+  const first = last().sent.find((m) => m.type === 'chat')
+  last().drop(1006) // the ack never came
+  clock.advance(client.nextRetryAt - clock.now())
+  last().welcome()
+  const again = last().sent.find((m) => m.type === 'chat')
+  assert.equal(again.id, first.id)
+  assert.equal(again.id, p.id)
+})
+
+test('outbox: a full queue is an error the caller sees, never a silent drop', async () => {
+  const { client } = setup({ outboxLimit: 2 })
+  client.connect()
+  client.send('general', 'a')
+  client.send('general', 'b')
+  await assert.rejects(client.send('general', 'c'), (e) => e.code === 'outbox_full')
+  assert.equal(client.pending, 2)
+})
+
+test('an error reply rejects the message it names and removes it from the outbox', async () => {
+  const { client, last } = setup()
+  client.connect()
+  last().welcome()
+  const p = client.send('nowhere', 'x')
+  last().receive('error', { code: 'not_member', message: 'join room nowhere first', id: p.id }, p.id)
+  await assert.rejects(p, (e) => e.code === 'not_member')
+  assert.equal(client.pending, 0)
+})
+
+test('offline: no attempts while offline; online: an immediate attempt', () => {
+  const { client, clock, env, last } = setup()
+  client.connect()
+  last().welcome()
+  env.navigator.onLine = false
+  env.fire('offline')
+  assert.equal(client.state, State.OFFLINE)
+  const n = FakeWS.all.length
+  clock.advance(600_000)
+  assert.equal(FakeWS.all.length, n, 'no attempts while offline')
+  assert.equal(client.activeTimers, 0)
+  env.navigator.onLine = true
+  env.fire('online')
+  assert.equal(FakeWS.all.length, n + 1, 'online triggers one attempt at once')
+  assert.equal(client.state, State.RECONNECTING)
+})
+
+test('a connect attempt that hangs is abandoned after connectTimeoutMs', () => {
+  const { client, clock, last } = setup({ reconnect: { connectTimeoutMs: 2000 } })
+  client.connect()
+  const hung = last()
+  clock.advance(2000)
+  assert.equal(client.state, State.RECONNECTING)
+  assert.equal(hung.onmessage, null)
+  clock.advance(client.nextRetryAt - clock.now())
+  assert.notEqual(last(), hung)
+})
+
+test('single flight: connect() while connecting or open makes no second socket', () => {
+  const { client, last } = setup()
+  client.connect()
+  client.connect()
+  assert.equal(FakeWS.all.length, 1)
+  last().welcome()
+  client.connect()
+  assert.equal(FakeWS.all.length, 1)
+})
+
+test('200 forced drops in a row leave exactly one live socket and no growth in timers', () => {
+  const { client, clock, last } = setup()
+  client.connect()
+  last().welcome()
+  for (let i = 0; i < 200; i++) {
+    last().drop(1006)
+    clock.advance(client.nextRetryAt - clock.now())
+    last().welcome()
+    assert.ok(client.activeTimers <= 3, `timers ${client.activeTimers}`)
+  }
+  assert.equal(client.state, State.OPEN)
+  assert.equal(liveSockets(), 1)
+  assert.equal(clock.timers.size, client.activeTimers)
+})
+
+test('server messages are deduplicated by (stream, seq) within an epoch', () => {
+  const { client, last } = setup()
+  const got = []
+  client.on('chat', (m) => got.push(m.seq))
+  client.connect()
+  const ws = last()
+  ws.welcome()
+  for (const seq of [1, 2, 2, 1, 3]) ws.receive('chat', { room: 'general', from: 'b', text: 't', seq, epoch: 'e1' })
+  ws.receive('chat', { room: 'general', from: 'b', text: 't', seq: 1, epoch: 'e2' }) // new epoch starts over
+  assert.deepEqual(got, [1, 2, 3, 1])
+})
+
+test('rooms are re-joined after a reconnect', () => {
+  const { client, clock, last } = setup()
+  client.connect()
+  last().welcome()
+  client.join('ops')
+  last().receive('ack', {}, last().sent.at(-1).id)
+  last().drop(1006)
+  clock.advance(client.nextRetryAt - clock.now())
+  last().welcome()
+  assert.ok(last().sent.some((m) => m.type === 'join' && m.payload.room === 'ops'))
+})
