@@ -135,7 +135,10 @@ type Engine interface {
 	// connection enters the set; PresenceRemove when the last one leaves.
 	PresenceAdd(ctx context.Context, set, user string) (added bool, count int, err error)
 	PresenceRemove(ctx context.Context, set, user string) (removed bool, count int, err error)
-	PresenceMembers(ctx context.Context, set string) ([]string, error)
+	// PresenceMembers lists up to limit members of a set, sorted (all of
+	// them when limit <= 0). Which members make the cut in a larger set is
+	// up to the engine.
+	PresenceMembers(ctx context.Context, set string, limit int) ([]string, error)
 	PresenceHas(ctx context.Context, set, user string) (bool, error)
 	PresenceCount(ctx context.Context, set string) (int, error)
 

@@ -65,13 +65,19 @@ type Direct struct {
 const (
 	PresenceJoin  = "join"
 	PresenceLeave = "leave"
+	// PresenceCount replaces join and leave in big rooms: at most one per
+	// room per presence interval, carrying only the new count.
+	PresenceCount = "count"
 )
 
 // Presence is a room membership change. Presence is per user: a user's
-// second tab joining is not an event, their last tab leaving is.
+// second tab joining is not an event, their last tab leaving is. In a room
+// of more than the server's presence-events limit, per-user events stop and
+// a periodic "count" event (User empty) reports the size instead, so
+// 10,000 members joining cost 10,000 events, not 10,000².
 type Presence struct {
 	Room   string `json:"room"`
-	User   string `json:"user"`
+	User   string `json:"user,omitempty"`
 	Action string `json:"action"`
 	Count  int    `json:"count"` // users in the room after the change
 }
@@ -81,6 +87,9 @@ type Members struct {
 	Room  string   `json:"room"`
 	Users []string `json:"users"`
 	Count int      `json:"count"`
+	// Truncated is set when Users lists only some of Count members (big
+	// rooms).
+	Truncated bool `json:"truncated,omitempty"`
 }
 
 // Left tells a user that a private-conversation partner's last connection

@@ -64,6 +64,17 @@ type Config struct {
 	// Empty means protocol.DefaultRoom; "-" disables it.
 	AutoJoin string
 
+	// PresenceEventsMax is the room size (in users) up to which every join
+	// and leave is an event to all members. Bigger rooms get one coalesced
+	// "count" event per PresenceInterval instead. Zero means 100; negative
+	// means never coalesce.
+	PresenceEventsMax int
+	// PresenceInterval is how often big rooms get their count event.
+	// Zero means 2s.
+	PresenceInterval time.Duration
+	// MembersMax bounds the user list in a `members` reply. Zero means 100.
+	MembersMax int
+
 	// ShutdownTimeout bounds a graceful shutdown: how long queued messages
 	// may take to drain and clients to answer the close. Zero means 10s.
 	ShutdownTimeout time.Duration
@@ -103,6 +114,9 @@ func (c Config) withDefaults() Config {
 	defInt(&c.RateBurst, 100)
 	defInt(&c.RateStrikes, 50)
 	defInt(&c.MaxRoomsPerConn, 100)
+	defInt(&c.PresenceEventsMax, 100)
+	def(&c.PresenceInterval, 2*time.Second)
+	defInt(&c.MembersMax, 100)
 	if c.AutoJoin == "" {
 		c.AutoJoin = protocol.DefaultRoom
 	}
@@ -121,7 +135,7 @@ func (c Config) Validate() error {
 	}{
 		{"ping-interval", c.PingInterval}, {"pong-timeout", c.PongTimeout},
 		{"write-timeout", c.WriteTimeout}, {"shutdown-timeout", c.ShutdownTimeout},
-		{"history-ttl", c.HistoryTTL},
+		{"history-ttl", c.HistoryTTL}, {"presence-interval", c.PresenceInterval},
 	} {
 		if d.v < 0 {
 			return fmt.Errorf("%s must not be negative (got %s)", d.name, d.v)
@@ -134,7 +148,7 @@ func (c Config) Validate() error {
 		{"max-text", c.MaxText}, {"send-queue-messages", c.SendQueueMessages},
 		{"send-queue-bytes", c.SendQueueBytes}, {"rate-burst", c.RateBurst},
 		{"rate-strikes", c.RateStrikes}, {"max-rooms", c.MaxRoomsPerConn},
-		{"history-size", c.HistorySize},
+		{"history-size", c.HistorySize}, {"members-max", c.MembersMax},
 	} {
 		if i.v < 0 {
 			return fmt.Errorf("%s must not be negative (got %d)", i.name, i.v)

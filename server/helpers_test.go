@@ -246,6 +246,15 @@ func (c *client) err() error {
 	return c.readErr
 }
 
+// who asks for a room's members and returns the reply.
+func (c *client) who(room string) protocol.Envelope {
+	c.t.Helper()
+	c.send(protocol.TypeWho, "", map[string]any{"room": room})
+	return c.expect(protocol.TypeMembers, func(e protocol.Envelope) bool {
+		return payloadOf[protocol.Members](c.t, e).Room == room
+	})
+}
+
 // roundTrip proves the connection is alive and served: ping → pong.
 func (c *client) roundTrip(id string) {
 	c.t.Helper()

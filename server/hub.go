@@ -33,6 +33,7 @@ type hub struct {
 	users    map[string]*userConns
 	partners map[string]map[string]struct{} // user -> users they had a private conversation with
 	all      map[*Conn]struct{}
+	dirty    map[string]struct{} // big rooms whose count changed since the last flush
 }
 
 type room struct {
@@ -53,6 +54,7 @@ func newHub(s *Server) *hub {
 		users:    make(map[string]*userConns),
 		partners: make(map[string]map[string]struct{}),
 		all:      make(map[*Conn]struct{}),
+		dirty:    make(map[string]struct{}),
 	}
 }
 
@@ -273,7 +275,7 @@ func (h *hub) join(ctx context.Context, c *Conn, name string) error {
 		return nil // the member is in; presence catches up on the next change
 	}
 	if added {
-		h.publishPresence(ctx, name, c.user, protocol.PresenceJoin, n)
+		h.presenceChanged(ctx, name, c.user, protocol.PresenceJoin, n)
 	}
 	return nil
 }
@@ -298,7 +300,7 @@ func (h *hub) leave(ctx context.Context, c *Conn, name string) error {
 		if err != nil {
 			h.srv.log.Warn("presence remove failed", "room", name, "user", c.user, "err", err)
 		} else if removed {
-			h.publishPresence(ctx, name, c.user, protocol.PresenceLeave, n)
+			h.presenceChanged(ctx, name, c.user, protocol.PresenceLeave, n)
 		}
 	}
 	return nil
@@ -333,6 +335,42 @@ func (h *hub) removeMember(c *Conn, name string) (lastTab, emptyRoom, ok bool) {
 		emptyRoom = true
 	}
 	return lastTab, emptyRoom, true
+}
+
+// presenceChanged tells a room that user joined or left. In a big room it
+// only marks the room for the next coalesced count event (flushPresence).
+func (h *hub) presenceChanged(ctx context.Context, room, user, action string, count int) {
+	if max := h.srv.cfg.PresenceEventsMax; max >= 0 && count > max {
+		h.mu.Lock()
+		h.dirty[room] = struct{}{}
+		h.mu.Unlock()
+		return
+	}
+	h.publishPresence(ctx, room, user, action, count)
+}
+
+// flushPresence sends one count event to each big room whose membership
+// changed since the last flush.
+func (h *hub) flushPresence(ctx context.Context) {
+	h.mu.Lock()
+	if len(h.dirty) == 0 {
+		h.mu.Unlock()
+		return
+	}
+	rooms := make([]string, 0, len(h.dirty))
+	for r := range h.dirty {
+		rooms = append(rooms, r)
+	}
+	clear(h.dirty)
+	h.mu.Unlock()
+	for _, r := range rooms {
+		n, err := h.srv.eng.PresenceCount(ctx, r)
+		if err != nil {
+			h.srv.log.Warn("presence count failed", "room", r, "err", err)
+			continue
+		}
+		h.publishPresence(ctx, r, "", protocol.PresenceCount, n)
+	}
 }
 
 func (h *hub) publishPresence(ctx context.Context, room, user, action string, count int) {

@@ -175,12 +175,20 @@ func (c *Conn) handle(cmd protocol.Command) {
 }
 
 func (c *Conn) sendMembers(ctx context.Context, room string) {
-	users, err := c.srv.eng.PresenceMembers(ctx, room)
+	eng := c.srv.eng
+	users, err := eng.PresenceMembers(ctx, room, c.srv.cfg.MembersMax)
 	if err != nil {
 		c.sendError(unavailable(err))
 		return
 	}
-	c.send(protocol.Encode(protocol.TypeMembers, "", protocol.Members{Room: room, Users: users, Count: len(users)}))
+	n := len(users)
+	if n == c.srv.cfg.MembersMax {
+		if n, err = eng.PresenceCount(ctx, room); err != nil {
+			c.sendError(unavailable(err))
+			return
+		}
+	}
+	c.send(protocol.Encode(protocol.TypeMembers, "", protocol.Members{Room: room, Users: users, Count: n, Truncated: n > len(users)}))
 }
 
 // send queues one frame for this connection only.

@@ -251,17 +251,22 @@ func (s *Server) publish(ctx context.Context, p *engine.Publication, opts engine
 // pings connections that have been silent for PingInterval and closes those
 // silent for PingInterval+PongTimeout. It reads only timestamps the readers
 // store, so a backlog on the send side never makes a live client look dead.
+// It also sends big rooms their coalesced presence counts.
 func (s *Server) heartbeat() {
 	defer close(s.heartbeatOff)
 	interval, timeout := s.cfg.PingInterval, s.cfg.PongTimeout
 	tick := min(time.Second, interval/2, timeout/4)
 	t := time.NewTicker(tick)
 	defer t.Stop()
+	presence := time.NewTicker(s.cfg.PresenceInterval)
+	defer presence.Stop()
 	var conns []*Conn
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
+		case <-presence.C:
+			s.hub.flushPresence(s.ctx)
 		case now := <-t.C:
 			conns = s.hub.snapshot(conns[:0])
 			for _, c := range conns {

@@ -540,3 +540,37 @@ func TestNoGoroutineGrowth(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestBigRoomPresenceIsCoalesced: past PresenceEventsMax users, joins are
+// not one event per member each (N²) but one count event per interval.
+func TestBigRoomPresenceIsCoalesced(t *testing.T) {
+	ts := newTestServer(t, Config{PresenceEventsMax: 3, PresenceInterval: 100 * time.Millisecond, MembersMax: 2})
+	watcher := connect(t, ts, "watcher")
+	var others []*client
+	for i := 0; i < 6; i++ {
+		others = append(others, connect(t, ts, fmt.Sprint("u", i)))
+	}
+	// users 1..3 in the room: per-user events; users 4..7: a count event.
+	for i := 0; i < 2; i++ {
+		p := payloadOf[protocol.Presence](t, watcher.expect(protocol.TypePresence, func(e protocol.Envelope) bool {
+			return payloadOf[protocol.Presence](t, e).User != "watcher"
+		}))
+		if p.Action != protocol.PresenceJoin || p.User != fmt.Sprint("u", i) {
+			t.Fatalf("event %d = %+v, want join of u%d", i, p, i)
+		}
+	}
+	p := payloadOf[protocol.Presence](t, watcher.expect(protocol.TypePresence, func(e protocol.Envelope) bool {
+		return payloadOf[protocol.Presence](t, e).Action == protocol.PresenceCount
+	}))
+	for p.Count != 7 {
+		p = payloadOf[protocol.Presence](t, watcher.expect(protocol.TypePresence, nil))
+	}
+	watcher.expectNone(protocol.TypePresence, func(e protocol.Envelope) bool {
+		p := payloadOf[protocol.Presence](t, e)
+		return p.Action == protocol.PresenceJoin && p.User != "watcher" && p.User != "u0" && p.User != "u1"
+	}, quiet)
+	m := payloadOf[protocol.Members](t, others[5].who(protocol.DefaultRoom))
+	if m.Count != 7 || len(m.Users) != 2 || !m.Truncated {
+		t.Fatalf("members in a big room = %+v, want 2 of 7, truncated", m)
+	}
+}

@@ -211,9 +211,12 @@ func Run(t *testing.T, f Factory) {
 		check(a, n, err, false, 2)
 		a, n, err = e.PresenceAdd(ctx, "", "alice")
 		check(a, n, err, true, 1)
-		members, err := e.PresenceMembers(ctx, "r")
+		members, err := e.PresenceMembers(ctx, "r", 0)
 		if err != nil || fmt.Sprint(members) != "[alice bob]" {
 			t.Fatalf("members = %v, %v", members, err)
+		}
+		if few, err := e.PresenceMembers(ctx, "r", 1); err != nil || len(few) != 1 {
+			t.Fatalf("members with limit 1 = %v, %v", few, err)
 		}
 		if has, err := e.PresenceHas(ctx, "r", "alice"); err != nil || !has {
 			t.Fatalf("PresenceHas(r, alice) = %v, %v; want true", has, err)

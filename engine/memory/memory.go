@@ -252,11 +252,18 @@ func (e *Engine) PresenceRemove(ctx context.Context, set, user string) (bool, in
 	return had, n, nil
 }
 
-// PresenceMembers implements engine.Engine. Members are sorted.
-func (e *Engine) PresenceMembers(ctx context.Context, set string) ([]string, error) {
+// PresenceMembers implements engine.Engine.
+func (e *Engine) PresenceMembers(ctx context.Context, set string, limit int) ([]string, error) {
 	e.mu.RLock()
-	users := make([]string, 0, len(e.sets[set]))
+	n := len(e.sets[set])
+	if limit > 0 && limit < n {
+		n = limit
+	}
+	users := make([]string, 0, n)
 	for u := range e.sets[set] {
+		if len(users) == n {
+			break
+		}
 		users = append(users, u)
 	}
 	e.mu.RUnlock()
