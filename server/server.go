@@ -134,7 +134,7 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte("ready\n"))
 }
 
-// serveWS upgrades one connection and runs its reader on this goroutine.
+// serveWS upgrades one connection and starts its reader.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if s.shuttingDown.Load() {
 		http.Error(w, "server is shutting down; reconnect to another node", http.StatusServiceUnavailable)
@@ -170,7 +170,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("connection set-up failed", "user", user, "remote", c.remote, "err", err)
 		c.close(protocol.DisconnectInternal, closeDrain)
 	}
-	c.readLoop()
+	// The reader gets a goroutine of its own and the handler returns, so
+	// net/http's per-request state (buffers, request, response writer) is
+	// garbage as soon as the upgrade is done instead of living as long as
+	// the connection.
+	go c.readLoop()
 }
 
 // connected registers a new connection, queues its welcome (first, before

@@ -36,6 +36,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "serve":
 		return serve(args, stderr)
+	case "bench":
+		return benchCmd(args, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "tether %s (protocol v%d)\n", version, protocol.Version)
 		return 0
@@ -53,6 +55,7 @@ func usage(w io.Writer) {
 
 Commands:
   serve     run a Tether node (the default)
+  bench     load a running node: idle, fanout (see docs/benchmarks.md)
   version   print the version
 
 Run 'tether serve --help' for every setting and its default.

@@ -1,0 +1,346 @@
+// Package bench is the load generator behind `tether bench`: it opens many
+// real WebSocket connections to a Tether server (spread over loopback source
+// addresses), drives a scenario and reads the server's CPU time and RSS
+// from /proc when given its PID.
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// Options configure a run. Every count and duration is bounded.
+type Options struct {
+	URL         string        // ws://host:port/ws
+	PID         int           // server process to measure; 0 = no server figures
+	Conns       int           // connections (members)
+	Room        string        // room the members join
+	Messages    int           // fanout: messages published
+	Size        int           // fanout: text size in bytes
+	Sources     []string      // local source addresses to spread connections over
+	Timeout     time.Duration // bound on the whole scenario
+	Settle      time.Duration // idle: wait before measuring memory
+	Progress    io.Writer     // progress lines; nil = silent
+	AllowRemote bool          // permit a non-loopback target
+}
+
+// Result is one scenario's figures; it is printed as a table row and as one
+// JSON line.
+type Result struct {
+	Scenario      string  `json:"scenario"`
+	Conns         int     `json:"conns"`
+	Messages      int     `json:"messages,omitempty"`
+	Deliveries    int64   `json:"deliveries,omitempty"`
+	Lost          int64   `json:"lost,omitempty"`
+	Seconds       float64 `json:"seconds"`
+	RSSPerConnKiB float64 `json:"rss_per_conn_kib,omitempty"`
+	CPUPerConnUS  float64 `json:"cpu_per_conn_us,omitempty"`
+	CPUPerDelivUS float64 `json:"cpu_per_delivery_us,omitempty"`
+	P50MS         float64 `json:"p50_ms,omitempty"`
+	P99MS         float64 `json:"p99_ms,omitempty"`
+	ServerRSSMiB  float64 `json:"server_rss_mib,omitempty"`
+}
+
+// DefaultSources are the loopback addresses connections are spread over,
+// so that no single source address runs out of ephemeral ports.
+var DefaultSources = []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7", "127.0.0.8", "127.0.0.9"}
+
+func (o *Options) check() error {
+	u, err := url.Parse(o.URL)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") {
+		return fmt.Errorf("url must be ws:// or wss:// (got %q)", o.URL)
+	}
+	if !o.AllowRemote {
+		ip := net.ParseIP(u.Hostname())
+		if !(u.Hostname() == "localhost" || (ip != nil && ip.IsLoopback())) {
+			return fmt.Errorf("refusing non-loopback target %s (use --allow-remote for a server you own)", u.Host)
+		}
+	}
+	if o.Conns < 1 || o.Conns > 100000 {
+		return fmt.Errorf("conns must be 1..100000 (got %d)", o.Conns)
+	}
+	if o.Timeout <= 0 || o.Timeout > time.Hour {
+		return fmt.Errorf("timeout must be in (0, 1h] (got %s)", o.Timeout)
+	}
+	if len(o.Sources) == 0 {
+		o.Sources = DefaultSources
+	}
+	return nil
+}
+
+func (o *Options) progress(format string, args ...any) {
+	if o.Progress != nil {
+		fmt.Fprintf(o.Progress, format+"\n", args...)
+	}
+}
+
+// member is one benchmark connection.
+type member struct {
+	ws    *websocket.Conn
+	chats atomic.Int64
+}
+
+// dialAll opens n connections as users bench-<i>, each joining room, and
+// waits until every join is acknowledged.
+func dialAll(ctx context.Context, o *Options, n int, prefix string, onChat func(m *member, frame []byte)) ([]*member, error) {
+	members := make([]*member, n)
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	sem := make(chan struct{}, 64) // connection attempts in flight
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			src := o.Sources[i%len(o.Sources)]
+			d := websocket.Dialer{
+				HandshakeTimeout: 10 * time.Second,
+				NetDialContext:   (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}).DialContext,
+				ReadBufferSize:   1024, WriteBufferSize: 1024,
+			}
+			ws, _, err := d.DialContext(ctx, fmt.Sprintf("%s?user=%s%d", o.URL, prefix, i), nil)
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err)
+				return
+			}
+			m := &member{ws: ws}
+			joined := make(chan struct{})
+			go m.read(joined, onChat)
+			ws.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"type":"join","id":"j","payload":{"room":%q}}`, o.Room)))
+			select {
+			case <-joined:
+				members[i] = m
+			case <-ctx.Done():
+				ws.Close()
+			}
+			if (i+1)%1000 == 0 {
+				o.progress("  %d connections", i+1)
+			}
+		}(i)
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		closeAll(members)
+		return nil, fmt.Errorf("%d of %d connections failed: %v", f, n, firstErr.Load())
+	}
+	if err := ctx.Err(); err != nil {
+		closeAll(members)
+		return nil, fmt.Errorf("timed out opening connections: %w", err)
+	}
+	return members, nil
+}
+
+var (
+	ackJoin  = []byte(`"type":"ack","id":"j"`)
+	chatType = []byte(`"type":"chat"`)
+)
+
+func (m *member) read(joined chan struct{}, onChat func(*member, []byte)) {
+	for {
+		_, b, err := m.ws.ReadMessage()
+		if err != nil {
+			return
+		}
+		if joined != nil && bytes.Contains(b, ackJoin) {
+			close(joined)
+			joined = nil
+			continue
+		}
+		if bytes.Contains(b, chatType) {
+			m.chats.Add(1)
+			if onChat != nil {
+				onChat(m, b)
+			}
+		}
+	}
+}
+
+func closeAll(ms []*member) {
+	for _, m := range ms {
+		if m != nil {
+			m.ws.Close()
+		}
+	}
+}
+
+// Idle measures what idle connections cost the server: RSS growth and CPU
+// per connection set-up. Every connection joins one room; heartbeats run.
+func Idle(ctx context.Context, o Options) (Result, error) {
+	if err := o.check(); err != nil {
+		return Result{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	before, err := readProc(o.PID)
+	if err != nil {
+		return Result{}, err
+	}
+	start := time.Now()
+	o.progress("idle: opening %d connections", o.Conns)
+	members, err := dialAll(ctx, &o, o.Conns, "idle", nil)
+	if err != nil {
+		return Result{}, err
+	}
+	defer closeAll(members)
+	connected, err := readProc(o.PID)
+	if err != nil {
+		return Result{}, err
+	}
+	o.progress("idle: %d open; settling %s", len(members), o.Settle)
+	select {
+	case <-time.After(o.Settle):
+	case <-ctx.Done():
+		return Result{}, ctx.Err()
+	}
+	after, err := readProc(o.PID)
+	if err != nil {
+		return Result{}, err
+	}
+	n := float64(o.Conns)
+	r := Result{Scenario: "idle", Conns: o.Conns, Seconds: time.Since(start).Seconds()}
+	if o.PID != 0 {
+		r.RSSPerConnKiB = float64(after.rss-before.rss) / 1024 / n
+		r.CPUPerConnUS = (connected.cpu - before.cpu).Seconds() * 1e6 / n
+		r.ServerRSSMiB = float64(after.rss) / (1 << 20)
+	}
+	return r, nil
+}
+
+// Fanout publishes Messages messages of Size bytes to a room of Conns
+// members one at a time (the next only when every member has the previous
+// one) and reports server CPU per delivery and delivery latency.
+func Fanout(ctx context.Context, o Options) (Result, error) {
+	if err := o.check(); err != nil {
+		return Result{}, err
+	}
+	if o.Messages < 1 || o.Messages > 1000000 {
+		return Result{}, fmt.Errorf("messages must be 1..1000000 (got %d)", o.Messages)
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+
+	var sentAt atomic.Int64 // unix nanos of the message in flight
+	var mu sync.Mutex
+	lat := make([]time.Duration, 0, min(o.Conns*o.Messages, 5_000_000))
+	var delivered atomic.Int64
+	onChat := func(m *member, b []byte) {
+		d := time.Duration(time.Now().UnixNano() - sentAt.Load())
+		delivered.Add(1)
+		mu.Lock()
+		if len(lat) < cap(lat) {
+			lat = append(lat, d)
+		}
+		mu.Unlock()
+	}
+	o.progress("fanout: opening %d members", o.Conns)
+	members, err := dialAll(ctx, &o, o.Conns, "fan", onChat)
+	if err != nil {
+		return Result{}, err
+	}
+	defer closeAll(members)
+	pubs, err := dialAll(ctx, &o, 1, "publisher", nil)
+	if err != nil {
+		return Result{}, err
+	}
+	defer closeAll(pubs)
+	pub := pubs[0].ws
+	time.Sleep(500 * time.Millisecond) // let presence settle before measuring
+	text := strings.Repeat("x", max(1, o.Size))
+	frame, _ := json.Marshal(map[string]any{"type": "chat", "payload": map[string]any{"room": o.Room, "text": text}})
+
+	before, err := readProc(o.PID)
+	if err != nil {
+		return Result{}, err
+	}
+	start := time.Now()
+	var want int64
+	for i := 0; i < o.Messages; i++ {
+		want += int64(o.Conns)
+		sentAt.Store(time.Now().UnixNano())
+		if err := pub.WriteMessage(websocket.TextMessage, frame); err != nil {
+			return Result{}, fmt.Errorf("publish: %w", err)
+		}
+		for delivered.Load() < want {
+			if ctx.Err() != nil {
+				return Result{}, fmt.Errorf("message %d: %d of %d deliveries before the timeout", i, delivered.Load(), want)
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		if (i+1)%max(1, o.Messages/10) == 0 {
+			o.progress("  %d/%d messages", i+1, o.Messages)
+		}
+	}
+	elapsed := time.Since(start)
+	after, err := readProc(o.PID)
+	if err != nil {
+		return Result{}, err
+	}
+	r := Result{Scenario: "fanout", Conns: o.Conns, Messages: o.Messages, Deliveries: delivered.Load(),
+		Lost: want - delivered.Load(), Seconds: elapsed.Seconds()}
+	if o.PID != 0 {
+		// The publisher is a member too: the server delivers Conns+1 copies.
+		r.CPUPerDelivUS = (after.cpu - before.cpu).Seconds() * 1e6 / float64(o.Messages*(o.Conns+1))
+		r.ServerRSSMiB = float64(after.rss) / (1 << 20)
+	}
+	mu.Lock()
+	r.P50MS, r.P99MS = percentile(lat, 0.50), percentile(lat, 0.99)
+	mu.Unlock()
+	return r, nil
+}
+
+func percentile(d []time.Duration, p float64) float64 {
+	if len(d) == 0 {
+		return 0
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return float64(d[int(float64(len(d)-1)*p)]) / 1e6
+}
+
+type procStat struct {
+	cpu time.Duration // user + system
+	rss int64         // bytes
+}
+
+// readProc reads a process's CPU time and RSS from /proc. PID 0 gives zeros.
+func readProc(pid int) (procStat, error) {
+	if pid == 0 {
+		return procStat{}, nil
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStat{}, fmt.Errorf("server process %d: %w", pid, err)
+	}
+	// Fields after the parenthesised command name; utime and stime are the
+	// 14th and 15th fields of the whole line, in clock ticks (100 Hz).
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return procStat{}, errors.New("unexpected /proc stat format")
+	}
+	f := strings.Fields(s[i+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	rssPages, _ := strconv.ParseInt(f[21], 10, 64)
+	return procStat{cpu: time.Duration(ut+st) * 10 * time.Millisecond, rss: rssPages * int64(os.Getpagesize())}, nil
+}
