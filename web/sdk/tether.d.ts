@@ -1,0 +1,117 @@
+// Types for the Tether browser SDK (tether.js). Behaviour: docs/clients.md.
+
+export type ConnState = 'IDLE' | 'CONNECTING' | 'OPEN' | 'RECONNECTING' | 'OFFLINE' | 'CLOSED' | 'ERROR'
+export declare const State: Readonly<{ [K in ConnState]: K }>
+
+export declare const CloseCode: Readonly<{
+  NORMAL: 1000; GOING_AWAY: 1001; PROTOCOL_ERROR: 1002; UNSUPPORTED: 1003
+  ABNORMAL: 1006; INVALID_UTF8: 1007; POLICY: 1008; TOO_BIG: 1009
+  INTERNAL: 1011; RESTART: 1012; TRY_AGAIN_LATER: 1013
+  HEARTBEAT: 4000; SLOW_CONSUMER: 4008; RATE_LIMITED: 4029
+  UNAUTHORIZED: 4401; FORBIDDEN: 4403; SESSION_INVALID: 4409
+}>
+
+export type ClosePolicy = 'terminal' | 'reconnect-later' | 'reconnect'
+export declare function policyFor(code: number): ClosePolicy
+
+export interface ReconnectPolicy {
+  baseDelayMs: number      // 500
+  factor: number           // 1.8
+  maxDelayMs: number       // 15000
+  jitter: number           // 0.2 (±20%)
+  maxRetries: number       // Infinity
+  laterDelayMs: number     // 5000: minimum wait after 4008/4029/1013
+  stableAfterMs: number    // 5000: the retry counter resets after staying open this long
+  connectTimeoutMs: number // 10000: an attempt without welcome by then is abandoned
+}
+export interface HeartbeatPolicy { intervalMs: number; timeoutMs: number } // 10000, 25000
+export declare const defaultReconnect: Readonly<ReconnectPolicy>
+export declare const defaultHeartbeat: Readonly<HeartbeatPolicy>
+export declare function backoffDelay(attempt: number, policy?: ReconnectPolicy, random?: () => number): number
+
+export interface Timers {
+  setTimeout(fn: () => void, ms: number): unknown
+  clearTimeout(handle: unknown): void
+  now(): number
+}
+
+export interface TetherOptions {
+  /** ws:// URL, or a function returning one per attempt. Default: ws(s)://<page host>/ws?user=<user>. */
+  url?: string | (() => string)
+  user?: string
+  autoConnect?: boolean
+  reconnect?: Partial<ReconnectPolicy>
+  heartbeat?: Partial<HeartbeatPolicy>
+  outboxLimit?: number // 1000
+  logLimit?: number    // 200
+  /** For tests: a WebSocket constructor, timers, and the window-like object that fires online/offline. */
+  WebSocket?: new (url: string) => WebSocket
+  timers?: Timers
+  environment?: EventTarget & { navigator?: { onLine: boolean }; document?: EventTarget } | null
+  random?: () => number
+}
+
+export interface CloseSnapshot { code: number; reason: string; wasClean: boolean; at: number }
+export interface LogLine { at: number; text: string }
+
+export interface Chat { room: string; from: string; text: string; seq: number; epoch: string; id?: string; ts: number }
+export interface Direct { from: string; to: string; text: string; seq: number; epoch: string; id?: string; ts: number }
+export interface Presence { room: string; user?: string; action: 'join' | 'leave' | 'count'; count: number }
+export interface Members { room: string; users: string[]; count: number; truncated?: boolean }
+export interface Welcome {
+  protocol: number; user: string; session: string; online: number; rooms: string[]
+  heartbeat: { interval: number; timeout: number }; max_text: number
+}
+export interface HistoryPage { room: string; epoch: string; top: number; oldest: number; messages: Chat[] }
+export interface Ack { id: string; seq?: number }
+export interface ErrorReply { code: string; message: string; id?: string }
+
+export interface TetherEvents {
+  state: { state: ConnState; prev: ConnState; reason: string }
+  welcome: Welcome
+  chat: Chat
+  direct: Direct
+  presence: Presence
+  members: Members
+  left: { user: string }
+  history: HistoryPage
+  error: ErrorReply
+  outbox: { pending: number }
+  ack: Ack
+  log: LogLine
+  message: { type: string; id?: string; ts?: number; payload?: unknown }
+}
+
+export declare class TetherError extends Error {
+  code: string
+  id?: string
+}
+
+/** A promise for a queued message; id is the client message id it travels with. */
+export type Sent<T> = Promise<T> & { id: string }
+
+export declare class TetherClient {
+  constructor(options?: TetherOptions)
+  readonly state: ConnState
+  readonly attempt: number
+  readonly nextRetryAt: number | null
+  readonly lastClose: CloseSnapshot | null
+  readonly lastErrorAt: number | null
+  readonly lastMessageAt: number | null
+  readonly user: string | null
+  readonly session: string | null
+  readonly rooms: Set<string>
+  readonly log: LogLine[]
+  readonly pending: number
+  readonly activeTimers: number
+  on<E extends keyof TetherEvents>(event: E, fn: (data: TetherEvents[E]) => void): () => void
+  connect(): void
+  disconnect(reason?: string): void
+  join(room: string): Sent<Ack>
+  leave(room: string): Sent<Ack>
+  send(room: string, text: string): Sent<Ack>
+  direct(user: string, text: string): Sent<Ack>
+  who(room: string): Promise<Members>
+  history(room: string, opts?: { before?: number; after?: number; limit?: number }): Promise<HistoryPage>
+  destroy(): void
+}
