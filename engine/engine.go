@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"time"
 )
 
 // Stream names. A stream is a room's message log or a user's private inbox;
@@ -142,12 +143,49 @@ type Engine interface {
 	PresenceHas(ctx context.Context, set, user string) (bool, error)
 	PresenceCount(ctx context.Context, set string) (int, error)
 
+	// SaveSession stores a session's state for ttl (a resume can happen on
+	// any node); saving again replaces it and its expiry. LoadSession returns
+	// nil for an unknown or expired session. DeleteSession forgets the
+	// session and its remembered message ids.
+	SaveSession(ctx context.Context, s *Session, ttl time.Duration) error
+	LoadSession(ctx context.Context, id string) (*Session, error)
+	DeleteSession(ctx context.Context, id string) error
+
+	// ReserveID starts processing the client message id of a session. It
+	// returns IDNew the first time (the caller processes the message, then
+	// calls CompleteID, or ReleaseID if it failed), IDDone with the
+	// recorded sequence when the id was already processed (the caller acks
+	// without processing again), or IDInFlight while another attempt is
+	// processing it. A session remembers its most recent ids (a bounded
+	// window) for as long as the session lives.
+	ReserveID(ctx context.Context, session, id string) (IDState, uint64, error)
+	CompleteID(ctx context.Context, session, id string, seq uint64) error
+	ReleaseID(ctx context.Context, session, id string) error
+
 	// Ready reports whether the engine can take traffic now.
 	Ready(ctx context.Context) error
 
 	// Close stops delivery and releases resources.
 	Close() error
 }
+
+// Session is what a client gets back when it resumes: who it is, the rooms
+// it was in and the users it had private conversations with.
+type Session struct {
+	ID       string   `json:"id"`
+	User     string   `json:"user"`
+	Rooms    []string `json:"rooms"`
+	Partners []string `json:"partners,omitempty"`
+}
+
+// IDState is the answer of ReserveID.
+type IDState int
+
+const (
+	IDNew      IDState = iota // never seen: process it
+	IDDone                    // processed before: ack again with the recorded seq
+	IDInFlight                // being processed right now
+)
 
 // ErrClosed is returned by an engine after Close.
 var ErrClosed = errors.New("engine: closed")

@@ -236,6 +236,68 @@ func Run(t *testing.T, f Factory) {
 		}
 	})
 
+	t.Run("Sessions", func(t *testing.T) {
+		e, _ := start(t, f, 5)
+		s := &engine.Session{ID: "s1", User: "alice", Rooms: []string{"general", "ops"}, Partners: []string{"bob"}}
+		if err := e.SaveSession(ctx, s, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		s.Rooms[0] = "mutated" // the engine keeps its own copy
+		got, err := e.LoadSession(ctx, "s1")
+		if err != nil || got == nil || got.User != "alice" || fmt.Sprint(got.Rooms) != "[general ops]" || fmt.Sprint(got.Partners) != "[bob]" {
+			t.Fatalf("LoadSession = %+v, %v", got, err)
+		}
+		if got, err := e.LoadSession(ctx, "nope"); err != nil || got != nil {
+			t.Fatalf("unknown session = %+v, %v", got, err)
+		}
+		if err := e.SaveSession(ctx, &engine.Session{ID: "short", User: "x"}, 50*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if got, err := e.LoadSession(ctx, "short"); err != nil || got != nil {
+			t.Fatalf("expired session = %+v, %v", got, err)
+		}
+		if err := e.DeleteSession(ctx, "s1"); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := e.LoadSession(ctx, "s1"); got != nil {
+			t.Fatalf("deleted session = %+v", got)
+		}
+	})
+
+	t.Run("MessageIDWindow", func(t *testing.T) {
+		e, _ := start(t, f, 5)
+		e.SaveSession(ctx, &engine.Session{ID: "s", User: "u"}, time.Minute)
+		st, _, err := e.ReserveID(ctx, "s", "m1")
+		if err != nil || st != engine.IDNew {
+			t.Fatalf("first reserve = %v, %v", st, err)
+		}
+		if st, _, _ := e.ReserveID(ctx, "s", "m1"); st != engine.IDInFlight {
+			t.Fatalf("reserve while in flight = %v", st)
+		}
+		e.CompleteID(ctx, "s", "m1", 42)
+		if st, seq, _ := e.ReserveID(ctx, "s", "m1"); st != engine.IDDone || seq != 42 {
+			t.Fatalf("reserve after complete = %v, %d; want done, 42", st, seq)
+		}
+		e.ReserveID(ctx, "s", "m2")
+		e.ReleaseID(ctx, "s", "m2") // processing failed: a retry is new again
+		if st, _, _ := e.ReserveID(ctx, "s", "m2"); st != engine.IDNew {
+			t.Fatalf("reserve after release = %v", st)
+		}
+		if st, _, _ := e.ReserveID(ctx, "other", "m1"); st != engine.IDNew {
+			t.Fatalf("ids are per session; got %v", st)
+		}
+		e.SaveSession(ctx, &engine.Session{ID: "s", User: "u", Rooms: []string{"r"}}, time.Minute)
+		if st, _, _ := e.ReserveID(ctx, "s", "m1"); st != engine.IDDone {
+			t.Fatalf("ids must survive a session save; got %v", st)
+		}
+		e.DeleteSession(ctx, "s")
+		e.SaveSession(ctx, &engine.Session{ID: "s", User: "u"}, time.Minute)
+		if st, _, _ := e.ReserveID(ctx, "s", "m1"); st != engine.IDNew {
+			t.Fatalf("ids must go with the deleted session; got %v", st)
+		}
+	})
+
 	t.Run("ReadyAndClose", func(t *testing.T) {
 		e := f(t, 5)
 		if err := e.Start(ctx, func(*engine.Publication) {}); err != nil {

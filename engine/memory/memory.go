@@ -24,6 +24,9 @@ type Config struct {
 	// DefaultLimit bounds a History page when the query gives none.
 	// Zero means 100.
 	DefaultLimit int
+	// IDWindow is how many recent client message ids a session remembers.
+	// Zero means 1000.
+	IDWindow int
 }
 
 func (c Config) withDefaults() Config {
@@ -35,6 +38,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DefaultLimit <= 0 {
 		c.DefaultLimit = 100
+	}
+	if c.IDWindow <= 0 {
+		c.IDWindow = 1000
 	}
 	return c
 }
@@ -48,6 +54,7 @@ type Engine struct {
 	streams map[string]*stream
 	subs    map[string]bool
 	sets    map[string]map[string]struct{}
+	sess    map[string]*session
 	started bool
 	closed  bool
 
@@ -56,6 +63,18 @@ type Engine struct {
 }
 
 var _ engine.Engine = (*Engine)(nil)
+
+type session struct {
+	s       engine.Session
+	expires time.Time
+	ids     map[string]idEntry
+	order   []string // ids oldest first, for the bounded window
+}
+
+type idEntry struct {
+	done bool
+	seq  uint64
+}
 
 type stream struct {
 	mu    sync.Mutex
@@ -71,6 +90,7 @@ func New(cfg Config) *Engine {
 		streams: make(map[string]*stream),
 		subs:    make(map[string]bool),
 		sets:    make(map[string]map[string]struct{}),
+		sess:    make(map[string]*session),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
@@ -210,6 +230,11 @@ func (e *Engine) sweep() {
 			return
 		case now := <-t.C:
 			e.mu.Lock()
+			for id, s := range e.sess {
+				if now.After(s.expires) {
+					delete(e.sess, id)
+				}
+			}
 			for name, s := range e.streams {
 				s.mu.Lock()
 				e.expire(s, now)
@@ -222,6 +247,104 @@ func (e *Engine) sweep() {
 			e.mu.Unlock()
 		}
 	}
+}
+
+// SaveSession implements engine.Engine. The remembered ids survive a save.
+func (e *Engine) SaveSession(ctx context.Context, s *engine.Session, ttl time.Duration) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return engine.ErrClosed
+	}
+	cur := e.live(s.ID, time.Now())
+	if cur == nil {
+		cur = &session{ids: make(map[string]idEntry)}
+		e.sess[s.ID] = cur
+	}
+	cur.s = *s
+	cur.s.Rooms = append([]string(nil), s.Rooms...)
+	cur.s.Partners = append([]string(nil), s.Partners...)
+	cur.expires = time.Now().Add(ttl)
+	return nil
+}
+
+// live returns the unexpired session id; e.mu must be held.
+func (e *Engine) live(id string, now time.Time) *session {
+	s := e.sess[id]
+	if s == nil || now.After(s.expires) {
+		return nil
+	}
+	return s
+}
+
+// LoadSession implements engine.Engine.
+func (e *Engine) LoadSession(ctx context.Context, id string) (*engine.Session, error) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	s := e.live(id, time.Now())
+	if s == nil {
+		return nil, nil
+	}
+	out := s.s
+	out.Rooms = append([]string(nil), s.s.Rooms...)
+	out.Partners = append([]string(nil), s.s.Partners...)
+	return &out, nil
+}
+
+// DeleteSession implements engine.Engine.
+func (e *Engine) DeleteSession(ctx context.Context, id string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.sess, id)
+	return nil
+}
+
+// ReserveID implements engine.Engine. Ids of an unknown session are always
+// new: without a session there is nothing to deduplicate against.
+func (e *Engine) ReserveID(ctx context.Context, sid, id string) (engine.IDState, uint64, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := e.live(sid, time.Now())
+	if s == nil {
+		return engine.IDNew, 0, nil
+	}
+	if ent, ok := s.ids[id]; ok {
+		if ent.done {
+			return engine.IDDone, ent.seq, nil
+		}
+		return engine.IDInFlight, 0, nil
+	}
+	s.ids[id] = idEntry{}
+	s.order = append(s.order, id)
+	if len(s.order) > e.cfg.IDWindow {
+		delete(s.ids, s.order[0])
+		s.order = s.order[1:]
+	}
+	return engine.IDNew, 0, nil
+}
+
+// CompleteID implements engine.Engine.
+func (e *Engine) CompleteID(ctx context.Context, sid, id string, seq uint64) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if s := e.live(sid, time.Now()); s != nil {
+		if _, ok := s.ids[id]; ok {
+			s.ids[id] = idEntry{done: true, seq: seq}
+		}
+	}
+	return nil
+}
+
+// ReleaseID implements engine.Engine.
+func (e *Engine) ReleaseID(ctx context.Context, sid, id string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if s := e.live(sid, time.Now()); s != nil {
+		if ent, ok := s.ids[id]; ok && !ent.done {
+			delete(s.ids, id) // its place in order expires with the window
+		}
+	}
+	return nil
 }
 
 // PresenceAdd implements engine.Engine.

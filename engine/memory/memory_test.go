@@ -44,3 +44,19 @@ func TestNewEngineStartsNewEpoch(t *testing.T) {
 		t.Fatalf("two engines (a restart) gave stream the same epoch %q", pa.Epoch)
 	}
 }
+
+func TestMessageIDWindowIsBounded(t *testing.T) {
+	ctx := context.Background()
+	e := New(Config{IDWindow: 3})
+	e.SaveSession(ctx, &engine.Session{ID: "s", User: "u"}, time.Minute)
+	for i, id := range []string{"a", "b", "c", "d"} {
+		e.ReserveID(ctx, "s", id)
+		e.CompleteID(ctx, "s", id, uint64(i+1))
+	}
+	if st, _, _ := e.ReserveID(ctx, "s", "a"); st != engine.IDNew {
+		t.Fatalf("oldest id should have left the window; got %v", st)
+	}
+	if st, seq, _ := e.ReserveID(ctx, "s", "d"); st != engine.IDDone || seq != 4 {
+		t.Fatalf("newest id = %v %d", st, seq)
+	}
+}
