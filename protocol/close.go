@@ -86,4 +86,13 @@ var (
 	DisconnectInvalidUTF8  = Disconnect{CloseInvalidUTF8, "invalid UTF-8 in text frame"}
 	DisconnectTooBig       = Disconnect{CloseTooBig, "message too big"}
 	DisconnectInternal     = Disconnect{CloseInternal, "internal error"}
+	DisconnectSessionUser  = Disconnect{CloseSessionInvalid, "session belongs to another user"}
 )
+
+// Unauthorized is the close for a connection without valid credentials;
+// reason says which check failed (never the token itself).
+func Unauthorized(reason string) Disconnect { return Disconnect{CloseUnauthorized, reason} }
+
+// Forbidden is the close for valid credentials that do not allow what the
+// connection asked for.
+func Forbidden(reason string) Disconnect { return Disconnect{CloseForbidden, reason} }

@@ -28,9 +28,14 @@ type Heartbeat struct {
 
 // Welcome is the first message on every connection.
 type Welcome struct {
-	Protocol  int       `json:"protocol"`
-	User      string    `json:"user"`
+	Protocol int    `json:"protocol"`
+	User     string `json:"user"`
+	// Session identifies this connection's session; present it as
+	// ?session= when reconnecting to resume. Resumed says that this
+	// connection resumed the session it presented: rooms and private
+	// conversations are back, and missed messages follow.
 	Session   string    `json:"session"`
+	Resumed   bool      `json:"resumed"`
 	Online    int       `json:"online"` // users online on the server (not sockets)
 	Rooms     []string  `json:"rooms"`  // rooms the connection is in (the auto-joined room)
 	Heartbeat Heartbeat `json:"heartbeat"`
@@ -131,6 +136,20 @@ func Encode(typ, id string, payload any) []byte {
 	}
 	b, _ := json.Marshal(Envelope{Type: typ, ID: id, TS: time.Now().UnixMilli(), Payload: p})
 	return b
+}
+
+// Recovered follows the replay of one stream after a (re)connect that gave
+// a position for it. Recovered true: every message after the position was
+// replayed (Count of them), in order, before any newer one. False: the
+// position is older than the retained history or from another epoch;
+// nothing was replayed, and the client can page back with `history`.
+type Recovered struct {
+	Room      string `json:"room,omitempty"`  // the room, or
+	Inbox     bool   `json:"inbox,omitempty"` // the user's private inbox
+	Recovered bool   `json:"recovered"`
+	Count     int    `json:"count"`
+	Epoch     string `json:"epoch"` // the stream's current epoch
+	Top       uint64 `json:"top"`   // the stream's latest sequence
 }
 
 // HistoryPage answers `history`: retained messages of a room, oldest first.

@@ -41,14 +41,19 @@ const (
 // Server → client message types (TypeChat and TypeDirect are used in both
 // directions).
 const (
-	TypeWelcome  = "welcome"
-	TypePresence = "presence"
-	TypeMembers  = "members"
-	TypeLeft     = "left"
-	TypePong     = "pong"
-	TypeAck      = "ack"
-	TypeError    = "error"
+	TypeWelcome   = "welcome"
+	TypePresence  = "presence"
+	TypeMembers   = "members"
+	TypeLeft      = "left"
+	TypePong      = "pong"
+	TypeAck       = "ack"
+	TypeError     = "error"
+	TypeRecovered = "recovered"
 )
+
+// InboxKey names the user's private inbox in a client's `since` positions
+// (room names cannot contain '@').
+const InboxKey = "@"
 
 // DefaultRoom is the room a `chat` without a room goes to.
 const DefaultRoom = "general"
@@ -70,20 +75,21 @@ type ErrorCode string
 // Error codes. Clients switch on these; the message text is for humans and
 // may change.
 const (
-	ErrBadJSON      ErrorCode = "bad_json"       // the frame is not valid JSON
-	ErrBadEnvelope  ErrorCode = "bad_envelope"   // not an object, or type/id missing or of the wrong kind
-	ErrUnknownType  ErrorCode = "unknown_type"   // type is not one this server knows
-	ErrBadPayload   ErrorCode = "bad_payload"    // payload is not an object, or a field has the wrong JSON type
-	ErrBadRoom      ErrorCode = "bad_room"       // room name empty, too long or with forbidden characters
-	ErrBadUser      ErrorCode = "bad_user"       // user name empty, too long or with forbidden characters
-	ErrBadText      ErrorCode = "bad_text"       // text empty, too long or with control characters
-	ErrBadFrame     ErrorCode = "bad_frame"      // a binary frame: the protocol is JSON text
-	ErrNotMember    ErrorCode = "not_member"     // chat or history on a room the connection has not joined
-	ErrTooManyRooms ErrorCode = "too_many_rooms" // the per-connection room limit is reached
-	ErrUserOffline  ErrorCode = "user_offline"   // direct to a user with no connection
-	ErrRateLimited  ErrorCode = "rate_limited"   // too many messages; this one was not processed
-	ErrUnavailable  ErrorCode = "unavailable"    // the engine could not take the message; retry later
-	ErrInternal     ErrorCode = "internal"       // a bug on the server side; the message was not processed
+	ErrBadJSON       ErrorCode = "bad_json"       // the frame is not valid JSON
+	ErrBadEnvelope   ErrorCode = "bad_envelope"   // not an object, or type/id missing or of the wrong kind
+	ErrUnknownType   ErrorCode = "unknown_type"   // type is not one this server knows
+	ErrBadPayload    ErrorCode = "bad_payload"    // payload is not an object, or a field has the wrong JSON type
+	ErrBadRoom       ErrorCode = "bad_room"       // room name empty, too long or with forbidden characters
+	ErrBadUser       ErrorCode = "bad_user"       // user name empty, too long or with forbidden characters
+	ErrBadText       ErrorCode = "bad_text"       // text empty, too long or with control characters
+	ErrBadFrame      ErrorCode = "bad_frame"      // a binary frame: the protocol is JSON text
+	ErrNotMember     ErrorCode = "not_member"     // chat or history on a room the connection has not joined
+	ErrTooManyRooms  ErrorCode = "too_many_rooms" // the per-connection room limit is reached
+	ErrForbiddenRoom ErrorCode = "forbidden_room" // the token does not allow this room
+	ErrUserOffline   ErrorCode = "user_offline"   // direct to a user with no connection
+	ErrRateLimited   ErrorCode = "rate_limited"   // too many messages; this one was not processed
+	ErrUnavailable   ErrorCode = "unavailable"    // the engine could not take the message; retry later
+	ErrInternal      ErrorCode = "internal"       // a bug on the server side; the message was not processed
 )
 
 // Retryable reports whether a client may send the same message again later

@@ -75,6 +75,21 @@ type Config struct {
 	// MembersMax bounds the user list in a `members` reply. Zero means 100.
 	MembersMax int
 
+	// AuthSecret switches on token mode: every connection must present an
+	// HS256 token signed with it (?token= or Authorization: Bearer), and
+	// the user is the token's subject. Empty means open mode, where a
+	// client names itself: for development only.
+	AuthSecret string
+	// ResumeWindow is how long a dropped connection's session can be
+	// resumed (rooms, private conversations, missed messages, the
+	// message-id window). Zero means 2 minutes.
+	ResumeWindow time.Duration
+	// PresenceGrace is how long a dropped connection still counts as
+	// present, so that a quick resume causes no leave/join for others.
+	// A clean close leaves at once. Zero means 10s; it cannot exceed
+	// ResumeWindow.
+	PresenceGrace time.Duration
+
 	// ShutdownTimeout bounds a graceful shutdown: how long queued messages
 	// may take to drain and clients to answer the close. Zero means 10s.
 	ShutdownTimeout time.Duration
@@ -116,6 +131,8 @@ func (c Config) withDefaults() Config {
 	defInt(&c.MaxRoomsPerConn, 100)
 	defInt(&c.PresenceEventsMax, 100)
 	def(&c.PresenceInterval, 2*time.Second)
+	def(&c.ResumeWindow, 2*time.Minute)
+	def(&c.PresenceGrace, 10*time.Second)
 	defInt(&c.MembersMax, 100)
 	if c.AutoJoin == "" {
 		c.AutoJoin = protocol.DefaultRoom
@@ -136,6 +153,7 @@ func (c Config) Validate() error {
 		{"ping-interval", c.PingInterval}, {"pong-timeout", c.PongTimeout},
 		{"write-timeout", c.WriteTimeout}, {"shutdown-timeout", c.ShutdownTimeout},
 		{"history-ttl", c.HistoryTTL}, {"presence-interval", c.PresenceInterval},
+		{"resume-window", c.ResumeWindow}, {"presence-grace", c.PresenceGrace},
 	} {
 		if d.v < 0 {
 			return fmt.Errorf("%s must not be negative (got %s)", d.name, d.v)
@@ -156,6 +174,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxMessageSize < 256 {
 		return fmt.Errorf("max-message-size must be at least 256 bytes (got %d)", c.MaxMessageSize)
+	}
+	if c.PresenceGrace > c.ResumeWindow {
+		return fmt.Errorf("presence-grace (%s) must not exceed resume-window (%s)", c.PresenceGrace, c.ResumeWindow)
 	}
 	if c.AutoJoin != "-" {
 		if msg := protocol.ValidateRoom(c.AutoJoin); msg != "" {

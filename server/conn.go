@@ -10,6 +10,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tether-chat/tether/auth"
 	"github.com/tether-chat/tether/protocol"
 )
 
@@ -40,8 +41,9 @@ type Conn struct {
 	mu      sync.Mutex
 	queue   []outFrame
 	spare   []outFrame
-	queued  int // bytes in queue
-	writing bool
+	queued  int  // bytes in queue
+	writing bool // a writer goroutine is running
+	corked  bool // no writer may start yet (before the welcome)
 	// closing is set once, by the first close; nothing is queued after it
 	// but the close frame.
 	closing *protocol.Disconnect
@@ -51,9 +53,27 @@ type Conn struct {
 	// rooms is guarded by the hub's mutex.
 	rooms map[string]struct{}
 
+	session    string       // the session this connection holds
+	registered bool         // the hub knows it (set by the handshake goroutine before the reader starts)
+	claims     *auth.Claims // token mode: what the token allows; nil in open mode
+
+	// resuming is set while a resumed connection replays what it missed;
+	// deliveries meanwhile wait in held, so that nothing published during
+	// the replay can arrive before the replayed messages or be lost
+	// between the history read and the switch to live delivery. Guarded
+	// by mu.
+	resuming bool
+	held     []heldFrame
+
 	// Reader-owned.
 	limiter bucket
 	strikes int
+}
+
+type heldFrame struct {
+	stream string
+	seq    uint64 // 0 for ephemeral publications
+	data   []byte
 }
 
 type outFrame struct {
@@ -86,6 +106,41 @@ func (c *Conn) enqueue(data []byte) bool {
 	return true
 }
 
+// enqueuePub queues a delivery of a publication on stream, or holds it
+// while the connection is replaying (see resuming).
+func (c *Conn) enqueuePub(data []byte, stream string, seq uint64) bool {
+	c.mu.Lock()
+	if c.resuming {
+		if len(c.held) >= c.srv.cfg.SendQueueMessages {
+			c.mu.Unlock()
+			c.srv.metrics.slowConsumers.Add(1)
+			c.close(protocol.DisconnectSlowConsumer, closeDrop)
+			return false
+		}
+		c.held = append(c.held, heldFrame{stream: stream, seq: seq, data: data})
+		c.mu.Unlock()
+		return true
+	}
+	c.mu.Unlock()
+	return c.enqueue(data)
+}
+
+// goLive ends the replay: held deliveries that the replay did not already
+// cover (replayed[stream] is the last sequence replayed) are queued, in the
+// order they arrived, and deliveries go straight to the queue again.
+func (c *Conn) goLive(replayed map[string]uint64) {
+	c.mu.Lock()
+	held := c.held
+	c.held, c.resuming = nil, false
+	c.mu.Unlock()
+	for _, f := range held {
+		if top, ok := replayed[f.stream]; ok && f.seq != 0 && f.seq <= top {
+			continue
+		}
+		c.enqueue(f.data)
+	}
+}
+
 // ping queues a WebSocket ping ahead of queued data, so a backlog never
 // delays the heartbeat.
 func (c *Conn) ping() {
@@ -99,8 +154,30 @@ func (c *Conn) ping() {
 	c.mu.Unlock()
 }
 
+// sendFirst queues frame ahead of everything else and uncorks the writer:
+// the welcome is always a connection's first message.
+func (c *Conn) sendFirst(frame []byte) {
+	c.mu.Lock()
+	c.queue = append(c.queue, outFrame{})
+	copy(c.queue[1:], c.queue)
+	c.queue[0] = outFrame{op: websocket.TextMessage, data: frame}
+	c.mu.Unlock()
+	c.uncork()
+}
+
+// uncork lets the writer run; a new connection starts corked so that
+// nothing can be written before its welcome.
+func (c *Conn) uncork() {
+	c.mu.Lock()
+	c.corked = false
+	if len(c.queue) > 0 {
+		c.kickLocked()
+	}
+	c.mu.Unlock()
+}
+
 func (c *Conn) kickLocked() {
-	if !c.writing {
+	if !c.writing && !c.corked {
 		c.writing = true
 		go c.flush()
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"hash/maphash"
+	"sort"
 	"sync"
 	"time"
 
@@ -11,8 +12,14 @@ import (
 )
 
 // hub is the node's registry of who is where: rooms and their member
-// connections, users and their connections (tabs), and private-conversation
-// partners. It turns engine deliveries into enqueued frames.
+// connections, users and their connections (tabs), private-conversation
+// partners, and ghosts. It turns engine deliveries into enqueued frames.
+//
+// A ghost holds the memberships of a connection that dropped without a
+// clean close, for the presence grace period: while it exists the user is
+// still present in their rooms and online, so a quick reconnect that
+// resumes the session causes no leave/join flapping. When it expires
+// unclaimed, the leaves happen then.
 //
 // Locks, in the order they may be taken:
 //
@@ -34,16 +41,24 @@ type hub struct {
 	partners map[string]map[string]struct{} // user -> users they had a private conversation with
 	all      map[*Conn]struct{}
 	dirty    map[string]struct{} // big rooms whose count changed since the last flush
+	ghosts   map[string]*ghost   // session id -> memberships held through the grace period
 }
 
 type room struct {
-	conns []*Conn // fan-out iterates a slice, not a map
+	conns []*Conn // live member connections; fan-out iterates a slice, not a map
 	index map[*Conn]int
-	users map[string]int // user -> connections of theirs in the room
+	users map[string]int // user -> holders (connections and ghosts) in the room
 }
 
 type userConns struct {
-	conns []*Conn
+	conns  []*Conn
+	ghosts int
+}
+
+type ghost struct {
+	user  string
+	rooms []string
+	timer *time.Timer
 }
 
 func newHub(s *Server) *hub {
@@ -55,6 +70,7 @@ func newHub(s *Server) *hub {
 		partners: make(map[string]map[string]struct{}),
 		all:      make(map[*Conn]struct{}),
 		dirty:    make(map[string]struct{}),
+		ghosts:   make(map[string]*ghost),
 	}
 }
 
@@ -95,7 +111,7 @@ func (h *hub) deliver(p *engine.Publication) {
 	}
 	for _, c := range targets {
 		if c.id != skip {
-			c.enqueue(frame)
+			c.enqueuePub(frame, p.Stream, p.Seq)
 		}
 	}
 	h.mu.RUnlock()
@@ -122,8 +138,8 @@ func chatOf(p *engine.Publication) protocol.Chat {
 	return protocol.Chat{Room: p.Room, From: p.From, Text: p.Text, Seq: p.Seq, Epoch: p.Epoch, ID: p.ClientID, TS: p.TS}
 }
 
-// register adds a new connection and its user; the user's first
-// connection subscribes to their inbox and puts them online.
+// register adds a new connection and its user; the user's first holder
+// subscribes to their inbox and puts them online.
 func (h *hub) register(ctx context.Context, c *Conn) error {
 	stream := engine.UserStream(c.user)
 	kl := h.keyLock(stream)
@@ -143,20 +159,20 @@ func (h *hub) register(ctx context.Context, c *Conn) error {
 		return nil
 	}
 	if err := h.srv.eng.Subscribe(ctx, stream); err != nil {
-		h.dropUser(c)
+		h.dropConnOfUser(c, false)
 		return err
 	}
 	if _, _, err := h.srv.eng.PresenceAdd(ctx, "", c.user); err != nil {
-		h.dropUser(c)
+		h.dropConnOfUser(c, false)
 		h.srv.eng.Unsubscribe(ctx, stream)
 		return err
 	}
 	return nil
 }
 
-// dropUser removes c from its user's connections and reports whether it
-// was the last one.
-func (h *hub) dropUser(c *Conn) (last bool) {
+// dropConnOfUser removes c from its user's connections, leaving a ghost in
+// its place when asked, and reports whether the user has no holder left.
+func (h *hub) dropConnOfUser(c *Conn, leaveGhost bool) (gone bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.all, c)
@@ -170,47 +186,157 @@ func (h *hub) dropUser(c *Conn) (last bool) {
 			break
 		}
 	}
-	if len(u.conns) > 0 {
+	if leaveGhost {
+		u.ghosts++
+	}
+	return h.userGoneLocked(c.user, u)
+}
+
+// userGoneLocked deletes u when nothing holds it; h.mu must be held.
+func (h *hub) userGoneLocked(user string, u *userConns) bool {
+	if len(u.conns) > 0 || u.ghosts > 0 {
 		return false
 	}
-	delete(h.users, c.user)
+	delete(h.users, user)
 	return true
 }
 
-// unregister removes a finished connection from every room, then from its
-// user; the user's last connection takes them offline and tells their
-// private-conversation partners with a `left` notice.
-func (h *hub) unregister(ctx context.Context, c *Conn) {
-	h.mu.RLock()
-	rooms := make([]string, 0, len(c.rooms))
-	for r := range c.rooms {
-		rooms = append(rooms, r)
+// userGone takes a user with no holder left offline and tells their
+// private-conversation partners with a `left` notice. The user's key lock
+// must be held.
+func (h *hub) userGone(ctx context.Context, user string) {
+	eng := h.srv.eng
+	eng.Unsubscribe(ctx, engine.UserStream(user))
+	eng.PresenceRemove(ctx, "", user)
+	h.mu.Lock()
+	partners := h.partners[user]
+	delete(h.partners, user)
+	h.mu.Unlock()
+	for p := range partners {
+		left := &engine.Publication{Stream: engine.UserStream(p), Type: protocol.TypeLeft, User: user, TS: time.Now().UnixMilli()}
+		if err := eng.Publish(ctx, left, engine.PublishOptions{Ephemeral: true}); err != nil {
+			h.srv.log.Warn("left notice not published", "user", user, "partner", p, "err", err)
+		}
 	}
-	h.mu.RUnlock()
-	for _, r := range rooms {
+}
+
+// unregister removes a connection that ended cleanly: it leaves every room
+// now, and the user's last holder takes them offline.
+func (h *hub) unregister(ctx context.Context, c *Conn) {
+	for _, r := range h.roomsOf(c) {
 		h.leave(ctx, c, r)
 	}
-
 	stream := engine.UserStream(c.user)
 	kl := h.keyLock(stream)
 	kl.Lock()
 	defer kl.Unlock()
-	if !h.dropUser(c) {
-		return
+	if h.dropConnOfUser(c, false) {
+		h.userGone(ctx, c.user)
 	}
-	eng := h.srv.eng
-	eng.Unsubscribe(ctx, stream)
-	eng.PresenceRemove(ctx, "", c.user)
-	h.mu.Lock()
-	partners := h.partners[c.user]
-	delete(h.partners, c.user)
-	h.mu.Unlock()
-	for p := range partners {
-		left := &engine.Publication{Stream: engine.UserStream(p), Type: protocol.TypeLeft, User: c.user, TS: time.Now().UnixMilli()}
-		if err := eng.Publish(ctx, left, engine.PublishOptions{Ephemeral: true}); err != nil {
-			h.srv.log.Warn("left notice not published", "user", c.user, "partner", p, "err", err)
+}
+
+// detach removes a connection that dropped without a clean close, leaving a
+// ghost that holds its memberships until the grace period ends or the
+// session resumes (releaseGhost).
+func (h *hub) detach(ctx context.Context, c *Conn, session string) {
+	g := &ghost{user: c.user, rooms: h.roomsOf(c)}
+	for _, name := range g.rooms {
+		kl := h.keyLock(engine.RoomStream(name))
+		kl.Lock()
+		h.mu.Lock()
+		if r := h.rooms[name]; r != nil {
+			if i, in := r.index[c]; in {
+				r.removeConn(c, i)
+			}
 		}
+		delete(c.rooms, name)
+		h.mu.Unlock()
+		kl.Unlock()
 	}
+	kl := h.keyLock(engine.UserStream(c.user))
+	kl.Lock()
+	h.dropConnOfUser(c, true)
+	kl.Unlock()
+
+	h.mu.Lock()
+	if old := h.ghosts[session]; old != nil {
+		// The same session dropped twice within the grace period: the older
+		// ghost's holds are released now, without events.
+		delete(h.ghosts, session)
+		old.timer.Stop()
+		h.mu.Unlock()
+		h.dropGhost(ctx, old)
+		h.mu.Lock()
+	}
+	h.ghosts[session] = g
+	g.timer = time.AfterFunc(h.srv.cfg.PresenceGrace, func() { h.releaseGhost(context.Background(), session) })
+	h.mu.Unlock()
+}
+
+// releaseGhost ends a ghost: on resume (the new connection already holds
+// the rooms again, so no event is published) or when the grace period
+// ends (the leaves happen now). Whoever removes it from the map releases it.
+func (h *hub) releaseGhost(ctx context.Context, session string) bool {
+	h.mu.Lock()
+	g := h.ghosts[session]
+	delete(h.ghosts, session)
+	h.mu.Unlock()
+	if g == nil {
+		return false
+	}
+	g.timer.Stop()
+	h.dropGhost(ctx, g)
+	return true
+}
+
+func (h *hub) dropGhost(ctx context.Context, g *ghost) {
+	for _, name := range g.rooms {
+		stream := engine.RoomStream(name)
+		kl := h.keyLock(stream)
+		kl.Lock()
+		h.mu.Lock()
+		var lastTab, emptyRoom bool
+		if r := h.rooms[name]; r != nil {
+			lastTab, emptyRoom = h.releaseHolderLocked(name, r, g.user)
+		}
+		h.mu.Unlock()
+		h.afterRelease(ctx, name, g.user, lastTab, emptyRoom)
+		kl.Unlock()
+	}
+	kl := h.keyLock(engine.UserStream(g.user))
+	kl.Lock()
+	defer kl.Unlock()
+	h.mu.Lock()
+	gone := false
+	if u := h.users[g.user]; u != nil {
+		u.ghosts--
+		gone = h.userGoneLocked(g.user, u)
+	}
+	h.mu.Unlock()
+	if gone {
+		h.userGone(ctx, g.user)
+	}
+}
+
+// dropGhosts forgets every ghost without publishing anything (shutdown).
+func (h *hub) dropGhosts() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for id, g := range h.ghosts {
+		g.timer.Stop()
+		delete(h.ghosts, id)
+	}
+}
+
+func (h *hub) roomsOf(c *Conn) []string {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	rooms := make([]string, 0, len(c.rooms))
+	for r := range c.rooms {
+		rooms = append(rooms, r)
+	}
+	sort.Strings(rooms)
+	return rooms
 }
 
 func (h *hub) notePartner(user, other string) {
@@ -230,8 +356,23 @@ func (h *hub) notePartner(user, other string) {
 	m[other] = struct{}{}
 }
 
+// partnersOf lists a user's private-conversation partners, sorted.
+func (h *hub) partnersOf(user string) []string {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]string, 0, len(h.partners[user]))
+	for p := range h.partners[user] {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // join puts c in room. Joining a room twice is not an error.
 func (h *hub) join(ctx context.Context, c *Conn, name string) error {
+	if c.claims != nil && !c.claims.MayJoin(name) {
+		return &protocol.Error{Code: protocol.ErrForbiddenRoom, Message: "your token does not allow room " + name}
+	}
 	stream := engine.RoomStream(name)
 	kl := h.keyLock(stream)
 	kl.Lock()
@@ -262,7 +403,13 @@ func (h *hub) join(ctx context.Context, c *Conn, name string) error {
 	eng := h.srv.eng
 	if newRoom {
 		if err := eng.Subscribe(ctx, stream); err != nil {
-			h.removeMember(c, name)
+			h.mu.Lock()
+			if i, in := r.index[c]; in {
+				r.removeConn(c, i)
+			}
+			delete(c.rooms, name)
+			h.releaseHolderLocked(name, r, c.user)
+			h.mu.Unlock()
 			return unavailable(err)
 		}
 	}
@@ -282,59 +429,68 @@ func (h *hub) join(ctx context.Context, c *Conn, name string) error {
 
 // leave takes c out of room.
 func (h *hub) leave(ctx context.Context, c *Conn, name string) error {
-	stream := engine.RoomStream(name)
-	kl := h.keyLock(stream)
+	kl := h.keyLock(engine.RoomStream(name))
 	kl.Lock()
 	defer kl.Unlock()
 
-	lastTab, emptyRoom, ok := h.removeMember(c, name)
-	if !ok {
+	h.mu.Lock()
+	r := h.rooms[name]
+	i, in := 0, false
+	if r != nil {
+		i, in = r.index[c]
+	}
+	if !in {
+		h.mu.Unlock()
 		return notMember(name)
 	}
-	eng := h.srv.eng
-	if emptyRoom {
-		eng.Unsubscribe(ctx, stream)
-	}
-	if lastTab {
-		removed, n, err := eng.PresenceRemove(ctx, name, c.user)
-		if err != nil {
-			h.srv.log.Warn("presence remove failed", "room", name, "user", c.user, "err", err)
-		} else if removed {
-			h.presenceChanged(ctx, name, c.user, protocol.PresenceLeave, n)
-		}
-	}
+	r.removeConn(c, i)
+	delete(c.rooms, name)
+	lastTab, emptyRoom := h.releaseHolderLocked(name, r, c.user)
+	h.mu.Unlock()
+	h.afterRelease(ctx, name, c.user, lastTab, emptyRoom)
 	return nil
 }
 
-// removeMember updates the maps for c leaving room name.
-func (h *hub) removeMember(c *Conn, name string) (lastTab, emptyRoom, ok bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	r := h.rooms[name]
-	if r == nil {
-		return false, false, false
-	}
-	i, in := r.index[c]
-	if !in {
-		return false, false, false
-	}
+// removeConn takes the connection at index i out of the room's live list.
+func (r *room) removeConn(c *Conn, i int) {
 	last := len(r.conns) - 1
 	r.conns[i] = r.conns[last]
 	r.index[r.conns[i]] = i
 	r.conns[last] = nil
 	r.conns = r.conns[:last]
 	delete(r.index, c)
-	delete(c.rooms, name)
-	r.users[c.user]--
-	if r.users[c.user] == 0 {
-		delete(r.users, c.user)
+}
+
+// releaseHolderLocked drops one of user's holds on room; h.mu must be held.
+func (h *hub) releaseHolderLocked(name string, r *room, user string) (lastTab, emptyRoom bool) {
+	r.users[user]--
+	if r.users[user] <= 0 {
+		delete(r.users, user)
 		lastTab = true
 	}
-	if len(r.conns) == 0 {
+	if len(r.users) == 0 {
 		delete(h.rooms, name)
 		emptyRoom = true
 	}
-	return lastTab, emptyRoom, true
+	return lastTab, emptyRoom
+}
+
+// afterRelease carries out the engine side of a released hold; the room's
+// key lock must be held.
+func (h *hub) afterRelease(ctx context.Context, name, user string, lastTab, emptyRoom bool) {
+	eng := h.srv.eng
+	if emptyRoom {
+		eng.Unsubscribe(ctx, engine.RoomStream(name))
+	}
+	if !lastTab {
+		return
+	}
+	removed, n, err := eng.PresenceRemove(ctx, name, user)
+	if err != nil {
+		h.srv.log.Warn("presence remove failed", "room", name, "user", user, "err", err)
+	} else if removed {
+		h.presenceChanged(ctx, name, user, protocol.PresenceLeave, n)
+	}
 }
 
 // presenceChanged tells a room that user joined or left. In a big room it

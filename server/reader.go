@@ -106,72 +106,109 @@ func (c *Conn) allow() bool {
 
 // handle carries out one valid command. Every command with an id is
 // answered with exactly one ack (pong for ping) or error naming that id.
+//
+// join, leave, chat and direct are deduplicated by id within the session:
+// a message re-sent after a reconnect (its ack was lost with the old
+// connection) is acked again with the sequence it got the first time, and
+// not processed twice.
 func (c *Conn) handle(cmd protocol.Command) {
 	ctx, cancel := context.WithTimeout(c.srv.ctx, 5*time.Second)
 	defer cancel()
-	h := c.srv.hub
 	switch cmd.Type {
 	case protocol.TypePing:
 		c.send(protocol.Encode(protocol.TypePong, cmd.ID, protocol.Pong{Echo: cmd.Echo}))
-
-	case protocol.TypeJoin:
-		if err := h.join(ctx, c, cmd.Room); err != nil {
-			c.fail(cmd.ID, err)
-			return
-		}
-		c.ack(cmd.ID, 0)
-		c.sendMembers(ctx, cmd.Room)
-
-	case protocol.TypeLeave:
-		if err := h.leave(ctx, c, cmd.Room); err != nil {
-			c.fail(cmd.ID, err)
-			return
-		}
-		c.ack(cmd.ID, 0)
-
+		return
 	case protocol.TypeWho:
 		c.ack(cmd.ID, 0)
 		c.sendMembers(ctx, cmd.Room)
-
-	case protocol.TypeChat:
-		if !h.isMember(c, cmd.Room) {
-			c.fail(cmd.ID, notMember(cmd.Room))
-			return
-		}
-		p := &engine.Publication{Stream: engine.RoomStream(cmd.Room), Type: protocol.TypeChat,
-			Room: cmd.Room, From: c.user, Text: cmd.Text, ClientID: cmd.ID, TS: time.Now().UnixMilli()}
-		if err := c.srv.publish(ctx, p, engine.PublishOptions{}); err != nil {
-			c.fail(cmd.ID, err)
-			return
-		}
-		c.ack(cmd.ID, p.Seq)
-
-	case protocol.TypeDirect:
-		seq, err := h.direct(ctx, c, cmd.To, cmd.Text, cmd.ID)
-		if err != nil {
-			c.fail(cmd.ID, err)
-			return
-		}
-		c.ack(cmd.ID, seq)
-
+		return
 	case protocol.TypeHistory:
-		if !h.isMember(c, cmd.Room) {
-			c.fail(cmd.ID, notMember(cmd.Room))
-			return
-		}
-		q := engine.HistoryQuery{After: cmd.After, Before: cmd.Before, Limit: cmd.Limit, Latest: cmd.After == 0}
-		hist, err := c.srv.eng.History(ctx, engine.RoomStream(cmd.Room), q)
+		c.history(ctx, cmd)
+		return
+	}
+
+	eng := c.srv.eng
+	if cmd.ID != "" {
+		st, seq, err := eng.ReserveID(ctx, c.session, cmd.ID)
 		if err != nil {
 			c.fail(cmd.ID, unavailable(err))
 			return
 		}
-		page := protocol.HistoryPage{Room: cmd.Room, Epoch: hist.Epoch, Top: hist.Top, Oldest: hist.Oldest,
-			Messages: make([]protocol.Chat, 0, len(hist.Pubs))}
-		for _, p := range hist.Pubs {
-			page.Messages = append(page.Messages, chatOf(p))
+		switch st {
+		case engine.IDDone:
+			c.srv.metrics.duplicates.Add(1)
+			c.ack(cmd.ID, seq)
+			return
+		case engine.IDInFlight:
+			c.srv.metrics.duplicates.Add(1)
+			return // the attempt in flight answers
 		}
-		c.send(protocol.Encode(protocol.TypeHistory, cmd.ID, page))
 	}
+	seq, err := c.process(ctx, cmd)
+	if err != nil {
+		if cmd.ID != "" {
+			eng.ReleaseID(ctx, c.session, cmd.ID)
+		}
+		c.fail(cmd.ID, err)
+		return
+	}
+	if cmd.ID != "" {
+		eng.CompleteID(ctx, c.session, cmd.ID, seq)
+	}
+	c.ack(cmd.ID, seq)
+	if cmd.Type == protocol.TypeJoin {
+		c.sendMembers(ctx, cmd.Room)
+	}
+}
+
+// process carries out join, leave, chat and direct, returning the sequence
+// a chat or direct message got.
+func (c *Conn) process(ctx context.Context, cmd protocol.Command) (uint64, error) {
+	h := c.srv.hub
+	switch cmd.Type {
+	case protocol.TypeJoin:
+		if err := h.join(ctx, c, cmd.Room); err != nil {
+			return 0, err
+		}
+		c.srv.saveSession(ctx, c)
+	case protocol.TypeLeave:
+		if err := h.leave(ctx, c, cmd.Room); err != nil {
+			return 0, err
+		}
+		c.srv.saveSession(ctx, c)
+	case protocol.TypeChat:
+		if !h.isMember(c, cmd.Room) {
+			return 0, notMember(cmd.Room)
+		}
+		p := &engine.Publication{Stream: engine.RoomStream(cmd.Room), Type: protocol.TypeChat,
+			Room: cmd.Room, From: c.user, Text: cmd.Text, ClientID: cmd.ID, TS: time.Now().UnixMilli()}
+		if err := c.srv.publish(ctx, p, engine.PublishOptions{}); err != nil {
+			return 0, err
+		}
+		return p.Seq, nil
+	case protocol.TypeDirect:
+		return h.direct(ctx, c, cmd.To, cmd.Text, cmd.ID)
+	}
+	return 0, nil
+}
+
+func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
+	if !c.srv.hub.isMember(c, cmd.Room) {
+		c.fail(cmd.ID, notMember(cmd.Room))
+		return
+	}
+	q := engine.HistoryQuery{After: cmd.After, Before: cmd.Before, Limit: cmd.Limit, Latest: cmd.After == 0}
+	hist, err := c.srv.eng.History(ctx, engine.RoomStream(cmd.Room), q)
+	if err != nil {
+		c.fail(cmd.ID, unavailable(err))
+		return
+	}
+	page := protocol.HistoryPage{Room: cmd.Room, Epoch: hist.Epoch, Top: hist.Top, Oldest: hist.Oldest,
+		Messages: make([]protocol.Chat, 0, len(hist.Pubs))}
+	for _, p := range hist.Pubs {
+		page.Messages = append(page.Messages, chatOf(p))
+	}
+	c.send(protocol.Encode(protocol.TypeHistory, cmd.ID, page))
 }
 
 func (c *Conn) sendMembers(ctx context.Context, room string) {

@@ -16,12 +16,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +31,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tether-chat/tether/auth"
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/engine/memory"
 	"github.com/tether-chat/tether/protocol"
@@ -140,16 +143,30 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "server is shutting down; reconnect to another node", http.StatusServiceUnavailable)
 		return
 	}
+	q := r.URL.Query()
 	user := r.PathValue("client_id")
 	if user == "" {
-		user = r.URL.Query().Get("user")
+		user = q.Get("user")
 	}
-	if user == "" {
+	var claims *auth.Claims
+	var refuse *protocol.Disconnect
+	if s.cfg.AuthSecret != "" {
+		claims, refuse = s.authenticate(r, user)
+		if refuse == nil {
+			user = claims.Subject
+		}
+	} else if user == "" {
 		user = "guest-" + randomID(3)
 	}
-	if msg := protocol.ValidateUser(user); msg != "" {
-		http.Error(w, "invalid user: "+msg, http.StatusBadRequest)
-		return
+	if refuse == nil {
+		if msg := protocol.ValidateUser(user); msg != "" {
+			if claims == nil {
+				http.Error(w, "invalid user: "+msg, http.StatusBadRequest)
+				return
+			}
+			d := protocol.Unauthorized("token subject is not a valid user name")
+			refuse = &d
+		}
 	}
 
 	hj := &hijacker{ResponseWriter: w, timeout: s.cfg.WriteTimeout}
@@ -157,18 +174,35 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // handshakeError has answered and logged
 	}
+	if refuse != nil {
+		// Refused after the upgrade, with a close code, because a browser
+		// cannot read the status of a failed handshake: it would only see
+		// 1006 and retry forever.
+		s.metrics.refused.Add(1)
+		s.log.Warn("connection refused", "remote", r.RemoteAddr, "user", user, "code", int(refuse.Code), "reason", refuse.Reason)
+		ws.WriteControl(websocket.CloseMessage, closePayload(*refuse), time.Now().Add(time.Second))
+		ws.Close()
+		return
+	}
 	c := &Conn{
 		id: s.nextID.Add(1), user: user, remote: r.RemoteAddr, opened: time.Now(),
-		srv: s, ws: ws, raw: hj.raw, rooms: make(map[string]struct{}),
-		writing: true, // corked until the welcome is queued first
+		srv: s, ws: ws, raw: hj.raw, rooms: make(map[string]struct{}), claims: claims,
+		corked:  true, // until the welcome is queued first
 		limiter: bucket{rate: s.cfg.RateLimit, burst: float64(s.cfg.RateBurst), tokens: float64(s.cfg.RateBurst)},
 	}
 	c.touch()
 	s.conns.Add(1)
 	s.metrics.opened.Add(1)
-	if err := s.connected(c); err != nil {
-		s.log.Error("connection set-up failed", "user", user, "remote", c.remote, "err", err)
-		c.close(protocol.DisconnectInternal, closeDrain)
+	if err := s.connected(c, q.Get("session"), parseSince(q.Get("since"))); err != nil {
+		c.uncork()
+		var d protocol.Disconnect
+		if errors.As(err, &d) {
+			s.log.Warn("connection refused", "user", user, "remote", c.remote, "code", int(d.Code), "reason", d.Reason)
+			c.close(d, closeDrain)
+		} else {
+			s.log.Error("connection set-up failed", "user", user, "remote", c.remote, "err", err)
+			c.close(protocol.DisconnectInternal, closeDrain)
+		}
 	}
 	// The reader gets a goroutine of its own and the handler returns, so
 	// net/http's per-request state (buffers, request, response writer) is
@@ -177,59 +211,228 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	go c.readLoop()
 }
 
-// connected registers a new connection, queues its welcome (first, before
-// anything a delivery may have queued meanwhile) and auto-joins it.
-func (s *Server) connected(c *Conn) error {
-	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
-	defer cancel()
-	err := s.hub.register(ctx, c)
-	if err == nil && s.shuttingDown.Load() {
-		err = errors.New("shutting down")
+// authenticate checks the token of a request in token mode. The token
+// comes from ?token= (browsers cannot set headers on a WebSocket) or an
+// Authorization: Bearer header. It is never logged.
+func (s *Server) authenticate(r *http.Request, named string) (*auth.Claims, *protocol.Disconnect) {
+	tok := r.URL.Query().Get("token")
+	if h := r.Header.Get("Authorization"); tok == "" && len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		tok = strings.TrimSpace(h[7:])
 	}
-	online, _ := s.eng.PresenceCount(ctx, "")
-	rooms := []string{}
-	if s.cfg.AutoJoin != "-" {
-		rooms = append(rooms, s.cfg.AutoJoin)
+	if tok == "" {
+		d := protocol.Unauthorized("token required")
+		return nil, &d
 	}
-	welcome := protocol.Encode(protocol.TypeWelcome, "", protocol.Welcome{
-		Protocol: protocol.Version, User: c.user, Session: randomID(16), Online: online, Rooms: rooms,
-		Heartbeat: protocol.Heartbeat{Interval: s.cfg.PingInterval.Milliseconds(), Timeout: s.cfg.PongTimeout.Milliseconds()},
-		MaxText:   s.cfg.MaxText,
-	})
-	c.mu.Lock()
-	c.queue = append(c.queue, outFrame{})
-	copy(c.queue[1:], c.queue)
-	c.queue[0] = outFrame{op: websocket.TextMessage, data: welcome}
-	c.writing = false
-	c.kickLocked()
-	c.mu.Unlock()
+	claims, err := auth.Verify([]byte(s.cfg.AuthSecret), tok, time.Now())
 	if err != nil {
-		return err
+		d := protocol.Unauthorized(err.Error())
+		return nil, &d
 	}
-	s.log.Info("connect", "user", c.user, "conn", c.id, "remote", c.remote)
-	if s.cfg.AutoJoin != "-" {
-		if err := s.hub.join(ctx, c, s.cfg.AutoJoin); err != nil {
+	if named != "" && named != claims.Subject {
+		d := protocol.Forbidden("user does not match token")
+		return nil, &d
+	}
+	return claims, nil
+}
+
+// position is where a client was in one stream: (epoch, seq).
+type position struct {
+	epoch string
+	seq   uint64
+}
+
+// parseSince reads a client's positions: ?since= is a JSON object from room
+// name (or "@" for the inbox) to [epoch, seq]. Anything malformed is
+// ignored: the client then simply gets no replay for it.
+func parseSince(raw string) map[string]position {
+	if raw == "" || len(raw) > 64<<10 {
+		return nil
+	}
+	var m map[string][2]json.RawMessage
+	if json.Unmarshal([]byte(raw), &m) != nil {
+		return nil
+	}
+	out := make(map[string]position, len(m))
+	for k, v := range m {
+		var p position
+		if json.Unmarshal(v[0], &p.epoch) != nil || json.Unmarshal(v[1], &p.seq) != nil {
+			continue
+		}
+		if k == protocol.InboxKey || protocol.ValidateRoom(k) == "" {
+			out[k] = p
+		}
+	}
+	return out
+}
+
+// connected sets up a new connection: it resumes the session it presents
+// (or starts one), registers it, joins its rooms, queues the welcome first,
+// replays what the client missed on every stream it gave a position for,
+// and only then lets live deliveries through.
+func (s *Server) connected(c *Conn, sessionID string, since map[string]position) error {
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	defer cancel()
+	var sess *engine.Session
+	if sessionID != "" {
+		var err error
+		if sess, err = s.eng.LoadSession(ctx, sessionID); err != nil {
 			return err
 		}
-		c.sendMembers(ctx, s.cfg.AutoJoin)
+		if sess != nil && sess.User != c.user {
+			return protocol.DisconnectSessionUser
+		}
 	}
+	resumed := sess != nil
+	if !resumed {
+		sess = &engine.Session{ID: randomID(16), User: c.user}
+		if s.cfg.AutoJoin != "-" {
+			sess.Rooms = []string{s.cfg.AutoJoin}
+		}
+	}
+	c.session = sess.ID
+	c.mu.Lock()
+	c.resuming = true
+	c.mu.Unlock()
+	if err := s.hub.register(ctx, c); err != nil {
+		return err
+	}
+	c.registered = true
+	if s.shuttingDown.Load() {
+		return protocol.DisconnectShutdown
+	}
+	joined := []string{}
+	for _, room := range sess.Rooms {
+		if err := s.hub.join(ctx, c, room); err != nil {
+			s.log.Debug("room not rejoined", "user", c.user, "room", room, "err", err)
+			continue
+		}
+		joined = append(joined, room)
+	}
+	if resumed {
+		s.hub.releaseGhost(ctx, sess.ID)
+		for _, p := range sess.Partners {
+			s.hub.notePartner(c.user, p)
+		}
+		s.metrics.resumes.Add(1)
+	}
+	s.saveSession(ctx, c)
+
+	online, _ := s.eng.PresenceCount(ctx, "")
+	c.sendFirst(protocol.Encode(protocol.TypeWelcome, "", protocol.Welcome{
+		Protocol: protocol.Version, User: c.user, Session: sess.ID, Resumed: resumed, Online: online, Rooms: joined,
+		Heartbeat: protocol.Heartbeat{Interval: s.cfg.PingInterval.Milliseconds(), Timeout: s.cfg.PongTimeout.Milliseconds()},
+		MaxText:   s.cfg.MaxText,
+	}))
+	for _, room := range joined {
+		c.sendMembers(ctx, room)
+	}
+	replayed := make(map[string]uint64)
+	keys := make([]string, 0, len(since))
+	for k := range since {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		s.recover(ctx, c, k, since[k], replayed)
+	}
+	c.goLive(replayed)
+	s.log.Info("connect", "user", c.user, "conn", c.id, "remote", c.remote, "resumed", resumed, "rooms", len(joined))
 	return nil
 }
 
-// disconnected runs once per connection, when its reader has returned.
+// recover replays one stream from the client's position, if the retained
+// history still covers it, and tells the client with `recovered`.
+func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position, replayed map[string]uint64) {
+	rec := protocol.Recovered{}
+	var stream string
+	if key == protocol.InboxKey {
+		stream, rec.Inbox = engine.UserStream(c.user), true
+	} else {
+		stream, rec.Room = engine.RoomStream(key), key
+		if !s.hub.isMember(c, key) {
+			// Not (any more) in the room: nothing to replay or to reveal.
+			s.metrics.recoveriesFailed.Add(1)
+			c.send(protocol.Encode(protocol.TypeRecovered, "", rec))
+			return
+		}
+	}
+	hist, err := s.eng.History(ctx, stream, engine.HistoryQuery{After: pos.seq})
+	if err != nil {
+		s.log.Warn("recovery failed", "user", c.user, "stream", stream, "err", err)
+		s.metrics.recoveriesFailed.Add(1)
+		c.send(protocol.Encode(protocol.TypeRecovered, "", rec))
+		return
+	}
+	rec.Epoch, rec.Top = hist.Epoch, hist.Top
+	rec.Recovered = pos.epoch == hist.Epoch && pos.seq+1 >= hist.Oldest && pos.seq <= hist.Top
+	if rec.Recovered {
+		last := pos.seq
+		for len(hist.Pubs) > 0 {
+			for _, p := range hist.Pubs {
+				c.send(encodePublication(p))
+				last = p.Seq
+				rec.Count++
+			}
+			if last >= hist.Top {
+				break
+			}
+			if hist, err = s.eng.History(ctx, stream, engine.HistoryQuery{After: last}); err != nil {
+				break
+			}
+		}
+		replayed[stream] = last
+		s.metrics.recoveries.Add(1)
+	} else {
+		s.metrics.recoveriesFailed.Add(1)
+	}
+	c.send(protocol.Encode(protocol.TypeRecovered, "", rec))
+}
+
+// saveSession stores what a resume of c's session needs, for the resume
+// window. It is refreshed while the connection lives (heartbeat).
+func (s *Server) saveSession(ctx context.Context, c *Conn) {
+	if c.session == "" {
+		return
+	}
+	sess := &engine.Session{ID: c.session, User: c.user, Rooms: s.hub.roomsOf(c), Partners: s.hub.partnersOf(c.user)}
+	if err := s.eng.SaveSession(ctx, sess, s.cfg.ResumeWindow); err != nil {
+		s.log.Warn("session not saved", "user", c.user, "err", err)
+	}
+}
+
+// disconnected runs once per connection, when its reader has returned. A
+// clean end (the client closed with 1000 or 1001, or the server with a
+// terminal code) leaves at once and forgets the session; any other end
+// keeps the session for the resume window and the presence for the grace
+// period.
 func (s *Server) disconnected(c *Conn, readErr error) {
 	c.raw.Conn.Close()
-	code, reason := protocol.CloseAbnormal, ""
+	code, reason, clean := protocol.CloseAbnormal, "", false
 	if d := c.closeReason(); d != nil {
 		code, reason = d.Code, d.Reason
+		clean = protocol.PolicyFor(d.Code) == protocol.Terminal
 	} else {
 		var ce *websocket.CloseError
 		if errors.As(readErr, &ce) {
 			code, reason = protocol.CloseCode(ce.Code), ce.Text
+			clean = code == protocol.CloseNormal || code == protocol.CloseGoingAway
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	s.hub.unregister(ctx, c)
+	switch {
+	case !c.registered:
+	case clean:
+		s.hub.unregister(ctx, c)
+		s.eng.DeleteSession(ctx, c.session)
+	case s.shuttingDown.Load():
+		// No ghost outlives this node; the session stays in the engine, so
+		// the client can resume on the node that replaces this one.
+		s.saveSession(ctx, c)
+		s.hub.unregister(ctx, c)
+	default:
+		s.saveSession(ctx, c)
+		s.hub.detach(ctx, c, c.session)
+	}
 	cancel()
 	s.metrics.closed.Add(1)
 	level := slog.LevelInfo
@@ -237,7 +440,7 @@ func (s *Server) disconnected(c *Conn, readErr error) {
 		level = slog.LevelWarn
 	}
 	s.log.Log(context.Background(), level, "disconnect", "user", c.user, "conn", c.id, "remote", c.remote,
-		"code", int(code), "reason", reason, "duration", time.Since(c.opened).Round(time.Millisecond))
+		"code", int(code), "reason", reason, "clean", clean, "duration", time.Since(c.opened).Round(time.Millisecond))
 	s.conns.Done()
 }
 
@@ -255,7 +458,8 @@ func (s *Server) publish(ctx context.Context, p *engine.Publication, opts engine
 // pings connections that have been silent for PingInterval and closes those
 // silent for PingInterval+PongTimeout. It reads only timestamps the readers
 // store, so a backlog on the send side never makes a live client look dead.
-// It also sends big rooms their coalesced presence counts.
+// It also sends big rooms their coalesced presence counts and keeps live
+// sessions from expiring.
 func (s *Server) heartbeat() {
 	defer close(s.heartbeatOff)
 	interval, timeout := s.cfg.PingInterval, s.cfg.PongTimeout
@@ -264,6 +468,8 @@ func (s *Server) heartbeat() {
 	defer t.Stop()
 	presence := time.NewTicker(s.cfg.PresenceInterval)
 	defer presence.Stop()
+	sessions := time.NewTicker(s.cfg.ResumeWindow / 3)
+	defer sessions.Stop()
 	var conns []*Conn
 	for {
 		select {
@@ -271,6 +477,13 @@ func (s *Server) heartbeat() {
 			return
 		case <-presence.C:
 			s.hub.flushPresence(s.ctx)
+		case <-sessions.C:
+			// Live sessions must not expire: refresh them well within the window.
+			conns = s.hub.snapshot(conns[:0])
+			for _, c := range conns {
+				s.saveSession(s.ctx, c)
+			}
+			clear(conns)
 		case now := <-t.C:
 			conns = s.hub.snapshot(conns[:0])
 			for _, c := range conns {
@@ -322,21 +535,27 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.cancel()
 	<-s.heartbeatOff
+	s.hub.dropGhosts()
 	s.eng.Close()
 	return err
 }
 
 // Stats is a snapshot of the server's counters.
 type Stats struct {
-	Connections   int
-	Opened        int64
-	Closed        int64
-	Received      int64
-	Delivered     int64
-	Errors        int64
-	RateLimited   int64
-	SlowConsumers int64
-	EngineErrors  int64
+	Connections      int
+	Opened           int64
+	Closed           int64
+	Received         int64
+	Delivered        int64
+	Errors           int64
+	RateLimited      int64
+	SlowConsumers    int64
+	EngineErrors     int64
+	Refused          int64 // connections refused (credentials, session)
+	Resumes          int64 // sessions resumed
+	Recoveries       int64 // streams replayed from the client's position
+	RecoveriesFailed int64 // streams whose position could not be served
+	Duplicates       int64 // re-sent client messages acked without processing
 }
 
 // Stats returns the current counters.
@@ -344,11 +563,14 @@ func (s *Server) Stats() Stats {
 	m := &s.metrics
 	return Stats{Connections: s.hub.count(), Opened: m.opened.Load(), Closed: m.closed.Load(),
 		Received: m.received.Load(), Delivered: m.delivered.Load(), Errors: m.errors.Load(),
-		RateLimited: m.rateLimited.Load(), SlowConsumers: m.slowConsumers.Load(), EngineErrors: m.engineErrors.Load()}
+		RateLimited: m.rateLimited.Load(), SlowConsumers: m.slowConsumers.Load(), EngineErrors: m.engineErrors.Load(),
+		Refused: m.refused.Load(), Resumes: m.resumes.Load(), Recoveries: m.recoveries.Load(),
+		RecoveriesFailed: m.recoveriesFailed.Load(), Duplicates: m.duplicates.Load()}
 }
 
 type metrics struct {
-	opened, closed, received, delivered, errors, rateLimited, slowConsumers, engineErrors atomic.Int64
+	opened, closed, refused, received, delivered, errors, rateLimited, slowConsumers, engineErrors atomic.Int64
+	resumes, recoveries, recoveriesFailed, duplicates                                              atomic.Int64
 }
 
 // checkOrigin allows requests without an Origin (non-browser clients),

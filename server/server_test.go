@@ -96,7 +96,9 @@ func TestDirectReachesAllRecipientTabsAndSenderOtherTabsOnly(t *testing.T) {
 }
 
 func TestLeftNoticeWhenPartnersLastTabCloses(t *testing.T) {
-	ts := newTestServer(t, Config{})
+	// alice1 drops abruptly (its session is held for the grace period),
+	// alice2 closes cleanly: the left notice comes when both are gone.
+	ts := newTestServer(t, Config{PresenceGrace: 200 * time.Millisecond})
 	alice1, alice2 := connect(t, ts, "alice"), connect(t, ts, "alice")
 	bob, carol := connect(t, ts, "bob"), connect(t, ts, "carol")
 	bob.send(protocol.TypeDirect, "d", map[string]any{"to": "alice", "text": "hi"})
@@ -362,7 +364,7 @@ func TestGuestNameWhenNoUserGiven(t *testing.T) {
 // TestSlowConsumerIsDroppedAndRoomKeepsPace: a member that never reads fills
 // its bounded queue and is closed alone; another member gets every message.
 func TestSlowConsumerIsDroppedAndRoomKeepsPace(t *testing.T) {
-	ts := newTestServer(t, Config{RateLimit: -1})
+	ts := newTestServer(t, Config{RateLimit: -1, PresenceGrace: 50 * time.Millisecond})
 	d := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 		if err == nil {
@@ -434,7 +436,7 @@ func TestSlowConsumerIsDroppedAndRoomKeepsPace(t *testing.T) {
 // its presence leave reaches the room.
 func TestHalfOpenPeerIsDetectedByHeartbeat(t *testing.T) {
 	interval, timeout := 200*time.Millisecond, 300*time.Millisecond
-	ts := newTestServer(t, Config{PingInterval: interval, PongTimeout: timeout})
+	ts := newTestServer(t, Config{PingInterval: interval, PongTimeout: timeout, PresenceGrace: time.Millisecond})
 	observer := connect(t, ts, "observer")
 	px := newProxy(t, strings.TrimPrefix(ts.http.URL, "http://"))
 	ghost := dial(t, "ws://"+px.addr()+"/ws/ghost")
@@ -453,7 +455,7 @@ func TestHalfOpenPeerIsDetectedByHeartbeat(t *testing.T) {
 	if leave.Count != 1 {
 		t.Fatalf("presence = %+v", leave)
 	}
-	t.Logf("half-open peer detected after %s (interval %s + timeout %s)", took.Round(time.Millisecond), interval, timeout)
+	t.Logf("half-open peer detected and its leave published after %s (interval %s + timeout %s + grace 1ms)", took.Round(time.Millisecond), interval, timeout)
 	observer.roundTrip("observer-alive")
 }
 
