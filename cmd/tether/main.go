@@ -38,6 +38,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args, stderr)
 	case "bench":
 		return benchCmd(args, stdout, stderr)
+	case "token":
+		return tokenCmd(args, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "tether %s (protocol v%d)\n", version, protocol.Version)
 		return 0
@@ -56,6 +58,7 @@ func usage(w io.Writer) {
 Commands:
   serve     run a Tether node (the default)
   bench     load a running node: idle, fanout (see docs/benchmarks.md)
+  token     print a signed token for a user (token mode)
   version   print the version
 
 Run 'tether serve --help' for every setting and its default.
@@ -84,6 +87,9 @@ func serveFlags(fs *flag.FlagSet, cfg *server.Config, addr, logFormat, logLevel 
 	fs.IntVar(&cfg.MembersMax, "members-max", 100, "most users listed in a members reply")
 	fs.IntVar(&cfg.HistorySize, "history-size", 100, "messages retained per room and inbox (memory engine)")
 	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", 10*time.Minute, "how long messages are retained (memory engine)")
+	fs.StringVar(&cfg.AuthSecret, "auth-secret", "", "token mode: HS256 secret that signs client tokens (empty: open mode, for development)")
+	fs.DurationVar(&cfg.ResumeWindow, "resume-window", 2*time.Minute, "how long a dropped connection's session can be resumed")
+	fs.DurationVar(&cfg.PresenceGrace, "presence-grace", 10*time.Second, "how long a dropped connection still counts as present")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this node's id among several (default: random)")
 	fs.StringVar(logFormat, "log-format", "text", "log format: text or json")
@@ -148,8 +154,12 @@ func serve(args []string, stderr io.Writer) int {
 		srv.Shutdown(context.Background())
 		return 1
 	}
+	mode := "open (development: clients name themselves)"
+	if cfg.AuthSecret != "" {
+		mode = "token"
+	}
 	logger.Info("tether listening", "version", version, "addr", ln.Addr().String(),
-		"chat", "http://"+ln.Addr().String()+"/", "engine", "memory")
+		"chat", "http://"+ln.Addr().String()+"/", "engine", "memory", "auth", mode)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

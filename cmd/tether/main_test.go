@@ -1,0 +1,58 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-chat/tether/auth"
+	"github.com/tether-chat/tether/server"
+)
+
+func TestEnvironmentFillsUnsetFlags(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	var cfg server.Config
+	var addr, lf, ll string
+	serveFlags(fs, &cfg, &addr, &lf, &ll)
+	if err := fs.Parse([]string{"--ping-interval", "3s"}); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"TETHER_ADDR": "0.0.0.0:9", "TETHER_PING_INTERVAL": "9s", "TETHER_MAX_TEXT": "77"}
+	if err := applyEnv(fs, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if addr != "0.0.0.0:9" || cfg.PingInterval != 3*time.Second || cfg.MaxText != 77 {
+		t.Fatalf("addr %q ping %s max-text %d: the flag must win, the env fill the rest", addr, cfg.PingInterval, cfg.MaxText)
+	}
+	bad := map[string]string{"TETHER_PONG_TIMEOUT": "soon"}
+	err := applyEnv(fs, func(k string) string { return bad[k] })
+	if err == nil || !strings.Contains(err.Error(), "pong-timeout") {
+		t.Fatalf("invalid env value: err = %v, want one naming pong-timeout", err)
+	}
+}
+
+func TestInvalidSettingIsAnErrorNamingIt(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run([]string{"serve", "--ping-interval", "-1s"}, &stderr, &stderr); code != 2 {
+		t.Fatalf("exit %d", code)
+	}
+	if !strings.Contains(stderr.String(), "ping-interval") {
+		t.Fatalf("stderr = %q", stderr.String())
+	}
+}
+
+func TestTokenCommand(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"token", "--user", "alice", "--ttl", "1h", "--rooms", "general,ops", "--auth-secret", "k"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	c, err := auth.Verify([]byte("k"), strings.TrimSpace(out.String()), time.Now())
+	if err != nil || c.Subject != "alice" || !c.MayJoin("ops") || c.MayJoin("x") {
+		t.Fatalf("claims %+v, %v", c, err)
+	}
+	if code := run([]string{"token", "--user", "alice"}, &out, &errb); code != 2 {
+		t.Fatal("a token without a secret was printed")
+	}
+}
