@@ -63,3 +63,29 @@ test('web chat: room and private conversation between two browsers, hostile text
 
   assert.deepEqual(alice.jsErrors, [])
 })
+test('web chat: a server restart shows RECONNECTING, then delivers what was typed meanwhile exactly once', { skip }, async (t) => {
+  const server = await TetherProcess.start()
+  const browser = await launchBrowser()
+  t.after(async () => { await browser.close(); await server.kill() })
+
+  const alice = await openChat(browser, server, 'alice')
+  const bob = await openChat(browser, server, 'bob')
+
+  await server.kill()
+  await until(async () => (await alice.textContent('#state')) === 'RECONNECTING', 'alice RECONNECTING')
+  await say(alice, 'typed while the server was down')
+  await alice.locator('#messages li.pending', { hasText: 'typed while the server was down' }).waitFor()
+  await until(async () => Number(await alice.textContent('#f-attempt')) >= 2, 'a second attempt')
+  await screenshot(alice, 'chat-reconnecting')
+  const close = await alice.textContent('#f-close')
+  assert.match(close, /^1006/, 'a killed server is an abnormal close')
+
+  await server.start()
+  await until(async () => (await alice.textContent('#state')) === 'OPEN', 'alice OPEN again', 20000)
+  await until(async () => (await bob.textContent('#state')) === 'OPEN', 'bob OPEN again', 20000)
+  await lines(bob, 'typed while the server was down').waitFor({ timeout: 10000 })
+  await alice.locator('#messages li.mine:not(.pending)', { hasText: 'typed while the server was down' }).waitFor()
+  await new Promise((r) => setTimeout(r, 500))
+  assert.equal(await lines(bob, 'typed while the server was down').count(), 1)
+  assert.equal(await lines(alice, 'typed while the server was down').count(), 1)
+})

@@ -30,19 +30,21 @@ function showLogin() {
 
 function start(name) {
   $('app').hidden = false
-  const client = new TetherClient({ user: name, autoConnect: true })
+  // persist: a reload resumes the session and gets what it missed.
+  const client = new TetherClient({ user: name, autoConnect: true, persist: `tether.session.${name}` })
   window.tether = client // for the browser tests and for curious users
 
   /** conversations: key -> {key, kind: 'room'|'dm', name, list: <ol>, unread, gone} */
   const convs = new Map()
   let current = null
   const pendingEls = new Map() // client message id -> <li>
+  const mySent = new Set()     // ids of private messages this tab sent
 
   function conv(kind, cname) {
     const key = `${kind}:${cname}`
     let c = convs.get(key)
     if (!c) {
-      c = { key, kind, name: cname, items: document.createDocumentFragment(), nodes: [], unread: 0, gone: false }
+      c = { key, kind, name: cname, nodes: [], unread: 0, gone: false, seen: new Set() }
       convs.set(key, c)
       renderLists()
     }
@@ -144,20 +146,42 @@ function start(name) {
     if (!current) select(conv('room', w.rooms[0] || 'general').key)
     else if (current.kind === 'room') client.who(current.name).catch(() => {})
   })
-  client.on('chat', (m) => {
+  // showChat puts a room message on screen once, whether it arrives live,
+  // replayed after a reconnect, or from a history page.
+  function showChat(m) {
     const c = conv('room', m.room)
+    const key = `${m.epoch}:${m.seq}`
+    if (c.seen.has(key)) return
+    c.seen.add(key)
     const el = m.id && pendingEls.get(m.id)
     if (el && m.from === client.user) {
       markSent(el, m.seq)
       return
     }
     add(c, messageLi(m.from, m.text, m.ts, m.from === client.user))
-  })
+  }
+  client.on('chat', showChat)
   client.on('direct', (m) => {
+    if (m.from === client.user && mySent.has(m.id)) return // our own copy, replayed after a reconnect
     const other = m.from === client.user ? m.to : m.from
     const c = conv('dm', other)
     c.gone = false
     add(c, messageLi(m.from, m.text, m.ts, m.from === client.user))
+  })
+  // After a reconnect that could not replay a room (the server restarted,
+  // or the gap is older than its history), fill the screen from history.
+  client.on('recovered', async (r) => {
+    if (r.recovered || !r.room) return
+    const c = convs.get(`room:${r.room}`)
+    if (!c) return
+    try {
+      const page = await client.history(r.room, { limit: 50 })
+      const fresh = page.messages.filter((m) => !c.seen.has(`${m.epoch}:${m.seq}`))
+      if (fresh.length) notice(c, `— ${fresh.length} message${fresh.length > 1 ? 's' : ''} from while you were away —`)
+      fresh.forEach(showChat)
+    } catch (err) {
+      notice(c, `could not load history: ${err.message}`)
+    }
   })
   client.on('presence', (p) => {
     const c = convs.get(`room:${p.room}`)
@@ -191,6 +215,7 @@ function start(name) {
     const p = current.kind === 'room' ? client.send(current.name, text) : client.direct(current.name, text)
     const id = p.id
     if (id) pendingEls.set(id, li)
+    if (current.kind === 'dm') mySent.add(id)
     p.then((ack) => markSent(li, ack.seq), (err) => {
       li.classList.remove('pending')
       li.classList.add('failed')

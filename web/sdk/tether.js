@@ -97,6 +97,7 @@ const realTimers = {
  *   state    {state, prev, reason}     every transition
  *   welcome  welcome payload           each successful (re)connect
  *   chat, direct, presence, members, left, history   server messages (payload)
+ *   recovered {room|inbox, recovered, count, epoch, top}  after a reconnect's replay of a stream
  *   error    {code, message, id}       error replies
  *   outbox   {pending}                 the number of unacknowledged messages changed
  *   ack      {id, seq}                 a message was acknowledged
@@ -123,6 +124,7 @@ export class TetherClient {
     this.lastMessageAt = null
     this.user = options.user || null
     this.session = null
+    this.resumed = false
     this.rooms = new Set()
     this.log = []
 
@@ -139,7 +141,9 @@ export class TetherClient {
       online: () => this._handleOnline(),
       offline: () => this._handleOffline(),
       check: () => this._checkAlive('page became visible'),
+      persist: () => this._persist(),
     }
+    this._restore()
     this._watchEnvironment(true)
     if (options.autoConnect) this.connect()
   }
@@ -215,11 +219,23 @@ export class TetherClient {
 
   // ---- connection lifecycle -------------------------------------------
 
+  // _url is the URL of the next attempt: the configured one plus the token,
+  // and the session and stream positions to resume from.
   _url() {
     const u = this.options.url
-    if (typeof u === 'function') return u()
-    if (u) return u
-    return defaultURL(this.user)
+    const base = typeof u === 'function' ? u() : (u || defaultURL(this.user))
+    const url = new URL(base, globalThis.location?.href)
+    const tok = typeof this.options.token === 'function' ? this.options.token() : this.options.token
+    if (tok) url.searchParams.set('token', tok)
+    if (this.session && this.options.resume !== false) url.searchParams.set('session', this.session)
+    if (this._positions.size && this.options.resume !== false) {
+      const since = {}
+      for (const [stream, pos] of this._positions) {
+        since[stream === 'inbox' ? '@' : stream.slice(5)] = [pos.epoch, pos.seq]
+      }
+      url.searchParams.set('since', JSON.stringify(since))
+    }
+    return url.toString()
   }
 
   _open(state, reason) {
@@ -280,6 +296,10 @@ export class TetherClient {
     this._clearAllTimers()
     this.lastClose = { code, reason: reason || '', wasClean: !!wasClean, at: this._t.now() }
     this._log(`[close] code=${code} reason=${reason || '-'} wasClean=${!!wasClean}`)
+    if (code === CloseCode.SESSION_INVALID) {
+      this._log('[session] refused by the server: reconnecting with a new one')
+      this.session = null
+    }
     if (this._manual) {
       this._setState(State.CLOSED, 'manual disconnect')
       return
@@ -344,6 +364,7 @@ export class TetherClient {
     env[m]('offline', this._onEnv.offline)
     env[m]('pageshow', this._onEnv.check)
     env[m]('focus', this._onEnv.check)
+    env[m]('pagehide', this._onEnv.persist)
     const doc = env.document
     if (doc && typeof doc.addEventListener === 'function') doc[m]('visibilitychange', this._onEnv.check)
   }
@@ -455,6 +476,7 @@ export class TetherClient {
       case 'members': case 'history':
         this._settle(env.id, null, p, true)
         return this._emit(env.type, p)
+      case 'recovered': return this._handleRecovered(p)
       default:
         return this._emit(env.type, p)
     }
@@ -465,13 +487,15 @@ export class TetherClient {
     const resumedUser = this.user === w.user
     this.user = w.user
     this.session = w.session
+    this.resumed = !!w.resumed
+    this._persist()
     if (w.heartbeat && w.heartbeat.interval && !this.options.heartbeat?.timeoutMs) {
       // Never time out before the server would have pinged us and waited.
       this.heartbeatPolicy.timeoutMs = Math.max(this.heartbeatPolicy.timeoutMs, w.heartbeat.interval + w.heartbeat.timeout)
     }
     this.nextRetryAt = null
     this._setState(State.OPEN, 'welcome received')
-    this._log(`[open] user=${w.user} online=${w.online}${resumedUser ? '' : ' (new user)'}`)
+    this._log(`[open] user=${w.user} online=${w.online} session ${w.resumed ? 'resumed' : 'new'}${resumedUser ? '' : ' (new user)'}`)
     this._startHeartbeat()
     this._timers.stable = this._t.setTimeout(() => {
       this._timers.stable = null
@@ -490,6 +514,22 @@ export class TetherClient {
     }
     this._flushOutbox()
     this._emit('welcome', w)
+  }
+
+  // _handleRecovered ends the replay of one stream. When it could not be
+  // replayed (older than the retained history, or a new epoch), the
+  // position moves to the stream's current top so that the next live
+  // message is accepted; the application can page back with history().
+  _handleRecovered(r) {
+    const stream = r.inbox ? 'inbox' : `room:${r.room}`
+    if (r.recovered) {
+      this._log(`[recovered] ${stream}: ${r.count} missed messages replayed`)
+    } else {
+      this._log(`[recovered] ${stream}: not recoverable (epoch ${r.epoch || '-'}, top ${r.top}); history() fills the gap`)
+      if (r.epoch) this._positions.set(stream, { epoch: r.epoch, seq: r.top })
+      else this._positions.delete(stream)
+    }
+    this._emit('recovered', r)
   }
 
   _handleError(id, p) {
@@ -552,6 +592,37 @@ export class TetherClient {
     }
     this._positions.set(stream, { epoch: p.epoch, seq: p.seq })
     return false
+  }
+
+  // ---- persistence across page reloads (options.persist) -----------------
+
+  _storage() {
+    if (!this.options.persist) return null
+    try { return this.options.storage || globalThis.sessionStorage || null } catch { return null }
+  }
+
+  // _persist keeps the session and stream positions in sessionStorage, so
+  // a reloaded page resumes where it was instead of starting over.
+  _persist() {
+    const st = this._storage()
+    if (!st) return
+    try {
+      st.setItem(this.options.persist, JSON.stringify({
+        user: this.user, session: this.session, rooms: [...this.rooms], positions: [...this._positions],
+      }))
+    } catch { /* storage full or denied: resuming after a reload is best effort */ }
+  }
+
+  _restore() {
+    const st = this._storage()
+    if (!st) return
+    try {
+      const saved = JSON.parse(st.getItem(this.options.persist) || 'null')
+      if (!saved || (this.user && saved.user && saved.user !== this.user)) return
+      this.session = saved.session || null
+      for (const r of saved.rooms || []) this.rooms.add(r)
+      this._positions = new Map(saved.positions || [])
+    } catch { /* ignore a corrupt entry */ }
   }
 
   // ---- plumbing ----------------------------------------------------------

@@ -329,3 +329,62 @@ test('rooms are re-joined after a reconnect', () => {
   last().welcome()
   assert.ok(last().sent.some((m) => m.type === 'join' && m.payload.room === 'ops'))
 })
+
+test('a reconnect presents the session and the last position of every stream', () => {
+  const { client, clock, last } = setup({ token: 'tok' })
+  client.connect()
+  assert.equal(new URL(last().url).searchParams.get('token'), 'tok')
+  const ws = last()
+  ws.welcome({ session: 'S1' })
+  ws.receive('chat', { room: 'general', from: 'b', text: 't', seq: 41, epoch: 'e1' })
+  ws.receive('chat', { room: 'ops', from: 'b', text: 't', seq: 7, epoch: 'e2' })
+  ws.receive('direct', { from: 'b', to: 'alice', text: 't', seq: 3, epoch: 'e3' })
+  ws.drop(1006)
+  clock.advance(client.nextRetryAt - clock.now())
+  const u = new URL(last().url)
+  assert.equal(u.searchParams.get('session'), 'S1')
+  assert.deepEqual(JSON.parse(u.searchParams.get('since')), { general: ['e1', 41], ops: ['e2', 7], '@': ['e3', 3] })
+  assert.equal(u.searchParams.get('token'), 'tok')
+})
+
+test('4409 (session refused) reconnects without the session', () => {
+  const { client, clock, last } = setup()
+  client.connect()
+  last().welcome({ session: 'S1' })
+  last().drop(4409, 'session belongs to another user', true)
+  assert.equal(client.state, State.RECONNECTING)
+  clock.advance(client.nextRetryAt - clock.now())
+  assert.equal(new URL(last().url).searchParams.get('session'), null)
+})
+
+test('recovered: false moves the position to the new epoch so live messages are accepted', () => {
+  const { client, last } = setup()
+  const got = []
+  const recs = []
+  client.on('chat', (m) => got.push(`${m.epoch}:${m.seq}`))
+  client.on('recovered', (r) => recs.push(r))
+  client.connect()
+  const ws = last()
+  ws.welcome()
+  ws.receive('chat', { room: 'general', from: 'b', text: 't', seq: 50, epoch: 'old' })
+  ws.receive('recovered', { room: 'general', recovered: false, count: 0, epoch: 'new', top: 3 })
+  ws.receive('chat', { room: 'general', from: 'b', text: 't', seq: 3, epoch: 'new' }) // already counted in top
+  ws.receive('chat', { room: 'general', from: 'b', text: 't', seq: 4, epoch: 'new' })
+  assert.deepEqual(got, ['old:50', 'new:4'])
+  assert.equal(recs.length, 1)
+})
+
+test('persist keeps session, rooms and positions across a page reload', () => {
+  const store = new Map()
+  const storage = { getItem: (k) => store.get(k) ?? null, setItem: (k, v) => store.set(k, v) }
+  const first = setup({ persist: 'tether', storage })
+  first.client.connect()
+  first.last().welcome({ session: 'S9' })
+  first.last().receive('chat', { room: 'general', from: 'b', text: 't', seq: 12, epoch: 'e' })
+  first.env.fire('pagehide')
+  const second = setup({ persist: 'tether', storage })
+  second.client.connect()
+  const u = new URL(second.last().url)
+  assert.equal(u.searchParams.get('session'), 'S9')
+  assert.deepEqual(JSON.parse(u.searchParams.get('since')), { general: ['e', 12] })
+})
