@@ -95,6 +95,12 @@ type Members struct {
 	// Truncated is set when Users lists only some of Count members (big
 	// rooms).
 	Truncated bool `json:"truncated,omitempty"`
+	// Epoch and Top are the room's position: after a join, the position
+	// just before this connection joined (every later message reaches it);
+	// after who, the current one. A client that has received nothing from
+	// the room yet resumes from here.
+	Epoch string `json:"epoch"`
+	Top   uint64 `json:"top"`
 }
 
 // Left tells a user that a private-conversation partner's last connection

@@ -106,12 +106,42 @@ func (c *Conn) enqueue(data []byte) bool {
 	return true
 }
 
+// enqueueReplay queues a replayed message. A replay can be longer than
+// the send queue allows, and it is this connection's own backlog: instead
+// of tripping the slow-consumer limit it waits for the writer to make room,
+// as long as the writer keeps making progress within the write timeout.
+func (c *Conn) enqueueReplay(data []byte) bool {
+	cfg := &c.srv.cfg
+	deadline := time.Now().Add(cfg.WriteTimeout)
+	for {
+		c.mu.Lock()
+		if c.closing != nil {
+			c.mu.Unlock()
+			return false
+		}
+		if len(c.queue) < cfg.SendQueueMessages/2 && c.queued+len(data) <= cfg.SendQueueBytes/2 {
+			c.queue = append(c.queue, outFrame{op: websocket.TextMessage, data: data})
+			c.queued += len(data)
+			c.kickLocked()
+			c.mu.Unlock()
+			return true
+		}
+		c.mu.Unlock()
+		if time.Now().After(deadline) {
+			c.srv.metrics.slowConsumers.Add(1)
+			c.close(protocol.DisconnectSlowConsumer, closeDrop)
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // enqueuePub queues a delivery of a publication on stream, or holds it
 // while the connection is replaying (see resuming).
 func (c *Conn) enqueuePub(data []byte, stream string, seq uint64) bool {
 	c.mu.Lock()
 	if c.resuming {
-		if len(c.held) >= c.srv.cfg.SendQueueMessages {
+		if len(c.held) >= 4*c.srv.cfg.SendQueueMessages {
 			c.mu.Unlock()
 			c.srv.metrics.slowConsumers.Add(1)
 			c.close(protocol.DisconnectSlowConsumer, closeDrop)
@@ -127,17 +157,31 @@ func (c *Conn) enqueuePub(data []byte, stream string, seq uint64) bool {
 
 // goLive ends the replay: held deliveries that the replay did not already
 // cover (replayed[stream] is the last sequence replayed) are queued, in the
-// order they arrived, and deliveries go straight to the queue again.
+// order they arrived, and deliveries go straight to the queue again. Both
+// happen under one lock, so no live delivery can overtake a held one.
 func (c *Conn) goLive(replayed map[string]uint64) {
+	cfg := &c.srv.cfg
 	c.mu.Lock()
-	held := c.held
-	c.held, c.resuming = nil, false
-	c.mu.Unlock()
-	for _, f := range held {
+	overflow := false
+	for _, f := range c.held {
 		if top, ok := replayed[f.stream]; ok && f.seq != 0 && f.seq <= top {
 			continue
 		}
-		c.enqueue(f.data)
+		if len(c.queue) >= cfg.SendQueueMessages || c.queued+len(f.data) > cfg.SendQueueBytes {
+			overflow = true
+			break
+		}
+		c.queue = append(c.queue, outFrame{op: websocket.TextMessage, data: f.data})
+		c.queued += len(f.data)
+	}
+	c.held, c.resuming = nil, false
+	if len(c.queue) > 0 {
+		c.kickLocked()
+	}
+	c.mu.Unlock()
+	if overflow {
+		c.srv.metrics.slowConsumers.Add(1)
+		c.close(protocol.DisconnectSlowConsumer, closeDrop)
 	}
 }
 

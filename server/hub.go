@@ -368,24 +368,38 @@ func (h *hub) partnersOf(user string) []string {
 	return out
 }
 
-// join puts c in room. Joining a room twice is not an error.
-func (h *hub) join(ctx context.Context, c *Conn, name string) error {
+// roomPos is a room's (epoch, top) at one moment.
+type roomPos struct {
+	epoch string
+	top   uint64
+}
+
+// join puts c in room. Joining a room twice is not an error. It returns
+// the room's position read just before c became a member: every message
+// after it reaches c, so a client that receives nothing can still resume
+// from there without a gap.
+func (h *hub) join(ctx context.Context, c *Conn, name string) (roomPos, error) {
 	if c.claims != nil && !c.claims.MayJoin(name) {
-		return &protocol.Error{Code: protocol.ErrForbiddenRoom, Message: "your token does not allow room " + name}
+		return roomPos{}, &protocol.Error{Code: protocol.ErrForbiddenRoom, Message: "your token does not allow room " + name}
 	}
 	stream := engine.RoomStream(name)
 	kl := h.keyLock(stream)
 	kl.Lock()
 	defer kl.Unlock()
 
+	hist, err := h.srv.eng.History(ctx, stream, engine.HistoryQuery{Latest: true, Limit: 1})
+	if err != nil {
+		return roomPos{}, unavailable(err)
+	}
+	pos := roomPos{epoch: hist.Epoch, top: hist.Top}
 	h.mu.Lock()
 	if _, in := c.rooms[name]; in {
 		h.mu.Unlock()
-		return nil
+		return pos, nil
 	}
 	if len(c.rooms) >= h.srv.cfg.MaxRoomsPerConn {
 		h.mu.Unlock()
-		return &protocol.Error{Code: protocol.ErrTooManyRooms, Message: "room limit per connection reached; leave a room first"}
+		return roomPos{}, &protocol.Error{Code: protocol.ErrTooManyRooms, Message: "room limit per connection reached; leave a room first"}
 	}
 	r := h.rooms[name]
 	newRoom := r == nil
@@ -410,21 +424,21 @@ func (h *hub) join(ctx context.Context, c *Conn, name string) error {
 			delete(c.rooms, name)
 			h.releaseHolderLocked(name, r, c.user)
 			h.mu.Unlock()
-			return unavailable(err)
+			return roomPos{}, unavailable(err)
 		}
 	}
 	if !firstTab {
-		return nil
+		return pos, nil
 	}
 	added, n, err := eng.PresenceAdd(ctx, name, c.user)
 	if err != nil {
 		h.srv.log.Warn("presence add failed", "room", name, "user", c.user, "err", err)
-		return nil // the member is in; presence catches up on the next change
+		return pos, nil // the member is in; presence catches up on the next change
 	}
 	if added {
 		h.presenceChanged(ctx, name, c.user, protocol.PresenceJoin, n)
 	}
-	return nil
+	return pos, nil
 }
 
 // leave takes c out of room.

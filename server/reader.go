@@ -119,8 +119,13 @@ func (c *Conn) handle(cmd protocol.Command) {
 		c.send(protocol.Encode(protocol.TypePong, cmd.ID, protocol.Pong{Echo: cmd.Echo}))
 		return
 	case protocol.TypeWho:
+		hist, err := c.srv.eng.History(ctx, engine.RoomStream(cmd.Room), engine.HistoryQuery{Latest: true, Limit: 1})
+		if err != nil {
+			c.fail(cmd.ID, unavailable(err))
+			return
+		}
 		c.ack(cmd.ID, 0)
-		c.sendMembers(ctx, cmd.Room)
+		c.sendMembers(ctx, cmd.Room, roomPos{epoch: hist.Epoch, top: hist.Top})
 		return
 	case protocol.TypeHistory:
 		c.history(ctx, cmd)
@@ -144,7 +149,7 @@ func (c *Conn) handle(cmd protocol.Command) {
 			return // the attempt in flight answers
 		}
 	}
-	seq, err := c.process(ctx, cmd)
+	seq, pos, err := c.process(ctx, cmd)
 	if err != nil {
 		if cmd.ID != "" {
 			eng.ReleaseID(ctx, c.session, cmd.ID)
@@ -157,39 +162,42 @@ func (c *Conn) handle(cmd protocol.Command) {
 	}
 	c.ack(cmd.ID, seq)
 	if cmd.Type == protocol.TypeJoin {
-		c.sendMembers(ctx, cmd.Room)
+		c.sendMembers(ctx, cmd.Room, pos)
 	}
 }
 
-// process carries out join, leave, chat and direct, returning the sequence
-// a chat or direct message got.
-func (c *Conn) process(ctx context.Context, cmd protocol.Command) (uint64, error) {
+// process carries out join, leave, chat and direct. It returns the
+// sequence a chat or direct message got, and for join the room's position.
+func (c *Conn) process(ctx context.Context, cmd protocol.Command) (uint64, roomPos, error) {
 	h := c.srv.hub
 	switch cmd.Type {
 	case protocol.TypeJoin:
-		if err := h.join(ctx, c, cmd.Room); err != nil {
-			return 0, err
+		pos, err := h.join(ctx, c, cmd.Room)
+		if err != nil {
+			return 0, pos, err
 		}
 		c.srv.saveSession(ctx, c)
+		return 0, pos, nil
 	case protocol.TypeLeave:
 		if err := h.leave(ctx, c, cmd.Room); err != nil {
-			return 0, err
+			return 0, roomPos{}, err
 		}
 		c.srv.saveSession(ctx, c)
 	case protocol.TypeChat:
 		if !h.isMember(c, cmd.Room) {
-			return 0, notMember(cmd.Room)
+			return 0, roomPos{}, notMember(cmd.Room)
 		}
 		p := &engine.Publication{Stream: engine.RoomStream(cmd.Room), Type: protocol.TypeChat,
 			Room: cmd.Room, From: c.user, Text: cmd.Text, ClientID: cmd.ID, TS: time.Now().UnixMilli()}
 		if err := c.srv.publish(ctx, p, engine.PublishOptions{}); err != nil {
-			return 0, err
+			return 0, roomPos{}, err
 		}
-		return p.Seq, nil
+		return p.Seq, roomPos{}, nil
 	case protocol.TypeDirect:
-		return h.direct(ctx, c, cmd.To, cmd.Text, cmd.ID)
+		seq, err := h.direct(ctx, c, cmd.To, cmd.Text, cmd.ID)
+		return seq, roomPos{}, err
 	}
-	return 0, nil
+	return 0, roomPos{}, nil
 }
 
 func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
@@ -211,7 +219,7 @@ func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
 	c.send(protocol.Encode(protocol.TypeHistory, cmd.ID, page))
 }
 
-func (c *Conn) sendMembers(ctx context.Context, room string) {
+func (c *Conn) sendMembers(ctx context.Context, room string, pos roomPos) {
 	eng := c.srv.eng
 	users, err := eng.PresenceMembers(ctx, room, c.srv.cfg.MembersMax)
 	if err != nil {
@@ -225,7 +233,8 @@ func (c *Conn) sendMembers(ctx context.Context, room string) {
 			return
 		}
 	}
-	c.send(protocol.Encode(protocol.TypeMembers, "", protocol.Members{Room: room, Users: users, Count: n, Truncated: n > len(users)}))
+	c.send(protocol.Encode(protocol.TypeMembers, "", protocol.Members{Room: room, Users: users, Count: n,
+		Truncated: n > len(users), Epoch: pos.epoch, Top: pos.top}))
 }
 
 // send queues one frame for this connection only.

@@ -301,12 +301,15 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position)
 		return protocol.DisconnectShutdown
 	}
 	joined := []string{}
+	positions := map[string]roomPos{}
 	for _, room := range sess.Rooms {
-		if err := s.hub.join(ctx, c, room); err != nil {
+		pos, err := s.hub.join(ctx, c, room)
+		if err != nil {
 			s.log.Debug("room not rejoined", "user", c.user, "room", room, "err", err)
 			continue
 		}
 		joined = append(joined, room)
+		positions[room] = pos
 	}
 	if resumed {
 		s.hub.releaseGhost(ctx, sess.ID)
@@ -324,7 +327,7 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position)
 		MaxText:   s.cfg.MaxText,
 	}))
 	for _, room := range joined {
-		c.sendMembers(ctx, room)
+		c.sendMembers(ctx, room, positions[room])
 	}
 	replayed := make(map[string]uint64)
 	keys := make([]string, 0, len(since))
@@ -369,7 +372,9 @@ func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position,
 		last := pos.seq
 		for len(hist.Pubs) > 0 {
 			for _, p := range hist.Pubs {
-				c.send(encodePublication(p))
+				if !c.enqueueReplay(encodePublication(p)) {
+					return
+				}
 				last = p.Seq
 				rec.Count++
 			}

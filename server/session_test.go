@@ -395,3 +395,32 @@ func TestEngineRestartStartsNewEpoch(t *testing.T) {
 		t.Fatalf("after restart: %+v", m)
 	}
 }
+
+// TestJoinPositionLetsASilentMemberResume: a member that has received
+// nothing from a room resumes from the position its join reply gave.
+func TestJoinPositionLetsASilentMemberResume(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	bob := connect(t, ts, "bob")
+	for i := 0; i < 3; i++ {
+		bob.send(protocol.TypeChat, fmt.Sprint("old", i), map[string]any{"text": "before alice"})
+		bob.expect(protocol.TypeAck, isAck(fmt.Sprint("old", i)))
+	}
+	alice := dial(t, ts.ws+"/ws/alice")
+	alice.expectWelcome()
+	m := payloadOf[protocol.Members](t, alice.expect(protocol.TypeMembers, nil))
+	if m.Top != 3 || m.Epoch == "" {
+		t.Fatalf("members position = %q/%d, want top 3", m.Epoch, m.Top)
+	}
+	alice.cut()
+	bob.send(protocol.TypeChat, "new", map[string]any{"text": "while alice was away"})
+	bob.expect(protocol.TypeAck, isAck("new"))
+	again := dial(t, resumeURL(ts.ws, "alice", alice.welcome.Session, map[string][2]any{"general": {m.Epoch, m.Top}}))
+	again.expectWelcome()
+	got := payloadOf[protocol.Chat](t, again.expect(protocol.TypeChat, nil))
+	if got.Seq != 4 || got.Text != "while alice was away" {
+		t.Fatalf("replayed %+v, want seq 4 only", got)
+	}
+	if r := payloadOf[protocol.Recovered](t, again.expect(protocol.TypeRecovered, nil)); !r.Recovered || r.Count != 1 {
+		t.Fatalf("recovered = %+v", r)
+	}
+}

@@ -83,7 +83,10 @@ test('web chat: a server restart shows RECONNECTING, then delivers what was type
   await server.start()
   await until(async () => (await alice.textContent('#state')) === 'OPEN', 'alice OPEN again', 20000)
   await until(async () => (await bob.textContent('#state')) === 'OPEN', 'bob OPEN again', 20000)
-  await lines(bob, 'typed while the server was down').waitFor({ timeout: 10000 })
+  await lines(bob, 'typed while the server was down').waitFor({ timeout: 10000 }).catch(async (e) => {
+    const log = await bob.evaluate(() => window.tether.log.map((l) => l.text).join('\n'))
+    throw new Error(`${e.message}\nbob's log:\n${log}`)
+  })
   await alice.locator('#messages li.mine:not(.pending)', { hasText: 'typed while the server was down' }).waitFor()
   await new Promise((r) => setTimeout(r, 500))
   assert.equal(await lines(bob, 'typed while the server was down').count(), 1)

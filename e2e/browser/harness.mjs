@@ -126,3 +126,65 @@ export async function until(fn, what, timeoutMs = 10000) {
   }
   throw new Error(`timed out after ${timeoutMs}ms waiting for ${what} (last: ${JSON.stringify(last)})`)
 }
+
+/**
+ * A TCP relay in front of the server that the test controls: cut() drops
+ * every relayed connection without a close frame (a network failure),
+ * block() refuses new ones (the network is still down), live counts the
+ * client connections currently relayed.
+ */
+export class CutProxy {
+  static async start(targetPort) {
+    const { createServer: tcp, connect } = await import('node:net')
+    const p = new CutProxy()
+    p.pairs = new Set()
+    p.blocked = false
+    p.accepted = 0
+    p.server = tcp((client) => {
+      if (p.blocked) { client.destroy(); return }
+      p.accepted++
+      const upstream = connect(targetPort, '127.0.0.1')
+      const pair = { client, upstream }
+      p.pairs.add(pair)
+      const end = () => { p.pairs.delete(pair); client.destroy(); upstream.destroy() }
+      client.on('error', end).on('close', end)
+      upstream.on('error', end).on('close', end)
+      client.pipe(upstream)
+      upstream.pipe(client)
+    })
+    await new Promise((r) => p.server.listen(0, '127.0.0.1', r))
+    p.port = p.server.address().port
+    p.url = `http://127.0.0.1:${p.port}`
+    return p
+  }
+
+  get live() { return this.pairs.size }
+
+  cut() {
+    for (const { client, upstream } of this.pairs) {
+      client.resetAndDestroy?.() ?? client.destroy()
+      upstream.destroy()
+    }
+    this.pairs.clear()
+  }
+
+  block() { this.blocked = true }
+  unblock() { this.blocked = false }
+
+  async close() {
+    this.cut()
+    await new Promise((r) => this.server.close(r))
+  }
+}
+
+/**
+ * Opens a page on the server's origin with the SDK loaded as window.T
+ * (the module) and returns it.
+ */
+export async function sdkPage(browser, origin) {
+  const context = await browser.newContext()
+  const page = await context.newPage()
+  await page.goto(`${origin}/healthz`)
+  await page.evaluate(async () => { window.T = await import('/sdk/tether.js') })
+  return page
+}

@@ -136,7 +136,8 @@ export class TetherClient {
     this._pendingReplies = new Map() // id -> {resolve, reject} for requests outside the outbox
     this._seq = 0
     this._idPrefix = Math.floor(this._random() * 36 ** 6).toString(36)
-    this._positions = new Map() // stream -> {epoch, seq}: dedupe by (stream, seq)
+    this._positions = new Map() // stream -> {epoch, seq} of the last message received: dedupe and resume
+    this._joinedAt = new Map()  // room -> {epoch, seq} from the join reply: resume point until a message arrives
     this._onEnv = {
       online: () => this._handleOnline(),
       offline: () => this._handleOffline(),
@@ -194,7 +195,12 @@ export class TetherClient {
   join(room) { this.rooms.add(room); return this._enqueue('join', { room }) }
 
   /** Leave a room; resolves on the server's ack. */
-  leave(room) { this.rooms.delete(room); return this._enqueue('leave', { room }) }
+  leave(room) {
+    this.rooms.delete(room)
+    this._joinedAt.delete(room)
+    this._positions.delete(`room:${room}`)
+    return this._enqueue('leave', { room })
+  }
 
   /** Send a chat message to a room; resolves with {id, seq} on ack. */
   send(room, text) { return this._enqueue('chat', { room, text }) }
@@ -228,12 +234,13 @@ export class TetherClient {
     const tok = typeof this.options.token === 'function' ? this.options.token() : this.options.token
     if (tok) url.searchParams.set('token', tok)
     if (this.session && this.options.resume !== false) url.searchParams.set('session', this.session)
-    if (this._positions.size && this.options.resume !== false) {
+    if (this.options.resume !== false) {
       const since = {}
+      for (const [room, pos] of this._joinedAt) since[room] = [pos.epoch, pos.seq]
       for (const [stream, pos] of this._positions) {
         since[stream === 'inbox' ? '@' : stream.slice(5)] = [pos.epoch, pos.seq]
       }
-      url.searchParams.set('since', JSON.stringify(since))
+      if (Object.keys(since).length) url.searchParams.set('since', JSON.stringify(since))
     }
     return url.toString()
   }
@@ -473,9 +480,17 @@ export class TetherClient {
       case 'direct':
         if (this._isDuplicate('inbox', p)) return
         return this._emit('direct', p)
-      case 'members': case 'history':
+      case 'members':
+        // The join reply's position is where to resume a room from which
+        // nothing has arrived yet.
+        if (p.epoch && this.rooms.has(p.room) && !this._positions.has(`room:${p.room}`)) {
+          this._joinedAt.set(p.room, { epoch: p.epoch, seq: p.top })
+        }
         this._settle(env.id, null, p, true)
-        return this._emit(env.type, p)
+        return this._emit('members', p)
+      case 'history':
+        this._settle(env.id, null, p, true)
+        return this._emit('history', p)
       case 'recovered': return this._handleRecovered(p)
       default:
         return this._emit(env.type, p)
@@ -528,6 +543,7 @@ export class TetherClient {
       this._log(`[recovered] ${stream}: not recoverable (epoch ${r.epoch || '-'}, top ${r.top}); history() fills the gap`)
       if (r.epoch) this._positions.set(stream, { epoch: r.epoch, seq: r.top })
       else this._positions.delete(stream)
+      if (r.room) this._joinedAt.delete(r.room)
     }
     this._emit('recovered', r)
   }
@@ -591,6 +607,7 @@ export class TetherClient {
       return true
     }
     this._positions.set(stream, { epoch: p.epoch, seq: p.seq })
+    if (stream.startsWith('room:')) this._joinedAt.delete(stream.slice(5))
     return false
   }
 
@@ -608,7 +625,8 @@ export class TetherClient {
     if (!st) return
     try {
       st.setItem(this.options.persist, JSON.stringify({
-        user: this.user, session: this.session, rooms: [...this.rooms], positions: [...this._positions],
+        user: this.user, session: this.session, rooms: [...this.rooms],
+        positions: [...this._positions], joinedAt: [...this._joinedAt],
       }))
     } catch { /* storage full or denied: resuming after a reload is best effort */ }
   }
@@ -622,6 +640,7 @@ export class TetherClient {
       this.session = saved.session || null
       for (const r of saved.rooms || []) this.rooms.add(r)
       this._positions = new Map(saved.positions || [])
+      this._joinedAt = new Map(saved.joinedAt || [])
     } catch { /* ignore a corrupt entry */ }
   }
 
