@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
-	"net"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -287,81 +285,3 @@ func types(envs []protocol.Envelope) []string {
 	}
 	return out
 }
-
-// proxy is a TCP relay between a client and the server that can be frozen:
-// it then stops forwarding in both directions but keeps both sockets open,
-// which is what a pulled cable or a suspended laptop looks like to the
-// server.
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	frozen bool
-	conns  []net.Conn
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target}
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, in, out)
-			p.mu.Unlock()
-			go p.pipe(in, out)
-			go p.pipe(out, in)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
-	})
-	return p
-}
-
-func (p *proxy) pipe(dst, src net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if err != nil {
-			dst.Close()
-			return
-		}
-		p.mu.Lock()
-		frozen := p.frozen
-		p.mu.Unlock()
-		if frozen {
-			// Swallow everything from now on; the sockets stay open.
-			io.Copy(io.Discard, src)
-			return
-		}
-		if _, err := dst.Write(buf[:n]); err != nil {
-			src.Close()
-			return
-		}
-	}
-}
-
-func (p *proxy) freeze() {
-	p.mu.Lock()
-	p.frozen = true
-	p.mu.Unlock()
-}
-
-func (p *proxy) addr() string { return p.ln.Addr().String() }

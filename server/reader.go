@@ -62,6 +62,9 @@ func (c *Conn) readLoop() {
 			c.close(protocol.DisconnectInvalidUTF8, closeDrain)
 			continue
 		}
+		if c.srv.shuttingDown.Load() {
+			continue // not processed, not acked: the client re-sends it after reconnecting
+		}
 		cmd, perr := protocol.Decode(data, lim)
 		if !c.allow() {
 			if c.closeReason() == nil {
@@ -74,7 +77,13 @@ func (c *Conn) readLoop() {
 			c.sendError(perr)
 			continue
 		}
+		c.srv.processing.RLock()
+		if c.srv.shuttingDown.Load() {
+			c.srv.processing.RUnlock()
+			continue
+		}
 		c.handle(cmd)
+		c.srv.processing.RUnlock()
 	}
 }
 
@@ -124,8 +133,7 @@ func (c *Conn) handle(cmd protocol.Command) {
 			c.fail(cmd.ID, unavailable(err))
 			return
 		}
-		c.ack(cmd.ID, 0)
-		c.sendMembers(ctx, cmd.Room, roomPos{epoch: hist.Epoch, top: hist.Top})
+		c.sendMembers(ctx, cmd.ID, cmd.Room, roomPos{epoch: hist.Epoch, top: hist.Top})
 		return
 	case protocol.TypeHistory:
 		c.history(ctx, cmd)
@@ -162,7 +170,7 @@ func (c *Conn) handle(cmd protocol.Command) {
 	}
 	c.ack(cmd.ID, seq)
 	if cmd.Type == protocol.TypeJoin {
-		c.sendMembers(ctx, cmd.Room, pos)
+		c.sendMembers(ctx, "", cmd.Room, pos)
 	}
 }
 
@@ -219,21 +227,22 @@ func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
 	c.send(protocol.Encode(protocol.TypeHistory, cmd.ID, page))
 }
 
-func (c *Conn) sendMembers(ctx context.Context, room string, pos roomPos) {
+// sendMembers sends a room's members; id is the `who` it answers, if any.
+func (c *Conn) sendMembers(ctx context.Context, id, room string, pos roomPos) {
 	eng := c.srv.eng
 	users, err := eng.PresenceMembers(ctx, room, c.srv.cfg.MembersMax)
 	if err != nil {
-		c.sendError(unavailable(err))
+		c.fail(id, unavailable(err))
 		return
 	}
 	n := len(users)
 	if n == c.srv.cfg.MembersMax {
 		if n, err = eng.PresenceCount(ctx, room); err != nil {
-			c.sendError(unavailable(err))
+			c.fail(id, unavailable(err))
 			return
 		}
 	}
-	c.send(protocol.Encode(protocol.TypeMembers, "", protocol.Members{Room: room, Users: users, Count: n,
+	c.send(protocol.Encode(protocol.TypeMembers, id, protocol.Members{Room: room, Users: users, Count: n,
 		Truncated: n > len(users), Epoch: pos.epoch, Top: pos.top}))
 }
 

@@ -54,6 +54,12 @@ type Server struct {
 
 	nextID       atomic.Uint64
 	shuttingDown atomic.Bool
+	// processing is held for reading while a client message is processed;
+	// Shutdown takes it for writing after raising shuttingDown, so that no
+	// message is processed (and acked) once any connection may be closing:
+	// a message acked during shutdown reaches every member that was
+	// connected, and one that was not processed is re-sent by its client.
+	processing   sync.RWMutex
 	conns        sync.WaitGroup // one per live connection
 	heartbeatOff chan struct{}
 
@@ -327,7 +333,7 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position)
 		MaxText:   s.cfg.MaxText,
 	}))
 	for _, room := range joined {
-		c.sendMembers(ctx, room, positions[room])
+		c.sendMembers(ctx, "", room, positions[room])
 	}
 	replayed := make(map[string]uint64)
 	keys := make([]string, 0, len(since))
@@ -515,6 +521,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if !s.shuttingDown.CompareAndSwap(false, true) {
 		return errors.New("server: Shutdown called twice")
 	}
+	s.processing.Lock() // wait for messages being processed; none start after
+	s.processing.Unlock()
 	s.httpMu.Lock()
 	hs := s.httpSrv
 	s.httpMu.Unlock()

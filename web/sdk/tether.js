@@ -209,7 +209,7 @@ export class TetherClient {
   direct(user, text) { return this._enqueue('direct', { to: user, text }) }
 
   /** Ask who is in a room (answered by a `members` event). Not queued. */
-  who(room) { return this._request('who', { room }) }
+  who(room) { return this._request('who', { room }) } // answered by `members` with the same id
 
   /** Page back through a room's history (answered by a `history` event). Not queued. */
   history(room, { before = 0, after = 0, limit = 50 } = {}) {
@@ -504,10 +504,6 @@ export class TetherClient {
     this.session = w.session
     this.resumed = !!w.resumed
     this._persist()
-    if (w.heartbeat && w.heartbeat.interval && !this.options.heartbeat?.timeoutMs) {
-      // Never time out before the server would have pinged us and waited.
-      this.heartbeatPolicy.timeoutMs = Math.max(this.heartbeatPolicy.timeoutMs, w.heartbeat.interval + w.heartbeat.timeout)
-    }
     this.nextRetryAt = null
     this._setState(State.OPEN, 'welcome received')
     this._log(`[open] user=${w.user} online=${w.online} session ${w.resumed ? 'resumed' : 'new'}${resumedUser ? '' : ' (new user)'}`)

@@ -1,0 +1,1042 @@
+// Package client is Tether's Go SDK: a connection to a Tether server that
+// survives real networks. It reconnects by itself with backoff and jitter,
+// obeys the server's close codes, detects dead sockets with a heartbeat,
+// keeps every message in an outbox until the server acknowledged it,
+// resumes its session after a drop and receives what it missed, in order,
+// exactly once. The behaviour is specified in docs/clients.md, shared with
+// the browser SDK.
+//
+// Concurrency: a Client is safe for concurrent use. Incoming messages,
+// presence and state changes arrive on one channel, Events(), which the
+// application must keep reading (a client that stops reading stalls, and
+// the server eventually disconnects it as a slow consumer, which it then
+// recovers from). Every goroutine the client starts has ended when Close
+// returns, and Events() is closed.
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tether-chat/tether/protocol"
+)
+
+// State is the client's connection state (docs/clients.md). OFFLINE is
+// part of the shared state machine but is never entered by the Go SDK:
+// an operating system has no "browser is offline" signal.
+type State string
+
+const (
+	StateIdle         State = "IDLE"
+	StateConnecting   State = "CONNECTING"
+	StateOpen         State = "OPEN"
+	StateReconnecting State = "RECONNECTING"
+	StateOffline      State = "OFFLINE"
+	StateClosed       State = "CLOSED"
+	StateError        State = "ERROR"
+)
+
+// Errors returned by the client's methods.
+var (
+	ErrClosed     = errors.New("client: closed")
+	ErrOutboxFull = errors.New("client: outbox full")
+)
+
+// CloseInfo describes how a connection ended.
+type CloseInfo struct {
+	Code     protocol.CloseCode
+	Reason   string
+	WasClean bool // a close frame was received
+	At       time.Time
+}
+
+// CloseError is returned by Dial when the server refused the connection
+// with a terminal close code (e.g. 4401 for a bad token).
+type CloseError struct{ CloseInfo }
+
+func (e *CloseError) Error() string {
+	return fmt.Sprintf("client: connection closed with %d: %s", e.Code, e.Reason)
+}
+
+// StateChange is one transition of the state machine.
+type StateChange struct {
+	State, Prev State
+	Reason      string
+}
+
+// Event is one thing that happened. Type is a protocol message type
+// (chat, direct, presence, members, left, recovered, history, error,
+// welcome) or "state"; exactly the matching field is set.
+type Event struct {
+	Type      string
+	State     *StateChange
+	Welcome   *protocol.Welcome
+	Chat      *protocol.Chat
+	Direct    *protocol.Direct
+	Presence  *protocol.Presence
+	Members   *protocol.Members
+	Left      *protocol.Left
+	Recovered *protocol.Recovered
+	History   *protocol.HistoryPage
+	Error     *protocol.Error // an error reply not answering a pending call
+}
+
+// Ack is the server's confirmation of a message.
+type Ack = protocol.Ack
+
+// Info is a snapshot of the client's state, for a status line.
+type Info struct {
+	State       State
+	User        string
+	Session     string
+	Attempt     int       // reconnect attempts since the last stable connection
+	NextRetry   time.Time // zero unless a retry is scheduled
+	LastClose   *CloseInfo
+	LastMessage time.Time
+	Pending     int // messages waiting for an ack
+}
+
+type pos struct {
+	Epoch string
+	Seq   uint64
+}
+
+// item is one outbox entry or pending request.
+type item struct {
+	id      string
+	typ     string
+	payload any
+	sent    bool        // written on the current connection; guarded by Client.mu
+	done    chan result // buffered, 1
+}
+
+type result struct {
+	ack  Ack
+	page json.RawMessage // members/history replies
+	err  error
+}
+
+// Client is a reconnecting connection to a Tether server.
+type Client struct {
+	url  string
+	opts Options
+
+	events chan Event
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+
+	writeMu sync.Mutex // gorilla allows one writer at a time; also orders outbox flushes
+
+	evMu   sync.Mutex
+	evCond *sync.Cond
+	evq    []Event // events waiting for the dispatcher, in order
+
+	mu        sync.Mutex
+	state     State
+	attempt   int
+	nextRetry time.Time
+	lastClose *CloseInfo
+	lastMsg   time.Time // wall clock (monotonic reading stripped)
+	user      string
+	session   string
+	rooms     []string
+	positions map[string]pos  // "room:NAME" / "inbox" -> last received
+	joinedAt  map[string]pos  // room -> position from the join reply
+	seenIDs   *idSet          // (stream, from, client id) of recent messages: the third line of defence
+	conn      *websocket.Conn // the OPEN connection, nil otherwise
+	dialing   *websocket.Conn // a connection not yet welcomed (so Close can end it)
+	running   bool            // the connection loop is running
+	outbox    []*item
+	requests  map[string]*item
+	opened    chan struct{} // closed at the first OPEN or at a terminal end
+	openErr   error
+	nextID    uint64
+	prefix    string
+}
+
+// Dial connects to a Tether server at url (ws:// or wss://, path /ws) and
+// returns once the connection is OPEN. While the server is unreachable it
+// keeps retrying with backoff until ctx is done; a terminal close (bad
+// token, …) returns a *CloseError at once. After Dial the client keeps
+// itself connected until Close.
+func Dial(ctx context.Context, rawURL string, opts *Options) (*Client, error) {
+	c, err := New(rawURL, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Connect(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// New validates the options and returns a client in state IDLE; Connect
+// starts it.
+func New(rawURL string, opts *Options) (*Client, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+		return nil, fmt.Errorf("%w: url must be ws:// or wss:// with a host (got %q)", ErrInvalidOptions, rawURL)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var b [4]byte
+	rand.Read(b[:])
+	c := &Client{
+		url: rawURL, opts: o, events: make(chan Event, o.EventBuffer), ctx: ctx, cancel: cancel,
+		state: StateIdle, user: o.User, positions: map[string]pos{}, joinedAt: map[string]pos{},
+		seenIDs: newIDSet(4096), requests: map[string]*item{}, opened: make(chan struct{}), prefix: hex.EncodeToString(b[:]),
+	}
+	c.evCond = sync.NewCond(&c.evMu)
+	c.wg.Add(1)
+	go c.dispatch()
+	return c, nil
+}
+
+// maxQueuedEvents bounds the events waiting for the application; past it
+// the reader waits (so a client that stops reading stops reading from the
+// server too, and the server's slow-consumer policy applies).
+const maxQueuedEvents = 65536
+
+// emit queues an event for the application, in order. It never blocks for
+// state events (emitted with mu held); message events wait while the queue
+// is full.
+func (c *Client) emit(ev Event) {
+	c.evMu.Lock()
+	for ev.Type != "state" && len(c.evq) >= maxQueuedEvents && c.ctx.Err() == nil {
+		c.evCond.Wait()
+	}
+	c.evq = append(c.evq, ev)
+	c.evMu.Unlock()
+	c.evCond.Broadcast()
+}
+
+// dispatch forwards queued events to the Events channel until Close.
+func (c *Client) dispatch() {
+	defer c.wg.Done()
+	for {
+		c.evMu.Lock()
+		for len(c.evq) == 0 && c.ctx.Err() == nil {
+			c.evCond.Wait()
+		}
+		if c.ctx.Err() != nil {
+			c.evMu.Unlock()
+			return
+		}
+		ev := c.evq[0]
+		c.evq[0] = Event{}
+		c.evq = c.evq[1:]
+		c.evMu.Unlock()
+		c.evCond.Broadcast()
+		select {
+		case c.events <- ev:
+		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
+// Connect starts the connection loop (once) and waits until the client is
+// OPEN, a terminal close happens, or ctx is done. Cancelling ctx does not
+// stop the client: Close does.
+func (c *Client) Connect(ctx context.Context) error {
+	c.mu.Lock()
+	if c.ctx.Err() != nil {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	start := !c.running && (c.state == StateIdle || c.state == StateClosed)
+	if start {
+		// First start, or a restart after a terminal close or the retry
+		// limit: a fresh attempt counter.
+		if c.state == StateClosed {
+			c.opened, c.openErr = make(chan struct{}), nil
+		}
+		c.attempt = 0
+		c.running = true
+		c.setStateLocked(StateConnecting, "Connect called")
+		c.wg.Add(1)
+		go c.run()
+	}
+	opened := c.opened
+	c.mu.Unlock()
+	select {
+	case <-opened:
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.openErr
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.ctx.Done():
+		return ErrClosed
+	}
+}
+
+// Events is the channel of everything that happens: messages, presence,
+// state changes. It is closed after Close.
+func (c *Client) Events() <-chan Event { return c.events }
+
+// Info returns a snapshot of the client's state.
+func (c *Client) Info() Info {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return Info{State: c.state, User: c.user, Session: c.session, Attempt: c.attempt, NextRetry: c.nextRetry,
+		LastClose: c.lastClose, LastMessage: c.lastMsg, Pending: len(c.outbox)}
+}
+
+// State returns the current state.
+func (c *Client) State() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// Join joins a room; it returns when the server acknowledged it. The room
+// is rejoined after every reconnect.
+func (c *Client) Join(ctx context.Context, room string) error {
+	c.mu.Lock()
+	if !contains(c.rooms, room) {
+		c.rooms = append(c.rooms, room)
+	}
+	c.mu.Unlock()
+	_, err := c.call(ctx, protocol.TypeJoin, map[string]any{"room": room}, true)
+	return err
+}
+
+// Leave leaves a room; it returns when the server acknowledged it.
+func (c *Client) Leave(ctx context.Context, room string) error {
+	c.mu.Lock()
+	c.rooms = remove(c.rooms, room)
+	delete(c.joinedAt, room)
+	delete(c.positions, "room:"+room)
+	c.mu.Unlock()
+	_, err := c.call(ctx, protocol.TypeLeave, map[string]any{"room": room}, true)
+	return err
+}
+
+// Send sends a chat message to a room and returns the server's ack (with
+// the message's sequence). While disconnected the message waits in the
+// outbox and is sent after the reconnect, exactly once. If ctx ends first,
+// Send returns ctx.Err() and the message is withdrawn if it had not been
+// written yet (if it had, the server may still process it).
+func (c *Client) Send(ctx context.Context, room, text string) (Ack, error) {
+	r, err := c.call(ctx, protocol.TypeChat, map[string]any{"room": room, "text": text}, true)
+	return r.ack, err
+}
+
+// Direct sends a private message to a user, like Send.
+func (c *Client) Direct(ctx context.Context, user, text string) (Ack, error) {
+	r, err := c.call(ctx, protocol.TypeDirect, map[string]any{"to": user, "text": text}, true)
+	return r.ack, err
+}
+
+// Who asks who is in a room. It needs an open connection (it is not
+// queued).
+func (c *Client) Who(ctx context.Context, room string) (protocol.Members, error) {
+	var m protocol.Members
+	r, err := c.call(ctx, protocol.TypeWho, map[string]any{"room": room}, false)
+	if err == nil {
+		err = json.Unmarshal(r.page, &m)
+	}
+	return m, err
+}
+
+// History pages through a room's retained messages (see the protocol's
+// `history`). It needs an open connection.
+func (c *Client) History(ctx context.Context, room string, before, after uint64, limit int) (protocol.HistoryPage, error) {
+	var p protocol.HistoryPage
+	r, err := c.call(ctx, protocol.TypeHistory, map[string]any{"room": room, "before": before, "after": after, "limit": limit}, false)
+	if err == nil {
+		err = json.Unmarshal(r.page, &p)
+	}
+	return p, err
+}
+
+// Close ends the connection with 1000 (no reconnect), fails what is still
+// in the outbox with ErrClosed, waits for every goroutine of the client and
+// closes Events(). It is safe to call more than once.
+func (c *Client) Close() error {
+	c.once.Do(func() {
+		c.mu.Lock()
+		conn := c.conn
+		if conn == nil {
+			conn = c.dialing
+		}
+		c.mu.Unlock()
+		c.cancel()
+		c.evMu.Lock()
+		c.evCond.Broadcast()
+		c.evMu.Unlock()
+		if conn != nil {
+			c.writeMu.Lock()
+			conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, "client closed"), time.Now().Add(time.Second))
+			c.writeMu.Unlock()
+			conn.Close()
+		}
+		c.wg.Wait()
+		c.mu.Lock()
+		c.lastClose = &CloseInfo{Code: protocol.CloseNormal, Reason: "client closed", WasClean: true, At: time.Now()}
+		c.setStateLocked(StateClosed, "Close called")
+		pending := append(c.outbox, valuesOf(c.requests)...)
+		c.outbox, c.requests = nil, map[string]*item{}
+		c.finishOpenLocked(ErrClosed)
+		c.mu.Unlock()
+		for _, it := range pending {
+			it.done <- result{err: ErrClosed}
+		}
+		close(c.events)
+	})
+	return nil
+}
+
+// call sends a message and waits for its answer. Queued calls (join,
+// leave, chat, direct) live in the outbox until acked and survive
+// reconnects; the others need an open connection.
+func (c *Client) call(ctx context.Context, typ string, payload any, queued bool) (result, error) {
+	c.mu.Lock()
+	if c.ctx.Err() != nil {
+		c.mu.Unlock()
+		return result{}, ErrClosed
+	}
+	c.nextID++
+	it := &item{id: fmt.Sprintf("%s-%d", c.prefix, c.nextID), typ: typ, payload: payload, done: make(chan result, 1)}
+	conn := c.conn
+	if queued {
+		if len(c.outbox) >= c.opts.OutboxLimit {
+			c.mu.Unlock()
+			return result{}, fmt.Errorf("%w (%d messages waiting for the server)", ErrOutboxFull, c.opts.OutboxLimit)
+		}
+		c.outbox = append(c.outbox, it)
+		c.mu.Unlock()
+		if conn != nil {
+			c.flush(conn)
+		}
+	} else {
+		if conn == nil || c.state != StateOpen {
+			st := c.state
+			c.mu.Unlock()
+			return result{}, fmt.Errorf("client: not connected (%s)", st)
+		}
+		c.requests[it.id] = it
+		c.mu.Unlock()
+		c.writeMu.Lock()
+		c.writeItemLocked(conn, it)
+		c.writeMu.Unlock()
+	}
+	select {
+	case r := <-it.done:
+		return r, r.err
+	case <-ctx.Done():
+		c.mu.Lock()
+		c.outbox = removeItem(c.outbox, it)
+		delete(c.requests, it.id)
+		c.mu.Unlock()
+		return result{}, ctx.Err()
+	}
+}
+
+// flush writes every outbox message not yet written on conn, in outbox
+// order. Holding writeMu from collecting to writing is what keeps the
+// order when several goroutines send while a reconnect re-sends.
+func (c *Client) flush(conn *websocket.Conn) {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	c.mu.Lock()
+	if c.conn != conn {
+		c.mu.Unlock()
+		return // that connection is gone; the next one flushes everything
+	}
+	var batch []*item
+	for _, it := range c.outbox {
+		if !it.sent {
+			it.sent = true
+			batch = append(batch, it)
+		}
+	}
+	c.mu.Unlock()
+	for _, it := range batch {
+		c.writeItemLocked(conn, it)
+	}
+}
+
+// writeItemLocked sends one item; writeMu must be held. A failed write
+// closes conn, and the reader then starts the reconnect.
+func (c *Client) writeItemLocked(conn *websocket.Conn, it *item) {
+	b, _ := json.Marshal(map[string]any{"type": it.typ, "id": it.id, "payload": it.payload, "ts": time.Now().UnixMilli()})
+	c.writeRawLocked(conn, b)
+}
+
+func (c *Client) writeRaw(conn *websocket.Conn, b []byte) {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	c.writeRawLocked(conn, b)
+}
+
+func (c *Client) writeRawLocked(conn *websocket.Conn, b []byte) {
+	conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if err := conn.WriteMessage(websocket.TextMessage, b); err != nil {
+		conn.Close()
+	}
+}
+
+func (c *Client) logf(format string, args ...any) {
+	if c.opts.Logf != nil {
+		c.opts.Logf(format, args...)
+	}
+}
+
+func (c *Client) setStateLocked(s State, reason string) {
+	if s == c.state {
+		return
+	}
+	prev := c.state
+	c.state = s
+	c.logf("[state] %s -> %s (%s)", prev, s, reason)
+	c.emit(Event{Type: "state", State: &StateChange{State: s, Prev: prev, Reason: reason}})
+}
+
+func (c *Client) finishOpenLocked(err error) {
+	select {
+	case <-c.opened:
+	default:
+		c.openErr = err
+		close(c.opened)
+	}
+}
+
+// run is the connection loop: one attempt at a time, then the close-code
+// policy and the backoff, until Close or a terminal end.
+func (c *Client) run() {
+	defer c.wg.Done()
+	defer func() {
+		c.mu.Lock()
+		c.running = false
+		c.mu.Unlock()
+	}()
+	for {
+		info := c.connectOnce()
+		if c.ctx.Err() != nil {
+			return
+		}
+		c.mu.Lock()
+		c.lastClose = &info
+		c.logf("[close] code=%d reason=%q wasClean=%v", info.Code, info.Reason, info.WasClean)
+		if info.Code == protocol.CloseSessionInvalid {
+			c.session = ""
+		}
+		policy := protocol.PolicyFor(info.Code)
+		if policy == protocol.Terminal {
+			c.setStateLocked(StateClosed, fmt.Sprintf("terminal close %d", info.Code))
+			c.finishOpenLocked(&CloseError{info})
+			c.mu.Unlock()
+			return
+		}
+		c.attempt++
+		if c.opts.MaxRetries > 0 && c.attempt > c.opts.MaxRetries {
+			c.setStateLocked(StateClosed, "retry limit reached")
+			c.finishOpenLocked(fmt.Errorf("client: gave up after %d attempts: %w", c.opts.MaxRetries, &CloseError{info}))
+			c.mu.Unlock()
+			return
+		}
+		delay := c.opts.Backoff(c.attempt, mrand.Float64())
+		if policy == protocol.ReconnectLater {
+			delay = max(delay, c.opts.LaterDelay)
+		}
+		c.nextRetry = time.Now().Add(delay)
+		c.setStateLocked(StateReconnecting, fmt.Sprintf("closed with %d", info.Code))
+		c.logf("[reconnect] attempt=%d in %s", c.attempt, delay.Round(time.Millisecond))
+		c.mu.Unlock()
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-c.ctx.Done():
+			t.Stop()
+			return
+		}
+		c.mu.Lock()
+		c.nextRetry = time.Time{}
+		c.mu.Unlock()
+	}
+}
+
+// attemptURL is the URL of the next attempt: the user, the token, and the
+// session and positions to resume from.
+func (c *Client) attemptURL() string {
+	u, _ := url.Parse(c.url)
+	q := u.Query()
+	c.mu.Lock()
+	if c.opts.User != "" && q.Get("user") == "" {
+		q.Set("user", c.opts.User)
+	}
+	if c.session != "" {
+		q.Set("session", c.session)
+	}
+	since := map[string][2]any{}
+	for room, p := range c.joinedAt {
+		since[room] = [2]any{p.Epoch, p.Seq}
+	}
+	for stream, p := range c.positions {
+		key := protocol.InboxKey
+		if stream != "inbox" {
+			key = stream[len("room:"):]
+		}
+		since[key] = [2]any{p.Epoch, p.Seq}
+	}
+	c.mu.Unlock()
+	if len(since) > 0 {
+		b, _ := json.Marshal(since)
+		q.Set("since", string(b))
+	}
+	tok := c.opts.Token
+	if c.opts.TokenFunc != nil {
+		tok = c.opts.TokenFunc()
+	}
+	if tok != "" {
+		q.Set("token", tok)
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// wallNow is the wall-clock time without Go's monotonic reading: the
+// monotonic clock stops while a machine sleeps, the wall clock does not, so
+// silence measured with it counts the sleep too.
+func wallNow() time.Time { return time.Now().Round(0) }
+
+// connectOnce makes one attempt and, if it opens, serves the connection
+// until it ends. It returns how it ended.
+func (c *Client) connectOnce() CloseInfo {
+	dctx, cancel := context.WithTimeout(c.ctx, c.opts.ConnectTimeout)
+	defer cancel()
+	target := c.attemptURL()
+	c.logf("[connect] attempt=%d", c.Info().Attempt)
+	conn, _, err := c.opts.Dialer.DialContext(dctx, target, c.opts.Header)
+	if err != nil {
+		return CloseInfo{Code: protocol.CloseAbnormal, Reason: err.Error(), At: time.Now()}
+	}
+	c.mu.Lock()
+	c.dialing = conn
+	closing := c.ctx.Err() != nil
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.dialing = nil
+		c.mu.Unlock()
+	}()
+	if closing {
+		conn.Close()
+		return CloseInfo{Code: protocol.CloseNormal, Reason: "client closed"}
+	}
+	// The welcome must come within the connect timeout.
+	conn.SetReadDeadline(time.Now().Add(c.opts.ConnectTimeout))
+	_, first, err := conn.ReadMessage()
+	if err != nil {
+		conn.Close()
+		return closeInfoOf(err)
+	}
+	var env protocol.Envelope
+	var w protocol.Welcome
+	if json.Unmarshal(first, &env) != nil || env.Type != protocol.TypeWelcome || json.Unmarshal(env.Payload, &w) != nil {
+		conn.Close()
+		return CloseInfo{Code: protocol.CloseProtocolError, Reason: "first message was not a welcome", At: time.Now()}
+	}
+	conn.SetReadDeadline(time.Time{})
+
+	timeout := c.opts.HeartbeatTimeout
+	// Going OPEN, the rejoins and the re-send of the outbox happen with
+	// writeMu held, so no new message can be written before older ones.
+	c.writeMu.Lock()
+	c.mu.Lock()
+	if c.ctx.Err() != nil {
+		c.mu.Unlock()
+		c.writeMu.Unlock()
+		conn.Close()
+		return CloseInfo{Code: protocol.CloseNormal, Reason: "client closed"}
+	}
+	c.conn = conn
+	c.user, c.session = w.User, w.Session
+	c.lastMsg = wallNow()
+	for _, r := range w.Rooms {
+		if !contains(c.rooms, r) {
+			c.rooms = append(c.rooms, r)
+		}
+	}
+	var rejoin []string
+	for _, r := range c.rooms {
+		if !contains(w.Rooms, r) && !c.outboxJoinsLocked(r) {
+			rejoin = append(rejoin, r)
+		}
+	}
+	outbox := append([]*item(nil), c.outbox...)
+	for _, it := range outbox {
+		it.sent = true
+	}
+	c.setStateLocked(StateOpen, "welcome received")
+	c.emit(Event{Type: protocol.TypeWelcome, Welcome: &w})
+	c.finishOpenLocked(nil)
+	c.mu.Unlock()
+	c.logf("[open] user=%s session=%s resumed=%v", w.User, w.Session, w.Resumed)
+
+	// Rejoin first, then re-send every unacknowledged message in order,
+	// with its original id: the server acks duplicates without processing.
+	for _, r := range rejoin {
+		b, _ := json.Marshal(map[string]any{"type": protocol.TypeJoin, "payload": map[string]any{"room": r}})
+		c.writeRawLocked(conn, b)
+	}
+	for _, it := range outbox {
+		c.writeItemLocked(conn, it)
+	}
+	c.writeMu.Unlock()
+
+	hbDone := make(chan struct{})
+	var timedOut bool
+	var hbMu sync.Mutex
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.heartbeat(conn, timeout, hbDone, func() { hbMu.Lock(); timedOut = true; hbMu.Unlock() })
+	}()
+	stable := time.AfterFunc(c.opts.StableAfter, func() {
+		c.mu.Lock()
+		if c.conn == conn && c.attempt > 0 {
+			c.logf("[stable] open for %s: retry counter reset", c.opts.StableAfter)
+			c.attempt = 0
+		}
+		c.mu.Unlock()
+	})
+	conn.SetPingHandler(func(data string) error {
+		c.touch()
+		c.writeMu.Lock()
+		defer c.writeMu.Unlock()
+		conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+		return nil
+	})
+
+	var end CloseInfo
+	for {
+		_, b, err := conn.ReadMessage()
+		if err != nil {
+			end = closeInfoOf(err)
+			break
+		}
+		c.touch()
+		c.handle(conn, b)
+	}
+	stable.Stop()
+	close(hbDone)
+	conn.Close()
+	c.mu.Lock()
+	c.conn = nil
+	for _, it := range c.outbox {
+		it.sent = false // the next connection sends them again
+	}
+	c.mu.Unlock()
+	hbMu.Lock()
+	if timedOut {
+		end = CloseInfo{Code: protocol.CloseHeartbeat, Reason: "heartbeat timeout", At: time.Now()}
+	}
+	hbMu.Unlock()
+	return end
+}
+
+func (c *Client) touch() {
+	c.mu.Lock()
+	c.lastMsg = wallNow()
+	c.mu.Unlock()
+}
+
+// heartbeat pings every interval and closes the connection with 4000 when
+// nothing has arrived for timeout, without waiting for a closing handshake
+// that a dead peer would never complete.
+func (c *Client) heartbeat(conn *websocket.Conn, timeout time.Duration, done <-chan struct{}, timedOut func()) {
+	t := time.NewTicker(c.opts.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		silent := wallNow().Sub(c.lastMsg)
+		c.mu.Unlock()
+		if silent > timeout {
+			c.logf("[heartbeat] silent for %s (> %s): closing with 4000", silent.Round(time.Millisecond), timeout)
+			timedOut()
+			c.writeMu.Lock()
+			conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(int(protocol.CloseHeartbeat), "heartbeat timeout"), time.Now().Add(100*time.Millisecond))
+			c.writeMu.Unlock()
+			conn.Close()
+			return
+		}
+		b, _ := json.Marshal(map[string]any{"type": protocol.TypePing, "payload": map[string]any{"ts": time.Now().UnixMilli()}})
+		c.writeRaw(conn, b)
+	}
+}
+
+func (c *Client) outboxJoinsLocked(room string) bool {
+	for _, it := range c.outbox {
+		if it.typ == protocol.TypeJoin {
+			if p, ok := it.payload.(map[string]any); ok && p["room"] == room {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// handle dispatches one server message.
+func (c *Client) handle(conn *websocket.Conn, b []byte) {
+	var env protocol.Envelope
+	if json.Unmarshal(b, &env) != nil {
+		c.logf("[error] server sent a frame that is not JSON")
+		return
+	}
+	switch env.Type {
+	case protocol.TypePong:
+	case protocol.TypeAck:
+		var a Ack
+		json.Unmarshal(env.Payload, &a)
+		c.settle(env.ID, result{ack: a})
+	case protocol.TypeError:
+		var e protocol.Error
+		json.Unmarshal(env.Payload, &e)
+		if !c.settleError(conn, env.ID, &e) {
+			c.emit(Event{Type: protocol.TypeError, Error: &e})
+		}
+	case protocol.TypeChat:
+		var m protocol.Chat
+		if json.Unmarshal(env.Payload, &m) == nil && !c.duplicate("room:"+m.Room, m.From, m.ID, m.Seq, m.Epoch) {
+			c.emit(Event{Type: env.Type, Chat: &m})
+		}
+	case protocol.TypeDirect:
+		var m protocol.Direct
+		if json.Unmarshal(env.Payload, &m) == nil && !c.duplicate("inbox", m.From, m.ID, m.Seq, m.Epoch) {
+			c.emit(Event{Type: env.Type, Direct: &m})
+		}
+	case protocol.TypeMembers:
+		var m protocol.Members
+		json.Unmarshal(env.Payload, &m)
+		c.mu.Lock()
+		if m.Epoch != "" && contains(c.rooms, m.Room) {
+			if _, seen := c.positions["room:"+m.Room]; !seen {
+				c.joinedAt[m.Room] = pos{m.Epoch, m.Top}
+			}
+		}
+		c.mu.Unlock()
+		if !c.settleRequest(env.ID, env.Payload) {
+			c.emit(Event{Type: env.Type, Members: &m})
+		}
+	case protocol.TypeHistory:
+		if !c.settleRequest(env.ID, env.Payload) {
+			var p protocol.HistoryPage
+			json.Unmarshal(env.Payload, &p)
+			c.emit(Event{Type: env.Type, History: &p})
+		}
+	case protocol.TypeRecovered:
+		var r protocol.Recovered
+		json.Unmarshal(env.Payload, &r)
+		c.mu.Lock()
+		stream := "inbox"
+		if !r.Inbox {
+			stream = "room:" + r.Room
+		}
+		if !r.Recovered {
+			if r.Epoch != "" {
+				c.positions[stream] = pos{r.Epoch, r.Top}
+			} else {
+				delete(c.positions, stream)
+			}
+		}
+		delete(c.joinedAt, r.Room)
+		c.mu.Unlock()
+		c.logf("[recovered] %s recovered=%v count=%d", stream, r.Recovered, r.Count)
+		c.emit(Event{Type: env.Type, Recovered: &r})
+	case protocol.TypePresence:
+		var p protocol.Presence
+		json.Unmarshal(env.Payload, &p)
+		c.emit(Event{Type: env.Type, Presence: &p})
+	case protocol.TypeLeft:
+		var l protocol.Left
+		json.Unmarshal(env.Payload, &l)
+		c.emit(Event{Type: env.Type, Left: &l})
+	}
+}
+
+// duplicate reports whether a message was already delivered: by
+// (stream, seq) within an epoch, and by (stream, sender, client id) for a
+// message that a server without its session state processed twice.
+func (c *Client) duplicate(stream, from, id string, seq uint64, epoch string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p, ok := c.positions[stream]; ok && p.Epoch == epoch && seq <= p.Seq {
+		c.logf("[dedupe] dropped %s seq=%d", stream, seq)
+		return true
+	}
+	if seq > 0 {
+		c.positions[stream] = pos{epoch, seq}
+		if len(stream) > 5 {
+			delete(c.joinedAt, stream[len("room:"):])
+		}
+	}
+	if id != "" && !c.seenIDs.add(stream+"\x00"+from+"\x00"+id) {
+		c.logf("[dedupe] dropped %s message %s from %s seen before", stream, id, from)
+		return true
+	}
+	return false
+}
+
+func (c *Client) settle(id string, r result) bool {
+	c.mu.Lock()
+	var it *item
+	for i, x := range c.outbox {
+		if x.id == id {
+			it = x
+			c.outbox = append(c.outbox[:i], c.outbox[i+1:]...)
+			break
+		}
+	}
+	if it == nil {
+		if it = c.requests[id]; it != nil {
+			delete(c.requests, id)
+		}
+	}
+	c.mu.Unlock()
+	if it == nil {
+		return false
+	}
+	it.done <- r
+	return true
+}
+
+func (c *Client) settleRequest(id string, payload json.RawMessage) bool {
+	c.mu.Lock()
+	it := c.requests[id]
+	delete(c.requests, id)
+	c.mu.Unlock()
+	if it == nil || id == "" {
+		return false
+	}
+	it.done <- result{page: payload}
+	return true
+}
+
+// settleError fails the call the error names, except for retryable errors
+// on queued messages, which stay in the outbox and are sent again shortly.
+func (c *Client) settleError(conn *websocket.Conn, id string, e *protocol.Error) bool {
+	if id == "" {
+		return false
+	}
+	if e.Code.Retryable() {
+		c.mu.Lock()
+		var it *item
+		for _, x := range c.outbox {
+			if x.id == id {
+				it = x
+				x.sent = false
+			}
+		}
+		c.mu.Unlock()
+		if it != nil {
+			c.logf("[outbox] %s refused with %s; sending again in %s", id, e.Code, 2*c.opts.BaseDelay)
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				select {
+				case <-time.After(2 * c.opts.BaseDelay):
+					c.flush(conn) // a gone conn is skipped; the reconnect re-sends
+				case <-c.ctx.Done():
+				}
+			}()
+			return true
+		}
+	}
+	return c.settle(id, result{err: e})
+}
+
+func closeInfoOf(err error) CloseInfo {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		return CloseInfo{Code: protocol.CloseCode(ce.Code), Reason: ce.Text, WasClean: true, At: time.Now()}
+	}
+	return CloseInfo{Code: protocol.CloseAbnormal, Reason: err.Error(), At: time.Now()}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func remove(list []string, s string) []string {
+	out := list[:0]
+	for _, x := range list {
+		if x != s {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func removeItem(list []*item, it *item) []*item {
+	for i, x := range list {
+		if x == it {
+			return append(list[:i], list[i+1:]...)
+		}
+	}
+	return list
+}
+
+func valuesOf(m map[string]*item) []*item {
+	out := make([]*item, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
+
+// idSet remembers the most recent n keys.
+type idSet struct {
+	n    int
+	keys map[string]struct{}
+	ring []string
+	next int
+}
+
+func newIDSet(n int) *idSet {
+	return &idSet{n: n, keys: make(map[string]struct{}, n), ring: make([]string, n)}
+}
+
+// add records key and reports whether it was new.
+func (s *idSet) add(key string) bool {
+	if _, ok := s.keys[key]; ok {
+		return false
+	}
+	if old := s.ring[s.next]; old != "" {
+		delete(s.keys, old)
+	}
+	s.ring[s.next] = key
+	s.next = (s.next + 1) % s.n
+	s.keys[key] = struct{}{}
+	return true
+}
