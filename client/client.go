@@ -345,6 +345,47 @@ func (c *Client) Direct(ctx context.Context, user, text string) (Ack, error) {
 	return r.ack, err
 }
 
+// Pending is a message in the outbox, waiting for the server's ack.
+type Pending struct {
+	c  *Client
+	it *item
+}
+
+// ID is the client message id the message travels with.
+func (p *Pending) ID() string { return p.it.id }
+
+// Wait returns the server's ack (or error reply). If ctx ends first the
+// message stays in the outbox and will still be delivered.
+func (p *Pending) Wait(ctx context.Context) (Ack, error) {
+	select {
+	case r := <-p.it.done:
+		p.it.done <- r // let Wait be called again
+		return r.ack, r.err
+	case <-ctx.Done():
+		return Ack{}, ctx.Err()
+	}
+}
+
+// SendAsync puts a chat message in the outbox and returns at once: calls
+// from one goroutine are delivered in the order they were made, each
+// exactly once. Use it to send without waiting for each ack.
+func (c *Client) SendAsync(room, text string) (*Pending, error) {
+	it, err := c.enqueue(protocol.TypeChat, map[string]any{"room": room, "text": text}, true)
+	if err != nil {
+		return nil, err
+	}
+	return &Pending{c: c, it: it}, nil
+}
+
+// DirectAsync is SendAsync for a private message.
+func (c *Client) DirectAsync(user, text string) (*Pending, error) {
+	it, err := c.enqueue(protocol.TypeDirect, map[string]any{"to": user, "text": text}, true)
+	if err != nil {
+		return nil, err
+	}
+	return &Pending{c: c, it: it}, nil
+}
+
 // Who asks who is in a room. It needs an open connection (it is not
 // queued).
 func (c *Client) Who(ctx context.Context, room string) (protocol.Members, error) {
@@ -406,37 +447,13 @@ func (c *Client) Close() error {
 
 // call sends a message and waits for its answer. Queued calls (join,
 // leave, chat, direct) live in the outbox until acked and survive
-// reconnects; the others need an open connection.
+// reconnects; the others need an open connection. If ctx ends first the
+// call is withdrawn (if it was already written, the server may still
+// process it).
 func (c *Client) call(ctx context.Context, typ string, payload any, queued bool) (result, error) {
-	c.mu.Lock()
-	if c.ctx.Err() != nil {
-		c.mu.Unlock()
-		return result{}, ErrClosed
-	}
-	c.nextID++
-	it := &item{id: fmt.Sprintf("%s-%d", c.prefix, c.nextID), typ: typ, payload: payload, done: make(chan result, 1)}
-	conn := c.conn
-	if queued {
-		if len(c.outbox) >= c.opts.OutboxLimit {
-			c.mu.Unlock()
-			return result{}, fmt.Errorf("%w (%d messages waiting for the server)", ErrOutboxFull, c.opts.OutboxLimit)
-		}
-		c.outbox = append(c.outbox, it)
-		c.mu.Unlock()
-		if conn != nil {
-			c.flush(conn)
-		}
-	} else {
-		if conn == nil || c.state != StateOpen {
-			st := c.state
-			c.mu.Unlock()
-			return result{}, fmt.Errorf("client: not connected (%s)", st)
-		}
-		c.requests[it.id] = it
-		c.mu.Unlock()
-		c.writeMu.Lock()
-		c.writeItemLocked(conn, it)
-		c.writeMu.Unlock()
+	it, err := c.enqueue(typ, payload, queued)
+	if err != nil {
+		return result{}, err
 	}
 	select {
 	case r := <-it.done:
@@ -448,6 +465,42 @@ func (c *Client) call(ctx context.Context, typ string, payload any, queued bool)
 		c.mu.Unlock()
 		return result{}, ctx.Err()
 	}
+}
+
+// enqueue puts a message in the outbox (queued) or the pending requests
+// and writes it if the connection is open.
+func (c *Client) enqueue(typ string, payload any, queued bool) (*item, error) {
+	c.mu.Lock()
+	if c.ctx.Err() != nil {
+		c.mu.Unlock()
+		return nil, ErrClosed
+	}
+	c.nextID++
+	it := &item{id: fmt.Sprintf("%s-%d", c.prefix, c.nextID), typ: typ, payload: payload, done: make(chan result, 1)}
+	conn := c.conn
+	if queued {
+		if len(c.outbox) >= c.opts.OutboxLimit {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("%w (%d messages waiting for the server)", ErrOutboxFull, c.opts.OutboxLimit)
+		}
+		c.outbox = append(c.outbox, it)
+		c.mu.Unlock()
+		if conn != nil {
+			c.flush(conn)
+		}
+	} else {
+		if conn == nil || c.state != StateOpen {
+			st := c.state
+			c.mu.Unlock()
+			return nil, fmt.Errorf("client: not connected (%s)", st)
+		}
+		c.requests[it.id] = it
+		c.mu.Unlock()
+		c.writeMu.Lock()
+		c.writeItemLocked(conn, it)
+		c.writeMu.Unlock()
+	}
+	return it, nil
 }
 
 // flush writes every outbox message not yet written on conn, in outbox

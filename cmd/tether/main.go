@@ -40,6 +40,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return benchCmd(args, stdout, stderr)
 	case "token":
 		return tokenCmd(args, stdout, stderr)
+	case "chat":
+		return chatCmd(args, os.Stdin, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "tether %s (protocol v%d)\n", version, protocol.Version)
 		return 0
@@ -57,6 +59,7 @@ func usage(w io.Writer) {
 
 Commands:
   serve     run a Tether node (the default)
+  chat      a terminal chat client (tether chat --user alice)
   bench     load a running node: idle, fanout (see docs/benchmarks.md)
   token     print a signed token for a user (token mode)
   version   print the version
