@@ -322,7 +322,7 @@ func (o *chatOut) event(c *client.Client, ev client.Event) {
 	case protocol.TypeRecovered:
 		r := ev.Recovered
 		if !r.Recovered && o.interactive {
-			o.status(fmt.Sprintf("some messages in %s are older than the server's history and were not replayed", streamName(r)))
+			o.status(fmt.Sprintf("%s: what was missed could not be replayed (the server restarted, or the gap is older than its history); showing its history", streamName(r)))
 		}
 	case protocol.TypeError:
 		o.status(fmt.Sprintf("error %s: %s", ev.Error.Code, ev.Error.Message))
