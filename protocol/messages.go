@@ -95,10 +95,11 @@ type Members struct {
 	// Truncated is set when Users lists only some of Count members (big
 	// rooms).
 	Truncated bool `json:"truncated,omitempty"`
-	// Epoch and Top are the room's position: after a join, the position
-	// just before this connection joined (every later message reaches it);
-	// after who, the current one. A client that has received nothing from
-	// the room yet resumes from here.
+	// Epoch and Top are the room's position: after a join, read once this
+	// connection was a member (every later message reaches it, and every
+	// message up to it that it is sent comes before this reply); after who,
+	// the current one. A client that has received nothing from the room
+	// yet resumes from here.
 	Epoch string `json:"epoch"`
 	Top   uint64 `json:"top"`
 }

@@ -375,9 +375,10 @@ type roomPos struct {
 }
 
 // join puts c in room. Joining a room twice is not an error. It returns
-// the room's position read just before c became a member: every message
-// after it reaches c, so a client that receives nothing can still resume
-// from there without a gap.
+// the room's position read once c is a member and the room is subscribed:
+// every message after it reaches c, and every message up to it that c is
+// sent is queued before the reply that carries the position, so a client
+// that resumes from it misses nothing.
 func (h *hub) join(ctx context.Context, c *Conn, name string) (roomPos, error) {
 	if c.claims != nil && !c.claims.MayJoin(name) {
 		return roomPos{}, &protocol.Error{Code: protocol.ErrForbiddenRoom, Message: "your token does not allow room " + name}
@@ -387,15 +388,10 @@ func (h *hub) join(ctx context.Context, c *Conn, name string) (roomPos, error) {
 	kl.Lock()
 	defer kl.Unlock()
 
-	hist, err := h.srv.eng.History(ctx, stream, engine.HistoryQuery{Latest: true, Limit: 1})
-	if err != nil {
-		return roomPos{}, unavailable(err)
-	}
-	pos := roomPos{epoch: hist.Epoch, top: hist.Top}
 	h.mu.Lock()
 	if _, in := c.rooms[name]; in {
 		h.mu.Unlock()
-		return pos, nil
+		return h.position(ctx, stream)
 	}
 	if len(c.rooms) >= h.srv.cfg.MaxRoomsPerConn {
 		h.mu.Unlock()
@@ -427,6 +423,10 @@ func (h *hub) join(ctx context.Context, c *Conn, name string) (roomPos, error) {
 			return roomPos{}, unavailable(err)
 		}
 	}
+	pos, err := h.position(ctx, stream)
+	if err != nil {
+		return pos, err
+	}
 	if !firstTab {
 		return pos, nil
 	}
@@ -439,6 +439,15 @@ func (h *hub) join(ctx context.Context, c *Conn, name string) (roomPos, error) {
 		h.presenceChanged(ctx, name, c.user, protocol.PresenceJoin, n)
 	}
 	return pos, nil
+}
+
+// position reads a stream's current (epoch, top).
+func (h *hub) position(ctx context.Context, stream string) (roomPos, error) {
+	hist, err := h.srv.eng.History(ctx, stream, engine.HistoryQuery{Latest: true, Limit: 1})
+	if err != nil {
+		return roomPos{}, unavailable(err)
+	}
+	return roomPos{epoch: hist.Epoch, top: hist.Top}, nil
 }
 
 // leave takes c out of room.

@@ -332,9 +332,6 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position)
 		Heartbeat: protocol.Heartbeat{Interval: s.cfg.PingInterval.Milliseconds(), Timeout: s.cfg.PongTimeout.Milliseconds()},
 		MaxText:   s.cfg.MaxText,
 	}))
-	for _, room := range joined {
-		c.sendMembers(ctx, "", room, positions[room])
-	}
 	replayed := make(map[string]uint64)
 	keys := make([]string, 0, len(since))
 	for k := range since {
@@ -345,6 +342,11 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position)
 		s.recover(ctx, c, k, since[k], replayed)
 	}
 	c.goLive(replayed)
+	// After the held deliveries: a member reply's position must come after
+	// every message up to it that this connection is sent.
+	for _, room := range joined {
+		c.sendMembers(ctx, "", room, positions[room])
+	}
 	s.log.Info("connect", "user", c.user, "conn", c.id, "remote", c.remote, "resumed", resumed, "rooms", len(joined))
 	return nil
 }
