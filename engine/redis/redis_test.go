@@ -1,0 +1,182 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tether-chat/tether/engine"
+	"github.com/tether-chat/tether/engine/enginetest"
+	"github.com/tether-chat/tether/internal/testredis"
+)
+
+var prefixes atomic.Int64
+
+func newEngine(t *testing.T, url string, size int) *Engine {
+	e, err := New(Config{URL: url, Prefix: fmt.Sprintf("t%d:", prefixes.Add(1)), HistorySize: size,
+		PresenceTTL: 300 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// TestContract runs the same suite as the memory engine.
+func TestContract(t *testing.T) {
+	srv := testredis.Start(t)
+	enginetest.Run(t, func(t *testing.T, size int) engine.Engine { return newEngine(t, srv.URL, size) })
+}
+
+func TestTwoNodesShareStreamsAndPresence(t *testing.T) {
+	srv := testredis.Start(t)
+	ctx := context.Background()
+	a := newEngine(t, srv.URL, 50)
+	b := newEngine(t, srv.URL, 50)
+	b.cfg.Prefix = a.cfg.Prefix // one cluster
+	b.cfg.NodeID = "b"
+	got := make(chan *engine.Publication, 10)
+	a.Start(ctx, nil)
+	b.Start(ctx, func(p *engine.Publication) { got <- p })
+	defer a.Close()
+	defer b.Close()
+	if err := b.Subscribe(ctx, "room:x"); err != nil {
+		t.Fatal(err)
+	}
+	p := &engine.Publication{Stream: "room:x", Type: "chat", Text: "from a", TS: time.Now().UnixMilli()}
+	if err := a.Publish(ctx, p, engine.PublishOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case q := <-got:
+		if q.Text != "from a" || q.Seq != 1 || q.Epoch != p.Epoch {
+			t.Fatalf("b got %+v", q)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("publication did not cross nodes")
+	}
+	// The same user on both nodes is one user.
+	if added, n, _ := a.PresenceAdd(ctx, "x", "alice"); !added || n != 1 {
+		t.Fatalf("a add: %v %d", added, n)
+	}
+	if added, n, _ := b.PresenceAdd(ctx, "x", "alice"); added || n != 1 {
+		t.Fatalf("b add of a user present on a: %v %d", added, n)
+	}
+	if removed, _, _ := a.PresenceRemove(ctx, "x", "alice"); removed {
+		t.Fatal("alice removed while b still holds her")
+	}
+	if removed, n, _ := b.PresenceRemove(ctx, "x", "alice"); !removed || n != 0 {
+		t.Fatalf("b remove: %v %d", removed, n)
+	}
+}
+
+// TestDeadNodeHoldsExpire: a node that stops refreshing (it died) has its
+// users removed after the presence TTL, and the leave is published.
+func TestDeadNodeHoldsExpire(t *testing.T) {
+	srv := testredis.Start(t)
+	ctx := context.Background()
+	dead := newEngine(t, srv.URL, 10)
+	live := newEngine(t, srv.URL, 10)
+	live.cfg.Prefix = dead.cfg.Prefix
+	dead.cfg.NodeID, live.cfg.NodeID = "dead", "live"
+	events := make(chan *engine.Publication, 10)
+	live.Start(ctx, func(p *engine.Publication) { events <- p })
+	defer live.Close()
+	live.Subscribe(ctx, "room:lobby")
+	dead.PresenceAdd(ctx, "lobby", "ghost") // never started: never refreshes
+	live.PresenceAdd(ctx, "lobby", "carol")
+	select {
+	case p := <-events:
+		if p.Type != "presence" || p.User != "ghost" || p.Action != "leave" || p.Count != 1 {
+			t.Fatalf("event = %+v", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no leave for the dead node's user")
+	}
+	if has, _ := live.PresenceHas(ctx, "lobby", "carol"); !has {
+		t.Fatal("the live node's user expired: its refresh does not work")
+	}
+}
+
+// TestGapFilledAfterRedisRestart: the pub/sub connection breaks (Redis
+// restarts); what is published after it is back but before this node
+// resubscribed is replayed from history, in order, without duplicates.
+func TestPubSubReconnectFillsTheGap(t *testing.T) {
+	srv := testredis.Start(t)
+	ctx := context.Background()
+	pub := newEngine(t, srv.URL, 100)
+	sub := newEngine(t, srv.URL, 100)
+	sub.cfg.Prefix = pub.cfg.Prefix
+	got := make(chan uint64, 100)
+	sub.Start(ctx, func(p *engine.Publication) { got <- p.Seq })
+	pub.Start(ctx, nil)
+	defer sub.Close()
+	defer pub.Close()
+	if err := sub.Subscribe(ctx, "room:g"); err != nil {
+		t.Fatal(err)
+	}
+	send := func(n int) {
+		for i := 0; i < n; i++ {
+			p := &engine.Publication{Stream: "room:g", Type: "chat", TS: time.Now().UnixMilli()}
+			if err := pub.Publish(ctx, p, engine.PublishOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	send(3)
+	// Break only the subscriber's pub/sub connection: kill it from Redis.
+	pub.rdb.ClientKillByFilter(ctx, "TYPE", "pubsub")
+	send(5) // published while the subscriber is reconnecting
+	want := uint64(1)
+	deadline := time.After(10 * time.Second)
+	for want <= 8 {
+		select {
+		case seq := <-got:
+			if seq != want {
+				t.Fatalf("got seq %d, want %d", seq, want)
+			}
+			want++
+		case <-deadline:
+			t.Fatalf("stopped at seq %d of 8", want-1)
+		}
+	}
+	send(1)
+	if seq := <-got; seq != 9 {
+		t.Fatalf("live after the fill: seq %d", seq)
+	}
+	select {
+	case seq := <-got:
+		t.Fatalf("duplicate delivery of seq %d", seq)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+func TestReadyFollowsRedis(t *testing.T) {
+	srv := testredis.Start(t)
+	e := newEngine(t, srv.URL, 10)
+	e.Start(context.Background(), nil)
+	defer e.Close()
+	ctx := context.Background()
+	deadline := time.Now().Add(5 * time.Second)
+	for e.Ready(ctx) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready with Redis up: %v", e.Ready(ctx))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	srv.Stop()
+	time.Sleep(1100 * time.Millisecond) // past the cached success
+	if err := e.Ready(ctx); err == nil {
+		t.Fatal("ready with Redis down")
+	}
+	srv.Restart(t, 0)
+	deadline = time.Now().Add(10 * time.Second)
+	for e.Ready(ctx) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready again after Redis came back: %v", e.Ready(ctx))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
