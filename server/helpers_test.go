@@ -4,15 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tether-chat/tether/engine/redis"
+	"github.com/tether-chat/tether/internal/testredis"
 	"github.com/tether-chat/tether/protocol"
 )
 
@@ -284,4 +288,35 @@ func types(envs []protocol.Envelope) []string {
 		out = append(out, e.Type)
 	}
 	return out
+}
+
+// engineCase is one engine a test suite runs against.
+type engineCase struct {
+	name     string
+	redisURL string
+}
+
+var redisPrefixes atomic.Int64
+
+// with returns cfg running on this engine case.
+func (e engineCase) with(cfg Config) Config {
+	if e.redisURL != "" {
+		eng, err := redis.New(redis.Config{URL: e.redisURL, Prefix: fmt.Sprintf("srv%d:", redisPrefixes.Add(1)),
+			HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			panic(err)
+		}
+		cfg.Engine = eng
+	}
+	return cfg
+}
+
+// bothEngines runs a test against the memory engine and against the Redis
+// engine (a real redis-server): the guarantees are the engines' contract.
+func bothEngines(t *testing.T, f func(t *testing.T, eng engineCase)) {
+	t.Run("memory", func(t *testing.T) { f(t, engineCase{name: "memory"}) })
+	t.Run("redis", func(t *testing.T) {
+		rs := testredis.Start(t)
+		f(t, engineCase{name: "redis", redisURL: rs.URL})
+	})
 }

@@ -47,7 +47,11 @@ func isRecovered(room string, inbox bool) func(protocol.Envelope) bool {
 // go to its room and 10 to it privately; on resume it gets exactly those
 // 60, in order, then live messages, with recovered: true.
 func TestResumeReplaysExactlyWhatWasMissed(t *testing.T) {
-	ts := newTestServer(t, Config{HistorySize: 200, PresenceGrace: 10 * time.Second})
+	bothEngines(t, testResumeReplaysExactlyWhatWasMissed)
+}
+
+func testResumeReplaysExactlyWhatWasMissed(t *testing.T, eng engineCase) {
+	ts := newTestServer(t, eng.with(Config{HistorySize: 200, PresenceGrace: 10 * time.Second}))
 	alice := connect(t, ts, "alice")
 	bob := connect(t, ts, "bob")
 	alice.send(protocol.TypeJoin, "j", inRoom("ops"))
@@ -134,7 +138,11 @@ func TestResumeReplaysExactlyWhatWasMissed(t *testing.T) {
 // TestResumeDuringTrafficLosesNothing resumes while messages keep flowing,
 // so publications land between the history read and the switch to live.
 func TestResumeDuringTrafficLosesNothing(t *testing.T) {
-	ts := newTestServer(t, Config{HistorySize: 5000, RateLimit: -1})
+	bothEngines(t, testResumeDuringTrafficLosesNothing)
+}
+
+func testResumeDuringTrafficLosesNothing(t *testing.T, eng engineCase) {
+	ts := newTestServer(t, eng.with(Config{HistorySize: 5000, RateLimit: -1}))
 	bob := connect(t, ts, "bob")
 	alice := connect(t, ts, "alice")
 	bob.send(protocol.TypeChat, "", map[string]any{"text": "first"})
@@ -166,7 +174,11 @@ func TestResumeDuringTrafficLosesNothing(t *testing.T) {
 }
 
 func TestResumeBeyondHistoryIsNotRecoveredAndHistoryFillsIn(t *testing.T) {
-	ts := newTestServer(t, Config{HistorySize: 5})
+	bothEngines(t, testResumeBeyondHistoryIsNotRecoveredAndHistoryFillsIn)
+}
+
+func testResumeBeyondHistoryIsNotRecoveredAndHistoryFillsIn(t *testing.T, eng engineCase) {
+	ts := newTestServer(t, eng.with(Config{HistorySize: 5}))
 	alice, bob := connect(t, ts, "alice"), connect(t, ts, "bob")
 	bob.send(protocol.TypeChat, "", map[string]any{"text": "seen"})
 	seen := payloadOf[protocol.Chat](t, alice.expect(protocol.TypeChat, nil))
@@ -194,8 +206,10 @@ func TestResumeBeyondHistoryIsNotRecoveredAndHistoryFillsIn(t *testing.T) {
 
 // TestLostAckIsNotProcessedTwice: the server processed a message but the
 // connection died before the ack arrived; the client re-sends it on resume.
-func TestLostAckIsNotProcessedTwice(t *testing.T) {
-	ts := newTestServer(t, Config{})
+func TestLostAckIsNotProcessedTwice(t *testing.T) { bothEngines(t, testLostAckIsNotProcessedTwice) }
+
+func testLostAckIsNotProcessedTwice(t *testing.T, eng engineCase) {
+	ts := newTestServer(t, eng.with(Config{}))
 	alice, bob := connect(t, ts, "alice"), connect(t, ts, "bob")
 	alice.send(protocol.TypeChat, "once", map[string]any{"text": "exactly once"})
 	orig := payloadOf[protocol.Chat](t, bob.expect(protocol.TypeChat, nil)) // processed
@@ -220,8 +234,10 @@ func TestLostAckIsNotProcessedTwice(t *testing.T) {
 	}
 }
 
-func TestSessionRefusals(t *testing.T) {
-	ts := newTestServer(t, Config{ResumeWindow: 200 * time.Millisecond, PresenceGrace: 100 * time.Millisecond})
+func TestSessionRefusals(t *testing.T) { bothEngines(t, testSessionRefusals) }
+
+func testSessionRefusals(t *testing.T, eng engineCase) {
+	ts := newTestServer(t, eng.with(Config{ResumeWindow: 200 * time.Millisecond, PresenceGrace: 100 * time.Millisecond}))
 	alice := connect(t, ts, "alice")
 	session := alice.welcome.Session
 	alice.cut()
@@ -242,8 +258,10 @@ func TestSessionRefusals(t *testing.T) {
 	}
 }
 
-func TestCleanCloseForgetsTheSession(t *testing.T) {
-	ts := newTestServer(t, Config{})
+func TestCleanCloseForgetsTheSession(t *testing.T) { bothEngines(t, testCleanCloseForgetsTheSession) }
+
+func testCleanCloseForgetsTheSession(t *testing.T, eng engineCase) {
+	ts := newTestServer(t, eng.with(Config{}))
 	alice := connect(t, ts, "alice")
 	alice.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, "bye"), time.Now().Add(time.Second))
 	alice.expectClose()
@@ -257,9 +275,11 @@ func TestCleanCloseForgetsTheSession(t *testing.T) {
 // TestPresenceDoesNotFlap: a resume within the grace period causes no
 // leave/join for others; a drop without resume causes exactly one leave,
 // when the grace period ends.
-func TestPresenceDoesNotFlap(t *testing.T) {
+func TestPresenceDoesNotFlap(t *testing.T) { bothEngines(t, testPresenceDoesNotFlap) }
+
+func testPresenceDoesNotFlap(t *testing.T, eng engineCase) {
 	grace := 300 * time.Millisecond
-	ts := newTestServer(t, Config{PresenceGrace: grace})
+	ts := newTestServer(t, eng.with(Config{PresenceGrace: grace}))
 	watcher := connect(t, ts, "watcher")
 	alice := connect(t, ts, "alice")
 	aboutAlice := func(e protocol.Envelope) bool { return payloadOf[protocol.Presence](t, e).User == "alice" }
@@ -399,7 +419,11 @@ func TestEngineRestartStartsNewEpoch(t *testing.T) {
 // TestJoinPositionLetsASilentMemberResume: a member that has received
 // nothing from a room resumes from the position its join reply gave.
 func TestJoinPositionLetsASilentMemberResume(t *testing.T) {
-	ts := newTestServer(t, Config{})
+	bothEngines(t, testJoinPositionLetsASilentMemberResume)
+}
+
+func testJoinPositionLetsASilentMemberResume(t *testing.T, eng engineCase) {
+	ts := newTestServer(t, eng.with(Config{}))
 	bob := connect(t, ts, "bob")
 	for i := 0; i < 3; i++ {
 		bob.send(protocol.TypeChat, fmt.Sprint("old", i), map[string]any{"text": "before alice"})

@@ -4,6 +4,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tether-chat/tether/engine/redis"
 	"github.com/tether-chat/tether/protocol"
 	"github.com/tether-chat/tether/server"
 )
@@ -71,8 +74,11 @@ Run 'tether serve --help' for every setting and its default.
 // serveFlags binds every server setting to a flag; each flag can also be
 // given as the environment variable TETHER_<NAME> (upper case, '-' → '_').
 // A flag on the command line wins over the environment.
-func serveFlags(fs *flag.FlagSet, cfg *server.Config, addr, logFormat, logLevel *string) {
+func serveFlags(fs *flag.FlagSet, cfg *server.Config, addr, logFormat, logLevel *string, rc *redisFlags) {
 	fs.StringVar(addr, "addr", "127.0.0.1:8000", "address to listen on")
+	fs.StringVar(&rc.url, "redis", "", "Redis URL (redis://host:port/db) to run as one node of a cluster; empty: the in-memory engine")
+	fs.StringVar(&rc.prefix, "redis-prefix", "tether:", "prefix of every Redis key (several clusters can share a Redis)")
+	fs.DurationVar(&rc.presenceTTL, "presence-ttl", 30*time.Second, "with --redis: a dead node's users go offline after this")
 	fs.DurationVar(&cfg.PingInterval, "ping-interval", 10*time.Second, "ping a connection silent for this long")
 	fs.DurationVar(&cfg.PongTimeout, "pong-timeout", 10*time.Second, "close a connection silent for ping-interval + this (code 4000)")
 	fs.Int64Var(&cfg.MaxMessageSize, "max-message-size", 64<<10, "largest frame a client may send, bytes (larger: close 1009)")
@@ -88,8 +94,8 @@ func serveFlags(fs *flag.FlagSet, cfg *server.Config, addr, logFormat, logLevel 
 	fs.IntVar(&cfg.PresenceEventsMax, "presence-events-max", 100, "room size (users) up to which each join/leave is an event; bigger rooms get coalesced counts")
 	fs.DurationVar(&cfg.PresenceInterval, "presence-interval", 2*time.Second, "how often big rooms get their coalesced presence count")
 	fs.IntVar(&cfg.MembersMax, "members-max", 100, "most users listed in a members reply")
-	fs.IntVar(&cfg.HistorySize, "history-size", 100, "messages retained per room and inbox (memory engine)")
-	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", 10*time.Minute, "how long messages are retained (memory engine)")
+	fs.IntVar(&cfg.HistorySize, "history-size", 100, "messages retained per room and inbox")
+	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", 10*time.Minute, "how long messages are retained")
 	fs.StringVar(&cfg.AuthSecret, "auth-secret", "", "token mode: HS256 secret that signs client tokens (empty: open mode, for development)")
 	fs.DurationVar(&cfg.ResumeWindow, "resume-window", 2*time.Minute, "how long a dropped connection's session can be resumed")
 	fs.DurationVar(&cfg.PresenceGrace, "presence-grace", 10*time.Second, "how long a dropped connection still counts as present")
@@ -124,7 +130,8 @@ func serve(args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var cfg server.Config
 	var addr, logFormat, logLevel string
-	serveFlags(fs, &cfg, &addr, &logFormat, &logLevel)
+	var rc redisFlags
+	serveFlags(fs, &cfg, &addr, &logFormat, &logLevel, &rc)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: tether serve [flags]\n\nEvery flag can also be set as TETHER_<NAME>, e.g. TETHER_ADDR=0.0.0.0:8000.\n\n")
 		fs.PrintDefaults()
@@ -145,6 +152,20 @@ func serve(args []string, stderr io.Writer) int {
 		return 2
 	}
 	cfg.Logger = logger
+	engineName := "memory"
+	if rc.url != "" {
+		if cfg.NodeID == "" {
+			cfg.NodeID = randomNodeID()
+		}
+		eng, err := redis.New(redis.Config{URL: rc.url, Prefix: rc.prefix, NodeID: cfg.NodeID,
+			HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL, PresenceTTL: rc.presenceTTL, Logger: logger})
+		if err != nil {
+			fmt.Fprintln(stderr, "tether: --redis:", err)
+			return 2
+		}
+		cfg.Engine = eng
+		engineName = "redis"
+	}
 
 	srv, err := server.New(cfg)
 	if err != nil {
@@ -162,7 +183,7 @@ func serve(args []string, stderr io.Writer) int {
 		mode = "token"
 	}
 	logger.Info("tether listening", "version", version, "addr", ln.Addr().String(),
-		"chat", "http://"+ln.Addr().String()+"/", "engine", "memory", "auth", mode)
+		"chat", "http://"+ln.Addr().String()+"/", "engine", engineName, "node", cfg.NodeID, "auth", mode)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -185,6 +206,18 @@ func serve(args []string, stderr io.Writer) int {
 		logger.Info("stopped")
 	}
 	return 0
+}
+
+// redisFlags are the settings of the Redis engine.
+type redisFlags struct {
+	url, prefix string
+	presenceTTL time.Duration
+}
+
+func randomNodeID() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {

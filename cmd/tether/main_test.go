@@ -15,7 +15,8 @@ func TestEnvironmentFillsUnsetFlags(t *testing.T) {
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	var cfg server.Config
 	var addr, lf, ll string
-	serveFlags(fs, &cfg, &addr, &lf, &ll)
+	var rc redisFlags
+	serveFlags(fs, &cfg, &addr, &lf, &ll, &rc)
 	if err := fs.Parse([]string{"--ping-interval", "3s"}); err != nil {
 		t.Fatal(err)
 	}
