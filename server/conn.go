@@ -64,6 +64,11 @@ type Conn struct {
 	// by mu.
 	resuming bool
 	held     []heldFrame
+	// replayed is the last sequence replayed per stream. With an engine
+	// whose fan-out is asynchronous (Redis pub/sub), a message the replay
+	// read from history can still arrive live afterwards; it is dropped.
+	// Guarded by mu; nil for connections that replayed nothing.
+	replayed map[string]roomPos
 
 	// Reader-owned.
 	limiter bucket
@@ -72,6 +77,7 @@ type Conn struct {
 
 type heldFrame struct {
 	stream string
+	epoch  string
 	seq    uint64 // 0 for ephemeral publications
 	data   []byte
 }
@@ -138,8 +144,12 @@ func (c *Conn) enqueueReplay(data []byte) bool {
 
 // enqueuePub queues a delivery of a publication on stream, or holds it
 // while the connection is replaying (see resuming).
-func (c *Conn) enqueuePub(data []byte, stream string, seq uint64) bool {
+func (c *Conn) enqueuePub(data []byte, stream, epoch string, seq uint64) bool {
 	c.mu.Lock()
+	if r, ok := c.replayed[stream]; ok && seq != 0 && seq <= r.top && epoch == r.epoch {
+		c.mu.Unlock()
+		return true // already replayed
+	}
 	if c.resuming {
 		if len(c.held) >= 4*c.srv.cfg.SendQueueMessages {
 			c.mu.Unlock()
@@ -147,7 +157,7 @@ func (c *Conn) enqueuePub(data []byte, stream string, seq uint64) bool {
 			c.close(protocol.DisconnectSlowConsumer, closeDrop)
 			return false
 		}
-		c.held = append(c.held, heldFrame{stream: stream, seq: seq, data: data})
+		c.held = append(c.held, heldFrame{stream: stream, epoch: epoch, seq: seq, data: data})
 		c.mu.Unlock()
 		return true
 	}
@@ -156,15 +166,15 @@ func (c *Conn) enqueuePub(data []byte, stream string, seq uint64) bool {
 }
 
 // goLive ends the replay: held deliveries that the replay did not already
-// cover (replayed[stream] is the last sequence replayed) are queued, in the
+// cover (replayed[stream] is the last position replayed) are queued, in the
 // order they arrived, and deliveries go straight to the queue again. Both
 // happen under one lock, so no live delivery can overtake a held one.
-func (c *Conn) goLive(replayed map[string]uint64) {
+func (c *Conn) goLive(replayed map[string]roomPos) {
 	cfg := &c.srv.cfg
 	c.mu.Lock()
 	overflow := false
 	for _, f := range c.held {
-		if top, ok := replayed[f.stream]; ok && f.seq != 0 && f.seq <= top {
+		if r, ok := replayed[f.stream]; ok && f.seq != 0 && f.seq <= r.top && f.epoch == r.epoch {
 			continue
 		}
 		if len(c.queue) >= cfg.SendQueueMessages || c.queued+len(f.data) > cfg.SendQueueBytes {
@@ -175,6 +185,9 @@ func (c *Conn) goLive(replayed map[string]uint64) {
 		c.queued += len(f.data)
 	}
 	c.held, c.resuming = nil, false
+	if len(replayed) > 0 {
+		c.replayed = replayed
+	}
 	if len(c.queue) > 0 {
 		c.kickLocked()
 	}

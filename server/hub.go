@@ -111,7 +111,7 @@ func (h *hub) deliver(p *engine.Publication) {
 	}
 	for _, c := range targets {
 		if c.id != skip {
-			c.enqueuePub(frame, p.Stream, p.Seq)
+			c.enqueuePub(frame, p.Stream, p.Epoch, p.Seq)
 		}
 	}
 	h.mu.RUnlock()

@@ -332,7 +332,7 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position)
 		Heartbeat: protocol.Heartbeat{Interval: s.cfg.PingInterval.Milliseconds(), Timeout: s.cfg.PongTimeout.Milliseconds()},
 		MaxText:   s.cfg.MaxText,
 	}))
-	replayed := make(map[string]uint64)
+	replayed := make(map[string]roomPos)
 	keys := make([]string, 0, len(since))
 	for k := range since {
 		keys = append(keys, k)
@@ -353,7 +353,7 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position)
 
 // recover replays one stream from the client's position, if the retained
 // history still covers it, and tells the client with `recovered`.
-func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position, replayed map[string]uint64) {
+func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position, replayed map[string]roomPos) {
 	rec := protocol.Recovered{}
 	var stream string
 	if key == protocol.InboxKey {
@@ -393,7 +393,7 @@ func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position,
 				break
 			}
 		}
-		replayed[stream] = last
+		replayed[stream] = roomPos{epoch: rec.Epoch, top: last}
 		s.metrics.recoveries.Add(1)
 	} else {
 		s.metrics.recoveriesFailed.Add(1)

@@ -149,10 +149,10 @@ func New(cfg Config) (*Engine, error) {
 }
 
 func (e *Engine) key(parts ...string) string { return e.cfg.Prefix + strings.Join(parts, ":") }
-func (e *Engine) meta(s string) string        { return e.key("{"+s+"}", "meta") }
-func (e *Engine) hist(s string) string        { return e.key("{"+s+"}", "hist") }
-func (e *Engine) channel(s string) string     { return e.key("{"+s+"}", "ch") }
-func (e *Engine) probeChannel() string        { return e.key("hc", e.cfg.NodeID) }
+func (e *Engine) meta(s string) string       { return e.key("{"+s+"}", "meta") }
+func (e *Engine) hist(s string) string       { return e.key("{"+s+"}", "hist") }
+func (e *Engine) channel(s string) string    { return e.key("{"+s+"}", "ch") }
+func (e *Engine) probeChannel() string       { return e.key("hc", e.cfg.NodeID) }
 
 // Start implements engine.Engine: it opens the pub/sub connection and
 // starts the receive loop and the presence upkeep.
