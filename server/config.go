@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"log/slog"
+	"path"
 	"time"
 
 	"github.com/tether-chat/tether/engine"
@@ -90,6 +91,23 @@ type Config struct {
 	// ResumeWindow.
 	PresenceGrace time.Duration
 
+	// AllowedOrigins are glob patterns (path.Match syntax, e.g.
+	// "https://*.example.com") of browser origins allowed to open a
+	// WebSocket, besides the server's own origin. In open mode loopback
+	// origins are allowed too; in token mode nothing else is, by default.
+	AllowedOrigins []string
+	// APIKey enables the backend API (POST /api/publish, GET
+	// /api/presence); requests present it as "Authorization: Bearer KEY".
+	// Empty means the API is disabled.
+	APIKey string
+	// MaxConnsPerIP and MaxConnsPerUser bound concurrent connections from
+	// one remote address and of one user; ConnRatePerIP bounds new
+	// connections per second from one address (bursts of twice that).
+	// Zero means no limit. A refused connection is closed with 1013.
+	MaxConnsPerIP   int
+	MaxConnsPerUser int
+	ConnRatePerIP   float64
+
 	// ShutdownTimeout bounds a graceful shutdown: how long queued messages
 	// may take to drain and clients to answer the close. Zero means 10s.
 	ShutdownTimeout time.Duration
@@ -167,6 +185,7 @@ func (c Config) Validate() error {
 		{"send-queue-bytes", c.SendQueueBytes}, {"rate-burst", c.RateBurst},
 		{"rate-strikes", c.RateStrikes}, {"max-rooms", c.MaxRoomsPerConn},
 		{"history-size", c.HistorySize}, {"members-max", c.MembersMax},
+		{"max-conns-per-ip", c.MaxConnsPerIP}, {"max-conns-per-user", c.MaxConnsPerUser},
 	} {
 		if i.v < 0 {
 			return fmt.Errorf("%s must not be negative (got %d)", i.name, i.v)
@@ -174,6 +193,14 @@ func (c Config) Validate() error {
 	}
 	if c.MaxMessageSize < 256 {
 		return fmt.Errorf("max-message-size must be at least 256 bytes (got %d)", c.MaxMessageSize)
+	}
+	if c.ConnRatePerIP < 0 {
+		return fmt.Errorf("conn-rate-per-ip must not be negative (got %g)", c.ConnRatePerIP)
+	}
+	for _, o := range c.AllowedOrigins {
+		if _, err := path.Match(o, ""); err != nil {
+			return fmt.Errorf("allowed-origins: bad pattern %q: %v", o, err)
+		}
 	}
 	if c.PresenceGrace > c.ResumeWindow {
 		return fmt.Errorf("presence-grace (%s) must not exceed resume-window (%s)", c.PresenceGrace, c.ResumeWindow)

@@ -26,6 +26,7 @@ import (
 type Conn struct {
 	id     uint64
 	user   string
+	ip     string // remote address without port (limits)
 	remote string
 	opened time.Time
 	srv    *Server
@@ -268,6 +269,7 @@ func (c *Conn) close(d protocol.Disconnect, mode closeMode) {
 	}
 	c.closing = &d
 	if mode == closeDrop {
+		c.srv.metrics.queueDrops.Add(int64(len(c.queue)))
 		c.queue = c.queue[:0]
 		c.queued = 0
 	}

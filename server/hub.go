@@ -89,6 +89,7 @@ func (h *hub) deliver(p *engine.Publication) {
 	if frame == nil {
 		return
 	}
+	h.srv.metrics.observeDelivery(p.Type, p.TS)
 	if p.Type == protocol.TypeDirect && kind == "user" {
 		other := p.From
 		if other == name {

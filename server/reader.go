@@ -66,6 +66,11 @@ func (c *Conn) readLoop() {
 			continue // not processed, not acked: the client re-sends it after reconnecting
 		}
 		cmd, perr := protocol.Decode(data, lim)
+		if perr != nil {
+			c.srv.metrics.inByType.WithLabelValues("invalid").Inc()
+		} else {
+			c.srv.metrics.inByType.WithLabelValues(cmd.Type).Inc()
+		}
 		if !c.allow() {
 			if c.closeReason() == nil {
 				c.sendError(&protocol.Error{Code: protocol.ErrRateLimited, ID: cmd.ID,

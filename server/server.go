@@ -22,7 +22,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"sort"
 	"strings"
 	"sync"
@@ -66,6 +65,8 @@ type Server struct {
 	httpMu  sync.Mutex
 	httpSrv *http.Server
 
+	limits *limiter
+
 	metrics metrics
 }
 
@@ -83,7 +84,9 @@ func New(cfg Config) (*Server, error) {
 		s.nodeID = randomID(6)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.limits = newLimiter()
 	s.hub = newHub(s)
+	s.initMetrics()
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   512,
@@ -107,6 +110,9 @@ func (s *Server) routes() {
 		w.Write([]byte("ok\n"))
 	})
 	s.mux.HandleFunc("GET /readyz", s.serveReady)
+	s.mux.Handle("GET /metrics", s.metricsHandler())
+	s.mux.HandleFunc("POST /api/publish", s.apiPublish)
+	s.mux.HandleFunc("GET /api/presence", s.apiPresence)
 	chat, _ := fs.Sub(web.FS, "chat")
 	sdk, _ := fs.Sub(web.FS, "sdk")
 	s.mux.Handle("GET /sdk/", http.StripPrefix("/sdk/", http.FileServerFS(sdk)))
@@ -174,10 +180,20 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			refuse = &d
 		}
 	}
+	ip := remoteIP(r)
+	admitted := false
+	if refuse == nil {
+		if refuse = s.admit(ip, user); refuse == nil {
+			admitted = true
+		}
+	}
 
 	hj := &hijacker{ResponseWriter: w, timeout: s.cfg.WriteTimeout}
 	ws, err := s.upgrader.Upgrade(hj, r, nil)
 	if err != nil {
+		if admitted {
+			s.release(ip, user)
+		}
 		return // handshakeError has answered and logged
 	}
 	if refuse != nil {
@@ -191,7 +207,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := &Conn{
-		id: s.nextID.Add(1), user: user, remote: r.RemoteAddr, opened: time.Now(),
+		id: s.nextID.Add(1), user: user, ip: ip, remote: r.RemoteAddr, opened: time.Now(),
 		srv: s, ws: ws, raw: hj.raw, rooms: make(map[string]struct{}), claims: claims,
 		corked:  true, // until the welcome is queued first
 		limiter: bucket{rate: s.cfg.RateLimit, burst: float64(s.cfg.RateBurst), tokens: float64(s.cfg.RateBurst)},
@@ -447,7 +463,9 @@ func (s *Server) disconnected(c *Conn, readErr error) {
 		s.hub.detach(ctx, c, c.session)
 	}
 	cancel()
+	s.release(c.ip, c.user)
 	s.metrics.closed.Add(1)
+	s.metrics.closedWith(int(code))
 	level := slog.LevelInfo
 	if code == protocol.CloseAbnormal || code == protocol.CloseInternal {
 		level = slog.LevelWarn
@@ -490,7 +508,8 @@ func (s *Server) heartbeat() {
 			return
 		case <-presence.C:
 			s.hub.flushPresence(s.ctx)
-		case <-sessions.C:
+		case now := <-sessions.C:
+			s.sweepRates(now)
 			// Live sessions must not expire: refresh them well within the window.
 			conns = s.hub.snapshot(conns[:0])
 			for _, c := range conns {
@@ -581,38 +600,6 @@ func (s *Server) Stats() Stats {
 		RateLimited: m.rateLimited.Load(), SlowConsumers: m.slowConsumers.Load(), EngineErrors: m.engineErrors.Load(),
 		Refused: m.refused.Load(), Resumes: m.resumes.Load(), Recoveries: m.recoveries.Load(),
 		RecoveriesFailed: m.recoveriesFailed.Load(), Duplicates: m.duplicates.Load()}
-}
-
-type metrics struct {
-	opened, closed, refused, received, delivered, errors, rateLimited, slowConsumers, engineErrors atomic.Int64
-	resumes, recoveries, recoveriesFailed, duplicates                                              atomic.Int64
-}
-
-// checkOrigin allows requests without an Origin (non-browser clients),
-// same-origin requests and loopback origins.
-func (s *Server) checkOrigin(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return true
-	}
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
-		s.log.Warn("handshake refused: unparsable Origin header", "origin", origin, "remote", r.RemoteAddr)
-		return false
-	}
-	if strings.EqualFold(u.Host, r.Host) || isLoopbackHost(u.Hostname()) {
-		return true
-	}
-	s.log.Warn("handshake refused: origin not allowed", "origin", origin, "host", r.Host, "remote", r.RemoteAddr)
-	return false
-}
-
-func isLoopbackHost(h string) bool {
-	if strings.EqualFold(h, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
 }
 
 func (s *Server) handshakeError(w http.ResponseWriter, r *http.Request, status int, reason error) {

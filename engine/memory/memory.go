@@ -347,6 +347,23 @@ func (e *Engine) ReleaseID(ctx context.Context, sid, id string) error {
 	return nil
 }
 
+// Retained is the number of messages in history, over all streams.
+func (e *Engine) Retained() int {
+	e.mu.RLock()
+	streams := make([]*stream, 0, len(e.streams))
+	for _, s := range e.streams {
+		streams = append(streams, s)
+	}
+	e.mu.RUnlock()
+	n := 0
+	for _, s := range streams {
+		s.mu.Lock()
+		n += len(s.ring)
+		s.mu.Unlock()
+	}
+	return n
+}
+
 // PresenceAdd implements engine.Engine.
 func (e *Engine) PresenceAdd(ctx context.Context, set, user string) (bool, int, error) {
 	e.mu.Lock()

@@ -1,0 +1,126 @@
+package server
+
+import (
+	"net"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tether-chat/tether/protocol"
+)
+
+// limiter enforces the per-address and per-user connection limits.
+type limiter struct {
+	mu     sync.Mutex
+	byIP   map[string]int
+	byUser map[string]int
+	rate   map[string]*bucket // new connections per address
+}
+
+func newLimiter() *limiter {
+	return &limiter{byIP: map[string]int{}, byUser: map[string]int{}, rate: map[string]*bucket{}}
+}
+
+// admit counts a new connection of user from ip, or says why not.
+func (s *Server) admit(ip, user string) *protocol.Disconnect {
+	cfg, l := &s.cfg, s.limits
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if cfg.ConnRatePerIP > 0 {
+		b := l.rate[ip]
+		if b == nil {
+			burst := max(1, 2*cfg.ConnRatePerIP)
+			b = &bucket{rate: cfg.ConnRatePerIP, burst: burst, tokens: burst}
+			l.rate[ip] = b
+		}
+		if !b.take(time.Now()) {
+			return &protocol.Disconnect{Code: protocol.CloseTryAgainLater, Reason: "connecting too fast from your address"}
+		}
+	}
+	if cfg.MaxConnsPerIP > 0 && l.byIP[ip] >= cfg.MaxConnsPerIP {
+		return &protocol.Disconnect{Code: protocol.CloseTryAgainLater, Reason: "too many connections from your address"}
+	}
+	if cfg.MaxConnsPerUser > 0 && l.byUser[user] >= cfg.MaxConnsPerUser {
+		return &protocol.Disconnect{Code: protocol.CloseTryAgainLater, Reason: "too many connections for this user"}
+	}
+	l.byIP[ip]++
+	l.byUser[user]++
+	return nil
+}
+
+func (s *Server) release(ip, user string) {
+	l := s.limits
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.byIP[ip]--; l.byIP[ip] <= 0 {
+		delete(l.byIP, ip)
+	}
+	if l.byUser[user]--; l.byUser[user] <= 0 {
+		delete(l.byUser, user)
+	}
+}
+
+// sweepRates forgets the connection-rate buckets of addresses that have
+// been quiet long enough to be full again.
+func (s *Server) sweepRates(now time.Time) {
+	l := s.limits
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for ip, b := range l.rate {
+		if now.Sub(b.last).Seconds()*b.rate >= b.burst {
+			delete(l.rate, ip)
+		}
+	}
+}
+
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// checkOrigin decides a browser's WebSocket origin. Allowed: no Origin
+// header (not a browser), the server's own origin, --allowed-origins
+// patterns, and in open mode loopback origins. Every refusal is logged with
+// the reason, so a "handshake 403" can be explained.
+func (s *Server) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		s.log.Warn("handshake refused: unparsable Origin header", "origin", origin, "remote", r.RemoteAddr)
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, pattern := range s.cfg.AllowedOrigins {
+		if ok, _ := path.Match(pattern, strings.ToLower(origin)); ok {
+			return true
+		}
+	}
+	if s.cfg.AuthSecret == "" && isLoopbackHost(u.Hostname()) {
+		return true
+	}
+	why := "origin not allowed (not this server's origin, not in --allowed-origins)"
+	if s.cfg.AuthSecret == "" {
+		why = "origin not allowed (not this server's origin, not loopback, not in --allowed-origins)"
+	}
+	s.log.Warn("handshake refused: "+why, "origin", origin, "host", r.Host, "remote", r.RemoteAddr)
+	return false
+}
+
+func isLoopbackHost(h string) bool {
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}

@@ -1,0 +1,83 @@
+package server
+
+import (
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the node's counters. The hot ones are plain atomics (also
+// behind Stats); Prometheus reads them through CounterFuncs, so nothing is
+// counted twice. Labelled ones are Prometheus vectors.
+type metrics struct {
+	opened, closed, refused, received, delivered, errors, rateLimited, slowConsumers, engineErrors atomic.Int64
+	resumes, recoveries, recoveriesFailed, duplicates, queueDrops                                  atomic.Int64
+
+	reg       *prometheus.Registry
+	closedBy  *prometheus.CounterVec // by close code
+	inByType  *prometheus.CounterVec // client messages by type
+	outByType *prometheus.CounterVec // publications fanned out by this node, by type
+	latency   prometheus.Histogram   // publish to enqueue on this node
+}
+
+// historySizer is implemented by engines that can tell how many messages
+// they retain (the memory engine).
+type historySizer interface{ Retained() int }
+
+func (s *Server) initMetrics() {
+	m := &s.metrics
+	m.reg = prometheus.NewRegistry()
+	m.closedBy = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_connections_closed_total",
+		Help: "Connections closed, by WebSocket close code (1006: no close frame)."}, []string{"code"})
+	m.inByType = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_messages_received_total",
+		Help: "Client messages received, by type (invalid: not decodable)."}, []string{"type"})
+	m.outByType = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_publications_total",
+		Help: "Publications fanned out to this node's connections, by type."}, []string{"type"})
+	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "tether_publish_to_deliver_seconds",
+		Help:    "From a message's publication to its frame being queued for this node's members.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}})
+	counter := func(name, help string, v *atomic.Int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
+	}
+	m.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.closedBy, m.inByType, m.outByType, m.latency,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_connections",
+			Help: "Connections open now."}, func() float64 { return float64(s.hub.count()) }),
+		counter("tether_connections_opened_total", "Connections accepted (after the WebSocket upgrade).", &m.opened),
+		counter("tether_connections_refused_total", "Connections refused after the upgrade (credentials, session, limits).", &m.refused),
+		counter("tether_deliveries_total", "Message frames written to connections.", &m.delivered),
+		counter("tether_error_replies_total", "Error replies sent.", &m.errors),
+		counter("tether_rate_limited_total", "Client messages refused by the rate limit.", &m.rateLimited),
+		counter("tether_slow_consumer_disconnects_total", "Connections closed because their send queue overflowed (4008).", &m.slowConsumers),
+		counter("tether_queue_drops_total", "Frames dropped from the queues of connections closed as slow consumers.", &m.queueDrops),
+		counter("tether_engine_errors_total", "Publishes the engine failed (clients got `unavailable`).", &m.engineErrors),
+		counter("tether_resumes_total", "Sessions resumed.", &m.resumes),
+		counter("tether_recoveries_total", "Streams replayed from a client's position on (re)connect.", &m.recoveries),
+		counter("tether_recoveries_failed_total", "Streams whose position could not be served (recovered: false).", &m.recoveriesFailed),
+		counter("tether_duplicates_total", "Re-sent client messages acknowledged without being processed again.", &m.duplicates),
+	)
+	if hs, ok := s.eng.(historySizer); ok {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_history_retained",
+			Help: "Messages retained in history (in-memory engine)."}, func() float64 { return float64(hs.Retained()) }))
+	}
+}
+
+func (s *Server) metricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
+}
+
+func (m *metrics) closedWith(code int) { m.closedBy.WithLabelValues(strconv.Itoa(code)).Inc() }
+
+func (m *metrics) observeDelivery(typ string, ts int64) {
+	m.outByType.WithLabelValues(typ).Inc()
+	if ts > 0 {
+		m.latency.Observe(time.Since(time.UnixMilli(ts)).Seconds())
+	}
+}
