@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -13,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -76,6 +78,23 @@ Run 'tether serve --help' for every setting and its default.
 // A flag on the command line wins over the environment.
 func serveFlags(fs *flag.FlagSet, cfg *server.Config, addr, logFormat, logLevel *string, rc *redisFlags) {
 	fs.StringVar(addr, "addr", "127.0.0.1:8000", "address to listen on")
+	fs.StringVar(&rc.config, "config", "", "optional file of settings, one `name = value` per line (flags and TETHER_* win over it)")
+	fs.StringVar(&rc.tlsCert, "tls-cert", "", "TLS certificate (PEM) to serve https:// and wss:// directly")
+	fs.StringVar(&rc.tlsKey, "tls-key", "", "TLS private key (PEM) for --tls-cert")
+	fs.StringVar(&rc.pprof, "pprof", "", "serve /debug/pprof on this separate address (e.g. 127.0.0.1:6060); off when empty")
+	fs.StringVar(&cfg.APIKey, "api-key", "", "enables POST /api/publish and GET /api/presence for requests bearing this key")
+	fs.Func("allowed-origins", "comma-separated browser origins (globs, e.g. https://*.example.com) allowed besides the server's own", func(v string) error {
+		cfg.AllowedOrigins = nil
+		for _, o := range strings.Split(v, ",") {
+			if o = strings.TrimSpace(o); o != "" {
+				cfg.AllowedOrigins = append(cfg.AllowedOrigins, strings.ToLower(o))
+			}
+		}
+		return nil
+	})
+	fs.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", 0, "concurrent connections from one remote address (0: no limit; refusals close with 1013)")
+	fs.IntVar(&cfg.MaxConnsPerUser, "max-conns-per-user", 0, "concurrent connections of one user (0: no limit)")
+	fs.Float64Var(&cfg.ConnRatePerIP, "conn-rate-per-ip", 0, "new connections per second from one remote address, bursts of twice that (0: no limit)")
 	fs.StringVar(&rc.url, "redis", "", "Redis URL (redis://host:port/db) to run as one node of a cluster; empty: the in-memory engine")
 	fs.StringVar(&rc.prefix, "redis-prefix", "tether:", "prefix of every Redis key (several clusters can share a Redis)")
 	fs.DurationVar(&rc.presenceTTL, "presence-ttl", 30*time.Second, "with --redis: a dead node's users go offline after this")
@@ -146,6 +165,16 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "tether:", err)
 		return 2
 	}
+	if rc.config != "" {
+		if err := applyFile(fs, rc.config, os.Getenv); err != nil {
+			fmt.Fprintln(stderr, "tether:", err)
+			return 2
+		}
+	}
+	if (rc.tlsCert == "") != (rc.tlsKey == "") {
+		fmt.Fprintln(stderr, "tether: --tls-cert and --tls-key go together")
+		return 2
+	}
 	logger, err := newLogger(stderr, logFormat, logLevel)
 	if err != nil {
 		fmt.Fprintln(stderr, "tether:", err)
@@ -178,12 +207,27 @@ func serve(args []string, stderr io.Writer) int {
 		srv.Shutdown(context.Background())
 		return 1
 	}
+	scheme := "http"
+	if rc.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(rc.tlsCert, rc.tlsKey)
+		if err != nil {
+			fmt.Fprintln(stderr, "tether: --tls-cert/--tls-key:", err)
+			srv.Shutdown(context.Background())
+			return 2
+		}
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+			NextProtos: []string{"http/1.1"}})
+		scheme = "https"
+	}
+	if rc.pprof != "" {
+		go servePprof(rc.pprof, logger)
+	}
 	mode := "open (development: clients name themselves)"
 	if cfg.AuthSecret != "" {
 		mode = "token"
 	}
 	logger.Info("tether listening", "version", version, "addr", ln.Addr().String(),
-		"chat", "http://"+ln.Addr().String()+"/", "engine", engineName, "node", cfg.NodeID, "auth", mode)
+		"chat", scheme+"://"+ln.Addr().String()+"/", "engine", engineName, "node", cfg.NodeID, "auth", mode)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -208,10 +252,60 @@ func serve(args []string, stderr io.Writer) int {
 	return 0
 }
 
-// redisFlags are the settings of the Redis engine.
+// redisFlags are the settings that are not server.Config fields: the
+// Redis engine's, the listener's and the config file.
 type redisFlags struct {
-	url, prefix string
-	presenceTTL time.Duration
+	url, prefix     string
+	presenceTTL     time.Duration
+	config          string
+	tlsCert, tlsKey string
+	pprof           string
+}
+
+// applyFile sets every flag given neither on the command line nor in the
+// environment from a file of `name = value` lines (# starts a comment).
+// Unknown names and bad values are errors naming the line.
+func applyFile(fs *flag.FlagSet, path string, getenv func(string) string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--config: %w", err)
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, value, ok := strings.Cut(line, "=")
+		name, value = strings.TrimSpace(name), strings.Trim(strings.TrimSpace(value), `"`)
+		if !ok || fs.Lookup(name) == nil || name == "config" {
+			return fmt.Errorf("%s:%d: not a setting: %q", path, i+1, line)
+		}
+		env := "TETHER_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+		if given[name] || getenv(env) != "" {
+			continue
+		}
+		if err := fs.Set(name, value); err != nil {
+			return fmt.Errorf("%s:%d: invalid value for %s: %v", path, i+1, name, err)
+		}
+	}
+	return nil
+}
+
+// servePprof serves the runtime profiles on their own address, never on
+// the public one.
+func servePprof(addr string, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	log.Info("pprof listening", "addr", addr)
+	if err := http.ListenAndServe(addr, mux); err != nil {
+		log.Error("pprof server failed", "err", err)
+	}
 }
 
 func randomNodeID() string {
