@@ -50,9 +50,9 @@ type Config struct {
 	// RateLimit is the sustained number of messages per second one
 	// connection may send, with bursts of RateBurst. Past it a message gets
 	// a rate_limited error and is not processed; after RateStrikes such
-	// errors in a row the connection is closed with 4029. Zero means 50/s,
-	// burst 100, 50 strikes. A negative RateLimit disables the limit
-	// (benchmarks).
+	// errors within one second the connection is closed with 4029. Zero
+	// means 50/s, burst 100, 50 strikes. A negative RateLimit disables the
+	// limit (benchmarks).
 	RateLimit   float64
 	RateBurst   int
 	RateStrikes int

@@ -72,8 +72,9 @@ type Conn struct {
 	replayed map[string]roomPos
 
 	// Reader-owned.
-	limiter bucket
-	strikes int
+	limiter      bucket
+	strikes      int       // rate-limit rejections since strikeWindow
+	strikeWindow time.Time // start of the current one-second window
 }
 
 type heldFrame struct {

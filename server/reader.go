@@ -104,13 +104,18 @@ func (c *Conn) markClosing(d protocol.Disconnect) {
 	c.mu.Unlock()
 }
 
-// allow applies the rate limit to one incoming message.
+// allow applies the rate limit to one incoming message. A client that
+// gets more than RateStrikes rejections within one second is not slowing
+// down: it is closed with 4029.
 func (c *Conn) allow() bool {
-	if c.limiter.take(time.Now()) {
-		c.strikes = 0
+	now := time.Now()
+	if c.limiter.take(now) {
 		return true
 	}
 	c.srv.metrics.rateLimited.Add(1)
+	if now.Sub(c.strikeWindow) > time.Second {
+		c.strikeWindow, c.strikes = now, 0
+	}
 	c.strikes++
 	if c.strikes >= c.srv.cfg.RateStrikes {
 		c.close(protocol.DisconnectRateLimited, closeDrain)

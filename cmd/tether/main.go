@@ -107,7 +107,7 @@ func serveFlags(fs *flag.FlagSet, cfg *server.Config, addr, logFormat, logLevel 
 	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "longest a single socket write may take")
 	fs.Float64Var(&cfg.RateLimit, "rate-limit", 50, "messages per second per connection (negative: unlimited)")
 	fs.IntVar(&cfg.RateBurst, "rate-burst", 100, "burst allowed above rate-limit")
-	fs.IntVar(&cfg.RateStrikes, "rate-strikes", 50, "rate_limited errors in a row before closing with 4029")
+	fs.IntVar(&cfg.RateStrikes, "rate-strikes", 50, "rate_limited errors within one second before closing with 4029")
 	fs.IntVar(&cfg.MaxRoomsPerConn, "max-rooms", 100, "rooms one connection may be in")
 	fs.StringVar(&cfg.AutoJoin, "auto-join", protocol.DefaultRoom, "room every new connection joins ('-' for none)")
 	fs.IntVar(&cfg.PresenceEventsMax, "presence-events-max", 100, "room size (users) up to which each join/leave is an event; bigger rooms get coalesced counts")

@@ -230,10 +230,22 @@ func (e *Engine) sweep() {
 			return
 		case now := <-t.C:
 			e.mu.Lock()
+			expired := 0
 			for id, s := range e.sess {
 				if now.After(s.expires) {
 					delete(e.sess, id)
+					expired++
 				}
+			}
+			if expired > len(e.sess) {
+				// Every connection adds a session and most leave: a Go map
+				// keeps the table it once needed, so rebuild it at its
+				// current size.
+				fresh := make(map[string]*session, len(e.sess))
+				for id, s := range e.sess {
+					fresh[id] = s
+				}
+				e.sess = fresh
 			}
 			for name, s := range e.streams {
 				s.mu.Lock()

@@ -1,0 +1,214 @@
+package server
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tether-chat/tether/protocol"
+)
+
+// rawFrame writes one masked client frame on the connection under ws.
+func rawFrame(t *testing.T, conn net.Conn, fin bool, op byte, payload []byte) {
+	t.Helper()
+	b0 := op
+	if fin {
+		b0 |= 0x80
+	}
+	hdr := []byte{b0}
+	switch n := len(payload); {
+	case n <= 125:
+		hdr = append(hdr, 0x80|byte(n))
+	case n <= 0xffff:
+		hdr = append(hdr, 0x80|126, byte(n>>8), byte(n))
+	default:
+		hdr = append(hdr, 0x80|127)
+		hdr = binary.BigEndian.AppendUint64(hdr, uint64(n))
+	}
+	var mask [4]byte
+	rand.Read(mask[:])
+	hdr = append(hdr, mask[:]...)
+	masked := make([]byte, len(payload))
+	for i := range payload {
+		masked[i] = payload[i] ^ mask[i%4]
+	}
+	if _, err := conn.Write(append(hdr, masked...)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFragmentedFramesAreReassembled: a message split over continuation
+// frames, with a ping between them, is one message.
+func TestFragmentedFramesAreReassembled(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	c := connect(t, ts, "frag")
+	conn := c.ws.UnderlyingConn()
+	rawFrame(t, conn, false, 0x1, []byte(`{"type":"ch`))
+	rawFrame(t, conn, true, 0x9, []byte("mid-message ping"))
+	rawFrame(t, conn, false, 0x0, []byte(`at","id":"f1","payload":{"te`))
+	rawFrame(t, conn, true, 0x0, []byte(`xt":"in three pieces"}}`))
+	m := payloadOf[protocol.Chat](t, c.expect(protocol.TypeChat, nil))
+	if m.Text != "in three pieces" {
+		t.Fatalf("reassembled %+v", m)
+	}
+	c.expect(protocol.TypeAck, isAck("f1"))
+	// A continuation frame with no message started is a protocol error.
+	rawFrame(t, conn, true, 0x0, []byte("orphan"))
+	if code, _ := c.expectClose(); code != int(protocol.CloseProtocolError) {
+		t.Fatalf("orphan continuation: close %d, want 1002", code)
+	}
+}
+
+// TestHostileInputLeavesTheServerHealthy throws the rest of the bad-input
+// list at one server and checks that a healthy client is still served at
+// full speed and no goroutine is left behind.
+func TestHostileInputLeavesTheServerHealthy(t *testing.T) {
+	ts := newTestServer(t, Config{RateLimit: 1000, RateBurst: 2000, RateStrikes: 100})
+	healthy := connect(t, ts, "healthy")
+	healthy.roundTrip("warm")
+	time.Sleep(50 * time.Millisecond)
+	base := runtime.NumGoroutine()
+
+	// Control characters and markup in names.
+	for _, name := range []string{"a%00b", "a%0Ab", "%3Cscript%3Ealert(1)%3C%2Fscript%3E", "a%2Fb", "..", "%2A"} {
+		code, _ := get(t, ts.http.URL+"/ws?user="+name, nil)
+		if code != 400 {
+			t.Errorf("user %q: HTTP %d, want 400", name, code)
+		}
+	}
+	c := connect(t, ts, "mallory")
+	for _, room := range []string{"a\u0000b", "a\nb", "<img src=x>", "rooms/*", "a b", "%2e%2e"} {
+		c.send(protocol.TypeJoin, "j", map[string]any{"room": room})
+		if e := payloadOf[protocol.Error](t, c.expect(protocol.TypeError, nil)); e.Code != protocol.ErrBadRoom {
+			t.Errorf("room %q: %+v", room, e)
+		}
+	}
+	// HTML in text is stored and delivered as text (escaping is the UI's job).
+	c.send(protocol.TypeChat, "x", map[string]any{"text": `<script>alert(1)</script>`})
+	if m := payloadOf[protocol.Chat](t, healthy.expect(protocol.TypeChat, nil)); m.Text != `<script>alert(1)</script>` {
+		t.Fatalf("text altered: %q", m.Text)
+	}
+	// Thousands of joins: the room limit holds, nothing else breaks.
+	for i := 0; i < 2000; i++ {
+		c.ws.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"type":"join","id":"j%d","payload":{"room":"r%d"}}`, i, i)))
+	}
+	e := payloadOf[protocol.Error](t, c.expect(protocol.TypeError, func(e protocol.Envelope) bool {
+		return payloadOf[protocol.Error](t, e).Code == protocol.ErrTooManyRooms
+	}))
+	if e.ID != "j99" {
+		t.Fatalf("first refused join = %s, want j99 (the 101st room: general is the first)", e.ID)
+	}
+	c.roundTrip("after-joins")
+
+	// 10,000 messages as fast as one client can send them.
+	flood := connect(t, ts, "flood")
+	for i := 0; i < 10000; i++ {
+		if err := flood.ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"ping"}`)); err != nil {
+			break
+		}
+	}
+	if code, _ := flood.expectClose(); code != int(protocol.CloseRateLimited) {
+		t.Fatalf("flood: close %d, want 4029", code)
+	}
+
+	// The healthy client is served, at full speed, throughout.
+	start := time.Now()
+	for i := 0; i < 200; i++ {
+		healthy.roundTrip(fmt.Sprint("rt", i))
+	}
+	t.Logf("200 round trips after the abuse: %s", time.Since(start))
+	c.ws.Close()
+	http.DefaultClient.CloseIdleConnections() // the test's own keep-alive goroutines
+	deadline := time.Now().Add(waitFor)
+	for runtime.NumGoroutine() > base+2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines %d, baseline %d", runtime.NumGoroutine(), base)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(ts.http.URL, "127.0.0.1") {
+		t.Fatal("unexpected test server address")
+	}
+}
+
+// TestTenThousandConnectionsLeaveNothingBehind: 10,000 connect/disconnect
+// cycles, half closed cleanly and half dropped, return the goroutine count
+// and the heap to their baseline. The baseline is taken after a first
+// round of 2,000 cycles, so that maps and pools have reached their working
+// size: what is measured is growth that keeps growing.
+func TestTenThousandConnectionsLeaveNothingBehind(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	// Dropped connections keep their session for the resume window; short
+	// windows (and a short history TTL, which paces the memory engine's
+	// sweep) let the test see everything go.
+	// No auto-join: the test's anchor client would buffer every presence
+	// event of the 12,000 connections and look like a leak itself.
+	ts := newTestServer(t, Config{PresenceGrace: time.Millisecond, ResumeWindow: 50 * time.Millisecond,
+		HistoryTTL: 200 * time.Millisecond, AutoJoin: "-"})
+	connect(t, ts, "anchor").roundTrip("warm")
+	cycles := func(total int) {
+		const workers = 8
+		errs := make(chan error, workers)
+		for w := 0; w < workers; w++ {
+			go func(w int) {
+				for i := w; i < total; i += workers {
+					ws, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("%s/ws/u%d", ts.ws, i%50), nil)
+					if err != nil {
+						errs <- err
+						return
+					}
+					ws.ReadMessage() // the welcome
+					if i%2 == 0 {
+						ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(time.Second))
+					}
+					ws.Close()
+				}
+				errs <- nil
+			}(w)
+		}
+		for w := 0; w < workers; w++ {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	settle := func() (goroutines int, heap uint64) {
+		deadline := time.Now().Add(30 * time.Second)
+		for ts.Stats().Connections != 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("connections %d, want 1", ts.Stats().Connections)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(400 * time.Millisecond) // ghosts' grace timers, session expiry, an engine sweep
+		runtime.GC()
+		runtime.GC() // sync.Pool victims survive one collection
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return runtime.NumGoroutine(), m.HeapAlloc
+	}
+	cycles(2000)
+	g0, h0 := settle()
+	cycles(10000)
+	g1, h1 := settle()
+	t.Logf("10,000 more cycles: heap %d -> %d bytes (%+d), goroutines %d -> %d", h0, h1, int64(h1)-int64(h0), g0, g1)
+	if g1 > g0+1 {
+		t.Fatalf("goroutines grew from %d to %d", g0, g1)
+	}
+	if int64(h1)-int64(h0) > 512<<10 {
+		t.Fatalf("heap grew by %d bytes over 10,000 finished connections", int64(h1)-int64(h0))
+	}
+	if s := ts.Stats(); s.Opened != 12001 || s.Closed != 12000 {
+		t.Fatalf("opened %d closed %d", s.Opened, s.Closed)
+	}
+}
