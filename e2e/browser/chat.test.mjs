@@ -92,3 +92,25 @@ test('web chat: a server restart shows RECONNECTING, then delivers what was type
   assert.equal(await lines(bob, 'typed while the server was down').count(), 1)
   assert.equal(await lines(alice, 'typed while the server was down').count(), 1)
 })
+
+test('web chat: a hostile user name is refused, shown nowhere as markup, and nothing runs', { skip }, async (t) => {
+  const server = await TetherProcess.start()
+  const browser = await launchBrowser()
+  t.after(async () => { await browser.close(); await server.kill() })
+  const page = await (await browser.newContext()).newPage()
+  const errors = []
+  page.on('pageerror', (e) => errors.push(e.message))
+  const hostile = '<img src=x onerror="window.__pwned=1">'
+  await page.goto(`${server.url}/?user=${encodeURIComponent(hostile)}`)
+  await page.locator('#login').waitFor()                      // not accepted as a name: asked for another
+  assert.equal(await page.locator('#app').isVisible(), false)
+  await page.fill('#login-name', hostile)
+  await page.click('#login button')
+  assert.match(await page.textContent('#login-error'), /not allowed/)
+  assert.equal(await page.evaluate(() => window.__pwned), undefined)
+  assert.equal(await page.locator('img').count(), 0)
+  // The server refuses it too, whatever a client sends.
+  const r = await fetch(`${server.url}/ws?user=${encodeURIComponent(hostile)}`)
+  assert.equal(r.status, 400)
+  assert.deepEqual(errors, [])
+})
