@@ -31,6 +31,12 @@ type publishResponse struct {
 	Epoch string `json:"epoch"`
 }
 
+type presenceResponse struct {
+	Room  string   `json:"room"`
+	Users []string `json:"users"`
+	Count int      `json:"count"`
+}
+
 type apiError struct {
 	Error string `json:"error"`
 }
@@ -131,7 +137,7 @@ func (s *Server) apiPresence(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, apiError{err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, protocol.Members{Room: room, Users: users, Count: len(users)})
+	writeJSON(w, http.StatusOK, presenceResponse{Room: room, Users: users, Count: len(users)})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
