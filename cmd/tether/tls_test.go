@@ -12,6 +12,7 @@ import (
 	"flag"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -121,4 +122,41 @@ rate-limit = 9
 	if err := applyFile(fs2, path, func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), "max-text") {
 		t.Fatalf("bad value: err = %v, want one naming max-text", err)
 	}
+}
+
+func TestPprofOnlyOnItsOwnAddress(t *testing.T) {
+	addr, pp := freeTCP(t), freeTCP(t)
+	cmd := exec.Command(tetherBin, "serve", "--addr", addr, "--pprof", pp, "--log-level", "warn")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	status := func(url string) int {
+		r, err := http.Get(url)
+		if err != nil {
+			return 0
+		}
+		r.Body.Close()
+		return r.StatusCode
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for status("http://"+pp+"/debug/pprof/") != 200 {
+		if time.Now().After(deadline) {
+			t.Fatal("pprof not served on its address")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := status("http://" + addr + "/debug/pprof/"); got == 200 {
+		t.Fatal("pprof is reachable on the public address")
+	}
+}
+
+func freeTCP(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
