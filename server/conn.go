@@ -383,14 +383,21 @@ func closePayload(d protocol.Disconnect) []byte {
 // ping or a close never interleaves with a half-written data frame.
 type rawConn struct {
 	net.Conn
-	mu      sync.Mutex
-	timeout time.Duration
+	mu       sync.Mutex
+	timeout  time.Duration
+	deadline time.Time // the write deadline set on Conn; guarded by mu
 }
 
+// Write writes p with a deadline at least timeout/2 away. Re-arming the
+// deadline costs a runtime timer update, so it is refreshed only when more
+// than half of it is spent, not on every write.
 func (r *rawConn) Write(p []byte) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.Conn.SetWriteDeadline(time.Now().Add(r.timeout))
+	if now := time.Now(); r.deadline.Sub(now) < r.timeout/2 {
+		r.deadline = now.Add(r.timeout)
+		r.Conn.SetWriteDeadline(r.deadline)
+	}
 	return r.Conn.Write(p)
 }
 

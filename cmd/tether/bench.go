@@ -8,24 +8,44 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/tether-chat/tether/internal/bench"
 )
 
-// benchCmd runs one load scenario against a running server:
-//
-//	tether bench idle   --conns 10000 --pid $(pgrep -n tether)
-//	tether bench fanout --conns 10000 --messages 100 --size 100 --pid …
-//
-// It prints a summary and one JSON line per scenario.
+const benchUsage = `Usage: tether bench SCENARIO [flags]
+
+Scenarios (each prints a summary line and one JSON line):
+  idle     N idle connections in a room: server RSS and CPU per connection
+  fanout   messages to an N-member room: one at a time, or --rate R per second
+  rtt      ping/pong closed loop on N connections: requests/s, CPU per request
+  direct   N/2 private conversations at --rate messages/s in total
+  floor    the raw-write floor: one write() of --size bytes to each of N TCP sockets
+  storm    start a server, connect N clients, restart it: time until all are back
+  sweep    fanout (and floor) at several room sizes, with an SVG chart (--svg)
+
+Give the server's PID (--pid) for its CPU and memory figures. Targets must be
+loopback unless --allow-remote. Every count and duration is bounded.
+Run 'tether bench SCENARIO --help' for the flags.
+`
+
+// benchCmd runs one load scenario; see benchUsage.
 func benchCmd(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintln(stderr, "Usage: tether bench idle|fanout [flags]   (tether bench idle --help for flags)")
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, benchUsage)
 		return 2
 	}
 	scenario, args := args[0], args[1:]
+	if scenario == "floor-server" { // the child of `floor`
+		if err := bench.FloorServer(os.Stdin, stdout); err != nil {
+			fmt.Fprintln(stderr, "floor-server:", err)
+			return 1
+		}
+		return 0
+	}
 	fs := flag.NewFlagSet("tether bench "+scenario, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	o := bench.Options{Progress: stderr}
@@ -33,34 +53,94 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.PID, "pid", 0, "server PID, to read its CPU time and RSS from /proc")
 	fs.IntVar(&o.Conns, "conns", 1000, "connections (room members)")
 	fs.StringVar(&o.Room, "room", "bench", "room the members join")
-	fs.IntVar(&o.Messages, "messages", 100, "fanout: messages to publish, one at a time")
-	fs.IntVar(&o.Size, "size", 100, "fanout: text size, bytes")
+	fs.IntVar(&o.Messages, "messages", 100, "fanout/floor: messages (rounds), one at a time")
+	fs.IntVar(&o.Size, "size", 100, "message text size, bytes")
+	fs.Float64Var(&o.Rate, "rate", 0, "fanout: messages per second (0: one at a time); direct: in total")
+	fs.DurationVar(&o.Duration, "duration", 5*time.Second, "rtt, fanout --rate, direct: how long to measure")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "bound on the whole scenario")
 	fs.DurationVar(&o.Settle, "settle", 3*time.Second, "idle: wait before measuring memory")
 	fs.BoolVar(&o.AllowRemote, "allow-remote", false, "allow a non-loopback target")
+	sizes := fs.String("sizes", "100,1000,5000,10000", "sweep: room sizes")
+	svg := fs.String("svg", "", "sweep: write the chart to this file")
+	serverArgs := fs.String("server-args", "", "storm: extra arguments for the server it starts (e.g. \"--redis redis://127.0.0.1:6379/0\")")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	var r bench.Result
+	self, _ := os.Executable()
+	var results []bench.Result
 	var err error
+	run := func(r bench.Result, e error) {
+		if e != nil && err == nil {
+			err = e
+		}
+		if e == nil {
+			results = append(results, r)
+		}
+	}
 	switch scenario {
 	case "idle":
-		r, err = bench.Idle(ctx, o)
+		run(bench.Idle(ctx, o))
 	case "fanout":
-		r, err = bench.Fanout(ctx, o)
+		if o.Rate > 0 {
+			run(bench.FanoutRate(ctx, o))
+		} else {
+			run(bench.Fanout(ctx, o))
+		}
+	case "rtt":
+		run(bench.RTT(ctx, o))
+	case "direct":
+		run(bench.Direct(ctx, o))
+	case "floor":
+		run(bench.Floor(ctx, o, self))
+	case "storm":
+		run(bench.Storm(ctx, o, self, strings.Fields(*serverArgs)))
+	case "sweep":
+		var floor float64
+		for _, s := range strings.Split(*sizes, ",") {
+			n, e := strconv.Atoi(strings.TrimSpace(s))
+			if e != nil {
+				fmt.Fprintf(stderr, "tether bench: --sizes: %v\n", e)
+				return 2
+			}
+			o.Conns = n
+			run(bench.Floor(ctx, o, self))
+			if len(results) > 0 && results[len(results)-1].Scenario == "floor" {
+				floor = results[len(results)-1].CPUPerDelivUS
+			}
+			run(bench.Fanout(ctx, o))
+		}
+		if *svg != "" && err == nil {
+			var fan []bench.Result
+			for _, r := range results {
+				if r.Scenario == "fanout" {
+					fan = append(fan, r)
+				}
+			}
+			f, e := os.Create(*svg)
+			if e == nil {
+				e = bench.Chart(f, fan, floor)
+				f.Close()
+			}
+			if e != nil {
+				err = e
+			}
+		}
 	default:
-		fmt.Fprintf(stderr, "tether bench: unknown scenario %q (idle, fanout)\n", scenario)
+		fmt.Fprintf(stderr, "tether bench: unknown scenario %q\n\n%s", scenario, benchUsage)
 		return 2
+	}
+	for _, r := range results {
+		fmt.Fprintf(stdout, "%-11s conns=%-6d msgs=%-6d deliveries=%-8d lost=%-4d rss/conn=%.1fKiB cpu/conn=%.0fµs cpu/delivery=%.2fµs req/s=%.0f cpu/req=%.1fµs p50=%.1fms p99=%.1fms resumed=%d %.1fs\n",
+			r.Scenario, r.Conns, r.Messages, r.Deliveries, r.Lost, r.RSSPerConnKiB, r.CPUPerConnUS, r.CPUPerDelivUS,
+			r.PerSecond, r.CPUPerReqUS, r.P50MS, r.P99MS, r.Resumed, r.Seconds)
+		line, _ := json.Marshal(r)
+		fmt.Fprintln(stdout, string(line))
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "tether bench:", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%-8s conns=%-6d msgs=%-5d deliveries=%-8d lost=%d  rss/conn=%.1fKiB  cpu/conn=%.0fµs  cpu/delivery=%.2fµs  p50=%.1fms p99=%.1fms  server=%.0fMiB  %.1fs\n",
-		r.Scenario, r.Conns, r.Messages, r.Deliveries, r.Lost, r.RSSPerConnKiB, r.CPUPerConnUS, r.CPUPerDelivUS, r.P50MS, r.P99MS, r.ServerRSSMiB, r.Seconds)
-	line, _ := json.Marshal(r)
-	fmt.Fprintln(stdout, string(line))
 	return 0
 }

@@ -28,6 +28,8 @@ import (
 type Options struct {
 	URL         string        // ws://host:port/ws
 	PID         int           // server process to measure; 0 = no server figures
+	Rate        float64       // fanout/direct: messages per second in total (fanout: 0 = one at a time)
+	Duration    time.Duration // rtt, fixed-rate fanout, direct: how long to measure
 	Conns       int           // connections (members)
 	Room        string        // room the members join
 	Messages    int           // fanout: messages published
@@ -44,6 +46,11 @@ type Options struct {
 type Result struct {
 	Scenario      string  `json:"scenario"`
 	Conns         int     `json:"conns"`
+	Rate          float64 `json:"rate,omitempty"`
+	Requests      int64   `json:"requests,omitempty"`
+	PerSecond     float64 `json:"per_second,omitempty"`
+	CPUPerReqUS   float64 `json:"cpu_per_request_us,omitempty"`
+	Resumed       int     `json:"resumed,omitempty"`
 	Messages      int     `json:"messages,omitempty"`
 	Deliveries    int64   `json:"deliveries,omitempty"`
 	Lost          int64   `json:"lost,omitempty"`
@@ -92,12 +99,26 @@ func (o *Options) progress(format string, args ...any) {
 // member is one benchmark connection.
 type member struct {
 	ws    *websocket.Conn
+	id    int
 	chats atomic.Int64
+	pong  chan struct{}
 }
 
 // dialAll opens n connections as users bench-<i>, each joining room, and
 // waits until every join is acknowledged.
 func dialAll(ctx context.Context, o *Options, n int, prefix string, onChat func(m *member, frame []byte)) ([]*member, error) {
+	return dialAllFrames(ctx, o, n, prefix, func(m *member, b []byte) {
+		if bytes.Contains(b, chatType) {
+			m.chats.Add(1)
+			if onChat != nil {
+				onChat(m, b)
+			}
+		}
+	})
+}
+
+// dialAllFrames is dialAll with a callback for every frame after the join.
+func dialAllFrames(ctx context.Context, o *Options, n int, prefix string, onFrame func(m *member, frame []byte)) ([]*member, error) {
 	members := make([]*member, n)
 	var failed atomic.Int64
 	var firstErr atomic.Value
@@ -124,9 +145,9 @@ func dialAll(ctx context.Context, o *Options, n int, prefix string, onChat func(
 				firstErr.CompareAndSwap(nil, err)
 				return
 			}
-			m := &member{ws: ws}
+			m := &member{ws: ws, id: i, pong: make(chan struct{}, 1)}
 			joined := make(chan struct{})
-			go m.read(joined, onChat)
+			go m.read(joined, onFrame)
 			ws.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"type":"join","id":"j","payload":{"room":%q}}`, o.Room)))
 			select {
 			case <-joined:
@@ -156,7 +177,7 @@ var (
 	chatType = []byte(`"type":"chat"`)
 )
 
-func (m *member) read(joined chan struct{}, onChat func(*member, []byte)) {
+func (m *member) read(joined chan struct{}, onFrame func(*member, []byte)) {
 	for {
 		_, b, err := m.ws.ReadMessage()
 		if err != nil {
@@ -167,11 +188,8 @@ func (m *member) read(joined chan struct{}, onChat func(*member, []byte)) {
 			joined = nil
 			continue
 		}
-		if bytes.Contains(b, chatType) {
-			m.chats.Add(1)
-			if onChat != nil {
-				onChat(m, b)
-			}
+		if onFrame != nil {
+			onFrame(m, b)
 		}
 	}
 }

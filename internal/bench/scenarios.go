@@ -1,0 +1,486 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tether-chat/tether/client"
+	"github.com/tether-chat/tether/protocol"
+)
+
+// latencies collects samples, at most max of them.
+type latencies struct {
+	mu  sync.Mutex
+	d   []time.Duration
+	max int
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.mu.Lock()
+	if len(l.d) < l.max {
+		l.d = append(l.d, d)
+	}
+	l.mu.Unlock()
+}
+
+func (l *latencies) percentiles() (p50, p99 float64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return percentile(l.d, 0.50), percentile(l.d, 0.99)
+}
+
+// stamp puts the send time in a text of size bytes: "<unix nanos> xxx…".
+func stamp(size int) string {
+	s := strconv.FormatInt(time.Now().UnixNano(), 10)
+	if len(s) < size {
+		s += " " + strings.Repeat("x", size-len(s)-1)
+	}
+	return s
+}
+
+var textKey = []byte(`"text":"`)
+
+// sentAt reads the stamp back from a chat or direct frame.
+func sentAt(frame []byte) (time.Time, bool) {
+	i := bytes.Index(frame, textKey)
+	if i < 0 {
+		return time.Time{}, false
+	}
+	rest := frame[i+len(textKey):]
+	j := bytes.IndexAny(rest, ` "`)
+	if j < 0 {
+		return time.Time{}, false
+	}
+	ns, err := strconv.ParseInt(string(rest[:j]), 10, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(0, ns), true
+}
+
+func (o *Options) duration() time.Duration {
+	if o.Duration <= 0 {
+		return 5 * time.Second
+	}
+	return min(o.Duration, o.Timeout)
+}
+
+// RTT runs a closed loop of ping → pong on every connection for Duration
+// and reports requests per second, server CPU per request and latency.
+func RTT(ctx context.Context, o Options) (Result, error) {
+	if err := o.check(); err != nil {
+		return Result{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	members, err := dialAllFrames(ctx, &o, o.Conns, "rtt", func(m *member, b []byte) {
+		if bytes.Contains(b, []byte(`"type":"pong"`)) {
+			m.pong <- struct{}{}
+		}
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	defer closeAll(members)
+	lat := &latencies{max: 2_000_000}
+	var reqs atomic.Int64
+	before, err := readProc(o.PID)
+	if err != nil {
+		return Result{}, err
+	}
+	start := time.Now()
+	end := start.Add(o.duration())
+	ping := []byte(`{"type":"ping","id":"p"}`)
+	var wg sync.WaitGroup
+	for _, m := range members {
+		wg.Add(1)
+		go func(m *member) {
+			defer wg.Done()
+			for time.Now().Before(end) && ctx.Err() == nil {
+				t0 := time.Now()
+				if m.ws.WriteMessage(websocket.TextMessage, ping) != nil {
+					return
+				}
+				select {
+				case <-m.pong:
+				case <-ctx.Done():
+					return
+				}
+				lat.add(time.Since(t0))
+				reqs.Add(1)
+			}
+		}(m)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	after, err := readProc(o.PID)
+	if err != nil {
+		return Result{}, err
+	}
+	r := Result{Scenario: "rtt", Conns: o.Conns, Requests: reqs.Load(), Seconds: elapsed.Seconds(),
+		PerSecond: float64(reqs.Load()) / elapsed.Seconds()}
+	if o.PID != 0 && r.Requests > 0 {
+		r.CPUPerReqUS = (after.cpu - before.cpu).Seconds() * 1e6 / float64(r.Requests)
+		r.ServerRSSMiB = float64(after.rss) / (1 << 20)
+	}
+	r.P50MS, r.P99MS = lat.percentiles()
+	return r, nil
+}
+
+// FanoutRate publishes Rate messages per second to a room of Conns members
+// for Duration, then waits up to 5 s for stragglers; it reports server CPU
+// per delivery, latency and what never arrived.
+func FanoutRate(ctx context.Context, o Options) (Result, error) {
+	if err := o.check(); err != nil {
+		return Result{}, err
+	}
+	if o.Rate <= 0 || o.Rate > 100000 {
+		return Result{}, fmt.Errorf("rate must be in (0, 100000] (got %g)", o.Rate)
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	lat := &latencies{max: 5_000_000}
+	var delivered atomic.Int64
+	members, err := dialAll(ctx, &o, o.Conns, "fan", func(m *member, b []byte) {
+		if t, ok := sentAt(b); ok {
+			lat.add(time.Since(t))
+			delivered.Add(1)
+		}
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	defer closeAll(members)
+	pubs, err := dialAll(ctx, &o, 1, "publisher", nil)
+	if err != nil {
+		return Result{}, err
+	}
+	defer closeAll(pubs)
+	time.Sleep(500 * time.Millisecond)
+	before, err := readProc(o.PID)
+	if err != nil {
+		return Result{}, err
+	}
+	start := time.Now()
+	interval := time.Duration(float64(time.Second) / o.Rate)
+	sent := 0
+	for next := start; time.Since(start) < o.duration() && ctx.Err() == nil; next = next.Add(interval) {
+		time.Sleep(time.Until(next))
+		frame, _ := json.Marshal(map[string]any{"type": "chat", "payload": map[string]any{"room": o.Room, "text": stamp(o.Size)}})
+		if err := pubs[0].ws.WriteMessage(websocket.TextMessage, frame); err != nil {
+			return Result{}, fmt.Errorf("publish: %w", err)
+		}
+		sent++
+	}
+	want := int64(sent * o.Conns)
+	for drain := time.Now().Add(5 * time.Second); delivered.Load() < want && time.Now().Before(drain); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	after, err := readProc(o.PID)
+	if err != nil {
+		return Result{}, err
+	}
+	r := Result{Scenario: "fanout-rate", Conns: o.Conns, Rate: o.Rate, Messages: sent, Deliveries: delivered.Load(),
+		Lost: want - delivered.Load(), Seconds: elapsed.Seconds()}
+	if o.PID != 0 && sent > 0 {
+		r.CPUPerDelivUS = (after.cpu - before.cpu).Seconds() * 1e6 / float64(sent*(o.Conns+1))
+		r.ServerRSSMiB = float64(after.rss) / (1 << 20)
+	}
+	r.P50MS, r.P99MS = lat.percentiles()
+	return r, nil
+}
+
+// Direct runs Conns/2 private conversations: every user sends to its
+// partner at Rate/Conns messages per second for Duration.
+func Direct(ctx context.Context, o Options) (Result, error) {
+	if err := o.check(); err != nil {
+		return Result{}, err
+	}
+	if o.Conns < 2 || o.Conns%2 != 0 {
+		return Result{}, fmt.Errorf("direct needs an even number of conns (got %d)", o.Conns)
+	}
+	if o.Rate <= 0 {
+		o.Rate = float64(o.Conns)
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	lat := &latencies{max: 5_000_000}
+	var delivered atomic.Int64
+	members, err := dialAllFrames(ctx, &o, o.Conns, "dm", func(m *member, b []byte) {
+		if bytes.Contains(b, []byte(`"type":"direct"`)) {
+			if t, ok := sentAt(b); ok {
+				lat.add(time.Since(t))
+				delivered.Add(1)
+			}
+		}
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	defer closeAll(members)
+	before, err := readProc(o.PID)
+	if err != nil {
+		return Result{}, err
+	}
+	var sent atomic.Int64
+	start := time.Now()
+	end := start.Add(o.duration())
+	per := time.Duration(float64(time.Second) * float64(o.Conns) / o.Rate)
+	var wg sync.WaitGroup
+	for i, m := range members {
+		wg.Add(1)
+		go func(i int, m *member) {
+			defer wg.Done()
+			partner := fmt.Sprintf("dm%d", i^1)
+			for next := start.Add(time.Duration(i) * per / time.Duration(o.Conns)); next.Before(end) && ctx.Err() == nil; next = next.Add(per) {
+				time.Sleep(time.Until(next))
+				frame, _ := json.Marshal(map[string]any{"type": "direct", "payload": map[string]any{"to": partner, "text": stamp(o.Size)}})
+				if m.ws.WriteMessage(websocket.TextMessage, frame) != nil {
+					return
+				}
+				sent.Add(1)
+			}
+		}(i, m)
+	}
+	wg.Wait()
+	for drain := time.Now().Add(5 * time.Second); delivered.Load() < sent.Load() && time.Now().Before(drain); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	after, err := readProc(o.PID)
+	if err != nil {
+		return Result{}, err
+	}
+	r := Result{Scenario: "direct", Conns: o.Conns, Rate: o.Rate, Messages: int(sent.Load()), Deliveries: delivered.Load(),
+		Lost: sent.Load() - delivered.Load(), Seconds: elapsed.Seconds(), PerSecond: float64(delivered.Load()) / elapsed.Seconds()}
+	if o.PID != 0 && sent.Load() > 0 {
+		r.CPUPerReqUS = (after.cpu - before.cpu).Seconds() * 1e6 / float64(sent.Load())
+		r.ServerRSSMiB = float64(after.rss) / (1 << 20)
+	}
+	r.P50MS, r.P99MS = lat.percentiles()
+	return r, nil
+}
+
+// Floor measures the physical floor of one delivery on this machine: a
+// child process writes Size bytes to each of Conns plain TCP sockets, one
+// write() each, Messages rounds, and its CPU time is divided by the writes.
+// Compare cpu_per_delivery_us of fanout with it.
+func Floor(ctx context.Context, o Options, self string) (Result, error) {
+	o.URL = "ws://127.0.0.1/"
+	if err := o.check(); err != nil {
+		return Result{}, err
+	}
+	cmd := exec.CommandContext(ctx, self, "bench", "floor-server")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return Result{}, err
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	out := bufio.NewScanner(stdout)
+	if !out.Scan() {
+		return Result{}, fmt.Errorf("floor server did not start")
+	}
+	addr := strings.TrimSpace(out.Text())
+	// The command first: the child accepts while we dial (a listen backlog
+	// is far smaller than 10,000).
+	fmt.Fprintf(stdin, "%d %d %d\n", o.Conns, o.Messages, o.Size)
+	var got atomic.Int64
+	conns := make([]net.Conn, 0, o.Conns)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < o.Conns; i++ {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(o.Sources[i%len(o.Sources)])}}
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return Result{}, err
+		}
+		conns = append(conns, c)
+		go func() {
+			buf := make([]byte, 4096)
+			for {
+				n, err := c.Read(buf)
+				got.Add(int64(n))
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	if !out.Scan() {
+		return Result{}, fmt.Errorf("floor server failed")
+	}
+	var cpuNS, secs float64
+	fmt.Sscan(out.Text(), &cpuNS, &secs)
+	writes := float64(o.Conns * o.Messages)
+	return Result{Scenario: "floor", Conns: o.Conns, Messages: o.Messages, Deliveries: int64(writes),
+		CPUPerDelivUS: cpuNS / 1e3 / writes, Seconds: secs}, nil
+}
+
+// FloorServer is the child side of Floor: it prints its address, accepts
+// connections, then on "conns rounds size" writes size bytes to every
+// connection per round, one write() each, and prints its CPU time (ns) and
+// the seconds taken.
+func FloorServer(stdin io.Reader, stdout io.Writer) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, ln.Addr().String())
+	var n, rounds, size int
+	if _, err := fmt.Fscan(stdin, &n, &rounds, &size); err != nil {
+		return err
+	}
+	conns := make([]net.Conn, 0, n)
+	for len(conns) < n {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		conns = append(conns, c)
+	}
+	payload := make([]byte, size)
+	before, _ := readProc(os.Getpid())
+	start := time.Now()
+	for r := 0; r < rounds; r++ {
+		for _, c := range conns {
+			if _, err := c.Write(payload); err != nil {
+				return err
+			}
+		}
+	}
+	after, _ := readProc(os.Getpid())
+	fmt.Fprintf(stdout, "%d %f\n", (after.cpu - before.cpu).Nanoseconds(), time.Since(start).Seconds())
+	return nil
+}
+
+// Storm starts a server (self serve …), connects Conns SDK clients, stops
+// the server with SIGTERM and starts it again, and measures how long it
+// takes until every client is OPEN again and how many resumed their
+// session (with the in-memory engine a restart loses sessions: pass
+// serverArgs "--redis …" to keep them).
+func Storm(ctx context.Context, o Options, self string, serverArgs []string) (Result, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return Result{}, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	o.URL = "ws://" + addr + "/ws"
+	if err := o.check(); err != nil {
+		return Result{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	start := func() (*exec.Cmd, error) {
+		args := append([]string{"serve", "--addr", addr, "--rate-limit", "-1", "--log-level", "error"}, serverArgs...)
+		cmd := exec.Command(self, args...)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if c, err := net.Dial("tcp", addr); err == nil {
+				c.Close()
+				return cmd, nil
+			}
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("server did not start")
+			}
+		}
+	}
+	srv, err := start()
+	if err != nil {
+		return Result{}, err
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	o.progress("storm: connecting %d clients", o.Conns)
+	clients := make([]*client.Client, o.Conns)
+	var resumed atomic.Int64
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	errc := make(chan error, 1)
+	for i := range clients {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			src := o.Sources[i%len(o.Sources)]
+			d := &websocket.Dialer{HandshakeTimeout: 10 * time.Second,
+				NetDialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}).DialContext}
+			c, err := client.Dial(ctx, o.URL, &client.Options{User: fmt.Sprint("s", i), Dialer: d, EventBuffer: 16})
+			if err != nil {
+				select {
+				case errc <- err:
+				default:
+				}
+				return
+			}
+			clients[i] = c
+			go func() {
+				for ev := range c.Events() {
+					if ev.Type == protocol.TypeWelcome && ev.Welcome.Resumed {
+						resumed.Add(1)
+					}
+				}
+			}()
+		}(i)
+	}
+	wg.Wait()
+	defer func() {
+		for _, c := range clients {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	select {
+	case err := <-errc:
+		return Result{}, err
+	default:
+	}
+	o.progress("storm: %d connected; restarting the server", o.Conns)
+	srv.Process.Signal(syscall.SIGTERM)
+	srv.Wait()
+	t0 := time.Now()
+	if srv, err = start(); err != nil {
+		return Result{}, err
+	}
+	for {
+		open := 0
+		for _, c := range clients {
+			if c.State() == client.StateOpen && c.Info().LastClose != nil {
+				open++
+			}
+		}
+		if open == o.Conns {
+			break
+		}
+		if ctx.Err() != nil {
+			return Result{}, fmt.Errorf("%d of %d clients back before the timeout", open, o.Conns)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return Result{Scenario: "storm", Conns: o.Conns, Seconds: time.Since(t0).Seconds(), Resumed: int(resumed.Load())}, nil
+}
