@@ -60,6 +60,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "bound on the whole scenario")
 	fs.DurationVar(&o.Settle, "settle", 3*time.Second, "idle: wait before measuring memory")
 	fs.BoolVar(&o.AllowRemote, "allow-remote", false, "allow a non-loopback target")
+	fs.IntVar(&o.Frozen, "frozen", 0, "fanout --rate: this many members stop reading after joining (slow-consumer test)")
 	sizes := fs.String("sizes", "100,1000,5000,10000", "sweep: room sizes")
 	svg := fs.String("svg", "", "sweep: write the chart to this file")
 	serverArgs := fs.String("server-args", "", "storm: extra arguments for the server it starts (e.g. \"--redis redis://127.0.0.1:6379/0\")")

@@ -37,6 +37,7 @@ type Options struct {
 	Sources     []string      // local source addresses to spread connections over
 	Timeout     time.Duration // bound on the whole scenario
 	Settle      time.Duration // idle: wait before measuring memory
+	Frozen      int           // fanout --rate: members that join and then never read again
 	Progress    io.Writer     // progress lines; nil = silent
 	AllowRemote bool          // permit a non-loopback target
 }
@@ -51,6 +52,7 @@ type Result struct {
 	PerSecond     float64 `json:"per_second,omitempty"`
 	CPUPerReqUS   float64 `json:"cpu_per_request_us,omitempty"`
 	Resumed       int     `json:"resumed,omitempty"`
+	Frozen        int     `json:"frozen,omitempty"`
 	Messages      int     `json:"messages,omitempty"`
 	Deliveries    int64   `json:"deliveries,omitempty"`
 	Lost          int64   `json:"lost,omitempty"`
@@ -98,10 +100,11 @@ func (o *Options) progress(format string, args ...any) {
 
 // member is one benchmark connection.
 type member struct {
-	ws    *websocket.Conn
-	id    int
-	chats atomic.Int64
-	pong  chan struct{}
+	ws     *websocket.Conn
+	id     int
+	chats  atomic.Int64
+	pong   chan struct{}
+	frozen atomic.Bool // stops reading (a frozen client) once set
 }
 
 // dialAll opens n connections as users bench-<i>, each joining room, and
@@ -187,6 +190,9 @@ func (m *member) read(joined chan struct{}, onFrame func(*member, []byte)) {
 			close(joined)
 			joined = nil
 			continue
+		}
+		if m.frozen.Load() {
+			select {} // never read again; the connection stays open
 		}
 		if onFrame != nil {
 			onFrame(m, b)

@@ -166,6 +166,12 @@ func FanoutRate(ctx context.Context, o Options) (Result, error) {
 		return Result{}, err
 	}
 	defer closeAll(members)
+	// Frozen members (the first Frozen) stop reading: the server must drop
+	// them alone; the others' latency and losses are what is measured.
+	for _, m := range members[:min(o.Frozen, len(members))] {
+		m.frozen.Store(true)
+	}
+	healthy := int64(o.Conns - min(o.Frozen, o.Conns))
 	pubs, err := dialAll(ctx, &o, 1, "publisher", nil)
 	if err != nil {
 		return Result{}, err
@@ -187,7 +193,7 @@ func FanoutRate(ctx context.Context, o Options) (Result, error) {
 		}
 		sent++
 	}
-	want := int64(sent * o.Conns)
+	want := int64(sent) * healthy
 	for drain := time.Now().Add(5 * time.Second); delivered.Load() < want && time.Now().Before(drain); {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -197,7 +203,7 @@ func FanoutRate(ctx context.Context, o Options) (Result, error) {
 		return Result{}, err
 	}
 	r := Result{Scenario: "fanout-rate", Conns: o.Conns, Rate: o.Rate, Messages: sent, Deliveries: delivered.Load(),
-		Lost: want - delivered.Load(), Seconds: elapsed.Seconds()}
+		Lost: max(0, want-delivered.Load()), Seconds: elapsed.Seconds(), Frozen: o.Frozen}
 	if o.PID != 0 && sent > 0 {
 		r.CPUPerDelivUS = (after.cpu - before.cpu).Seconds() * 1e6 / float64(sent*(o.Conns+1))
 		r.ServerRSSMiB = float64(after.rss) / (1 << 20)
