@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/tether-chat/tether/auth"
+	"github.com/tether-chat/tether/internal/testbin"
 	"github.com/tether-chat/tether/internal/testnet"
 	"github.com/tether-chat/tether/protocol"
 	"github.com/tether-chat/tether/server"
@@ -304,20 +304,7 @@ func TestOutboxFullIsAnError(t *testing.T) {
 
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "tether-client-test")
-	if err == nil {
-		binary = filepath.Join(dir, "tether")
-		out, berr := exec.Command("go", "build", "-o", binary, "../cmd/tether").CombinedOutput()
-		if berr != nil {
-			fmt.Fprintf(os.Stderr, "building tether: %v\n%s", berr, out)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, "..", &binary) }
 
 type proc struct {
 	t    *testing.T

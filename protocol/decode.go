@@ -122,12 +122,8 @@ func Decode(frame []byte, lim Limits) (Command, *Error) {
 		if e := ValidateRoom(cmd.Room); e != "" {
 			return cmd, errorf(ErrBadRoom, id, "%s", e)
 		}
-		if p.Text == nil {
-			return cmd, errorf(ErrBadPayload, id, "\"text\" is required")
-		}
-		cmd.Text = *p.Text
-		if e := ValidateText(cmd.Text, lim.MaxText); e != "" {
-			return cmd, errorf(ErrBadText, id, "%s", e)
+		if err := takeText(&cmd, p.Text, lim, id); err != nil {
+			return cmd, err
 		}
 	case TypeDirect:
 		if p.To == nil {
@@ -137,12 +133,8 @@ func Decode(frame []byte, lim Limits) (Command, *Error) {
 		if e := ValidateUser(cmd.To); e != "" {
 			return cmd, errorf(ErrBadUser, id, "%s", e)
 		}
-		if p.Text == nil {
-			return cmd, errorf(ErrBadPayload, id, "\"text\" is required")
-		}
-		cmd.Text = *p.Text
-		if e := ValidateText(cmd.Text, lim.MaxText); e != "" {
-			return cmd, errorf(ErrBadText, id, "%s", e)
+		if err := takeText(&cmd, p.Text, lim, id); err != nil {
+			return cmd, err
 		}
 	case TypeHistory:
 		if p.Room == nil {
@@ -166,6 +158,18 @@ func Decode(frame []byte, lim Limits) (Command, *Error) {
 		}
 	}
 	return cmd, nil
+}
+
+// takeText checks a message's text and puts it in cmd.
+func takeText(cmd *Command, text *string, lim Limits, id string) *Error {
+	if text == nil {
+		return errorf(ErrBadPayload, id, "\"text\" is required")
+	}
+	cmd.Text = *text
+	if e := ValidateText(cmd.Text, lim.MaxText); e != "" {
+		return errorf(ErrBadText, id, "%s", e)
+	}
+	return nil
 }
 
 // ValidateRoom returns "" for a valid room name, or what is wrong with it.

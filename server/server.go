@@ -466,8 +466,10 @@ func (s *Server) disconnected(c *Conn, readErr error) {
 	s.release(c.ip, c.user)
 	s.metrics.closed.Add(1)
 	s.metrics.closedWith(int(code))
+	// A dropped connection (1006) is routine on real networks; only a
+	// server-side failure is worth a warning.
 	level := slog.LevelInfo
-	if code == protocol.CloseAbnormal || code == protocol.CloseInternal {
+	if code == protocol.CloseInternal {
 		level = slog.LevelWarn
 	}
 	s.log.Log(context.Background(), level, "disconnect", "user", c.user, "conn", c.id, "remote", c.remote,

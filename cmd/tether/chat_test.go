@@ -9,28 +9,16 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tether-chat/tether/internal/testbin"
 )
 
 var tetherBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "tether-cmd-test")
-	if err != nil {
-		panic(err)
-	}
-	tetherBin = filepath.Join(dir, "tether")
-	if out, err := exec.Command("go", "build", "-o", tetherBin, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, "../..", &tetherBin) }
 
 func startServerProc(t *testing.T, addr string) *exec.Cmd {
 	t.Helper()

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/tether-chat/tether/client"
+	"github.com/tether-chat/tether/internal/testbin"
 	"github.com/tether-chat/tether/internal/testredis"
 	"github.com/tether-chat/tether/protocol"
 )
@@ -28,20 +29,7 @@ const wait = 20 * time.Second
 
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "tether-cluster")
-	if err != nil {
-		panic(err)
-	}
-	binary = filepath.Join(dir, "tether")
-	if out, err := exec.Command("go", "build", "-o", binary, "../../cmd/tether").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, "../..", &binary) }
 
 func freeAddr(t *testing.T) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -3,16 +3,14 @@ package bench
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tether-chat/tether/internal/testbin"
 	"github.com/tether-chat/tether/server"
 )
 
@@ -22,17 +20,7 @@ import (
 
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, _ := os.MkdirTemp("", "tether-bench")
-	binary = filepath.Join(dir, "tether")
-	if out, err := exec.Command("go", "build", "-o", binary, "../../cmd/tether").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, "../..", &binary) }
 
 func serve(t *testing.T) string {
 	t.Helper()
