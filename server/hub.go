@@ -344,6 +344,12 @@ func (h *hub) notePartner(user, other string) {
 	if user == other {
 		return
 	}
+	h.mu.RLock()
+	_, known := h.partners[user][other]
+	h.mu.RUnlock()
+	if known {
+		return // the common case: no write lock on the delivery path
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.users[user] == nil {
