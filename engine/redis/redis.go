@@ -235,20 +235,6 @@ func (e *Engine) subscribed(channel string) {
 	waiters := st.waiters
 	st.waiters = nil
 	e.mu.Unlock()
-	if fresh {
-		// Where the stream stands now: a gap after a later reconnect is
-		// measured from here if nothing is delivered before it.
-		if m, err := e.rdb.HMGet(e.ctx, e.meta(st.stream), "seq", "epoch").Result(); err == nil {
-			seq, _ := strconv.ParseUint(fmt.Sprint(m[0]), 10, 64)
-			if ep, ok := m[1].(string); ok {
-				e.mu.Lock()
-				if !st.known {
-					st.epoch, st.last, st.known = ep, seq, true
-				}
-				e.mu.Unlock()
-			}
-		}
-	}
 	for _, w := range waiters {
 		close(w)
 	}
@@ -350,11 +336,23 @@ func (e *Engine) Publish(ctx context.Context, p *engine.Publication, opts engine
 func (e *Engine) Subscribe(ctx context.Context, stream string) error {
 	ch := e.channel(stream)
 	done := make(chan struct{})
+	// Where the stream stands before the subscription: a gap after a later
+	// pub/sub reconnect is measured from here if nothing was delivered
+	// meanwhile. (Read here, not in the receive loop, which must never wait
+	// on a round trip.)
+	base, err := e.rdb.HMGet(ctx, e.meta(stream), "seq", "epoch").Result()
+	if err != nil {
+		return fmt.Errorf("redis subscribe: %w", err)
+	}
 	e.mu.Lock()
 	st := e.streams[ch]
 	if st == nil {
 		st = &subState{stream: stream, fresh: true}
 		e.streams[ch] = st
+	}
+	if ep, ok := base[1].(string); ok && !st.known {
+		st.epoch, st.known = ep, true
+		st.last, _ = strconv.ParseUint(fmt.Sprint(base[0]), 10, 64)
 	}
 	st.waiters = append(st.waiters, done)
 	e.mu.Unlock()
