@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -341,15 +340,6 @@ func (p *proc) signal(sig syscall.Signal) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // TestServerRestartUnderSteadySends: while alice sends a steady stream,
 // the server process is stopped and started again; every message alice
 // got an ack for appears exactly once at bob, in order.
@@ -360,7 +350,7 @@ func TestServerRestartUnderSteadySends(t *testing.T) {
 }
 
 func restartUnderSends(t *testing.T, sig syscall.Signal) {
-	addr := freeAddr(t)
+	addr := testnet.FreeAddr(t)
 	srv := startProc(t, addr)
 	alice := dialT(t, addr, fast("alice"))
 	bob := dialT(t, addr, fast("bob"))

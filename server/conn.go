@@ -205,9 +205,7 @@ func (c *Conn) goLive(replayed map[string]roomPos) {
 func (c *Conn) ping() {
 	c.mu.Lock()
 	if c.closing == nil {
-		c.queue = append(c.queue, outFrame{})
-		copy(c.queue[1:], c.queue)
-		c.queue[0] = pingFrame
+		c.prependLocked(pingFrame)
 		c.kickLocked()
 	}
 	c.mu.Unlock()
@@ -217,11 +215,16 @@ func (c *Conn) ping() {
 // the welcome is always a connection's first message.
 func (c *Conn) sendFirst(frame []byte) {
 	c.mu.Lock()
-	c.queue = append(c.queue, outFrame{})
-	copy(c.queue[1:], c.queue)
-	c.queue[0] = outFrame{op: websocket.TextMessage, data: frame}
+	c.prependLocked(outFrame{op: websocket.TextMessage, data: frame})
 	c.mu.Unlock()
 	c.uncork()
+}
+
+// prependLocked puts f at the head of the queue; c.mu must be held.
+func (c *Conn) prependLocked(f outFrame) {
+	c.queue = append(c.queue, outFrame{})
+	copy(c.queue[1:], c.queue)
+	c.queue[0] = f
 }
 
 // uncork lets the writer run; a new connection starts corked so that

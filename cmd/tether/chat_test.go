@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tether-chat/tether/internal/testbin"
+	"github.com/tether-chat/tether/internal/testnet"
 )
 
 var tetherBin string
@@ -113,9 +113,7 @@ func (p *chatProc) expect(typ, key, want string) map[string]any {
 }
 
 func TestChatProcessesTalkAcrossAServerRestart(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testnet.FreeAddr(t)
 	srv := startServerProc(t, addr)
 	bob := startChat(t, addr, "bob")
 	bob.expect("state", "State", "OPEN")

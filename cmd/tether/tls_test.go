@@ -22,6 +22,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tether-chat/tether/internal/testnet"
 	"github.com/tether-chat/tether/protocol"
 	"github.com/tether-chat/tether/server"
 )
@@ -54,9 +55,7 @@ func selfSigned(t *testing.T) (certPath, keyPath string, pool *x509.CertPool) {
 
 func TestServeTLS(t *testing.T) {
 	certPath, keyPath, pool := selfSigned(t)
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testnet.FreeAddr(t)
 	cmd := exec.Command(tetherBin, "serve", "--addr", addr, "--tls-cert", certPath, "--tls-key", keyPath, "--log-level", "warn")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -125,7 +124,7 @@ rate-limit = 9
 }
 
 func TestPprofOnlyOnItsOwnAddress(t *testing.T) {
-	addr, pp := freeTCP(t), freeTCP(t)
+	addr, pp := testnet.FreeAddr(t), testnet.FreeAddr(t)
 	cmd := exec.Command(tetherBin, "serve", "--addr", addr, "--pprof", pp, "--log-level", "warn")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -150,13 +149,4 @@ func TestPprofOnlyOnItsOwnAddress(t *testing.T) {
 	if got := status("http://" + addr + "/debug/pprof/"); got == 200 {
 		t.Fatal("pprof is reachable on the public address")
 	}
-}
-
-func freeTCP(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }

@@ -7,7 +7,6 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/tether-chat/tether/client"
 	"github.com/tether-chat/tether/internal/testbin"
+	"github.com/tether-chat/tether/internal/testnet"
 	"github.com/tether-chat/tether/internal/testredis"
 	"github.com/tether-chat/tether/protocol"
 )
@@ -31,15 +31,6 @@ var binary string
 
 func TestMain(m *testing.M) { testbin.Main(m, "../..", &binary) }
 
-func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 type node struct {
 	addr string
 	cmd  *exec.Cmd
@@ -47,7 +38,7 @@ type node struct {
 
 func startNode(t *testing.T, redisURL, name string) *node {
 	t.Helper()
-	n := &node{addr: freeAddr(t)}
+	n := &node{addr: testnet.FreeAddr(t)}
 	n.cmd = exec.Command(binary, "serve", "--addr", n.addr, "--redis", redisURL, "--node-id", name,
 		"--presence-ttl", "3s", "--presence-grace", "1s", "--rate-limit", "-1", "--log-level", "warn")
 	n.cmd.Stderr = os.Stderr
@@ -100,7 +91,7 @@ func startNginx(t *testing.T, nodes []*node) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testnet.FreeAddr(t)
 	conf := string(shipped)
 	i := 0
 	conf = regexp.MustCompile(`server 127\.0\.0\.1:800[1-3]`).ReplaceAllStringFunc(conf, func(string) string {

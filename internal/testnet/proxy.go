@@ -128,3 +128,14 @@ func (p *Proxy) Accepted() int {
 	defer p.mu.Unlock()
 	return p.accepted
 }
+
+// FreeAddr returns a loopback address with a port nobody listens on now.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
