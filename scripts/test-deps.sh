@@ -21,8 +21,9 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# npm ci only when node_modules does not match the lock file.
-if [ ! -f node_modules/.package-lock.json ] || ! cmp -s <(sed -n '/"packages"/,$p' package-lock.json | grep -v '"name"') \
-     <(sed -n '/"packages"/,$p' node_modules/.package-lock.json | grep -v '"name"'); then
+# npm ci only when node_modules was not installed from this lock file.
+want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ "$(cat node_modules/.tether-lock 2>/dev/null)" != "$want" ]; then
   npm ci --no-audit --no-fund --loglevel=error
+  echo "$want" > node_modules/.tether-lock
 fi
