@@ -65,7 +65,7 @@ func usage(w io.Writer) {
 Commands:
   serve     run a Tether node (the default)
   chat      a terminal chat client (tether chat --user alice)
-  bench     load a running node: idle, fanout (see docs/benchmarks.md)
+  bench     load a node: idle, fanout, rtt, direct, floor, storm, sweep (docs/benchmarks.md)
   token     print a signed token for a user (token mode)
   version   print the version
 
