@@ -78,7 +78,7 @@ Run 'tether serve --help' for every setting and its default.
 // A flag on the command line wins over the environment.
 func serveFlags(fs *flag.FlagSet, cfg *server.Config, addr, logFormat, logLevel *string, rc *redisFlags) {
 	fs.StringVar(addr, "addr", "127.0.0.1:8000", "address to listen on")
-	fs.StringVar(&rc.config, "config", "", "optional file of settings, one `name = value` per line (flags and TETHER_* win over it)")
+	fs.StringVar(&rc.config, "config", "", "optional `file` of settings, one \"name = value\" per line (flags and TETHER_* win over it)")
 	fs.StringVar(&rc.tlsCert, "tls-cert", "", "TLS certificate (PEM) to serve https:// and wss:// directly")
 	fs.StringVar(&rc.tlsKey, "tls-key", "", "TLS private key (PEM) for --tls-cert")
 	fs.StringVar(&rc.pprof, "pprof", "", "serve /debug/pprof on this separate address (e.g. 127.0.0.1:6060); off when empty")
