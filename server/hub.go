@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"hash/maphash"
 	"sort"
 	"sync"
@@ -42,6 +43,41 @@ type hub struct {
 	all      map[*Conn]struct{}
 	dirty    map[string]struct{} // big rooms whose count changed since the last flush
 	ghosts   map[string]*ghost   // session id -> memberships held through the grace period
+
+	membersMu sync.Mutex
+	members   map[string]cachedMembers // big rooms' listed users, encoded
+}
+
+// cachedMembers is a big room's user list (at most MembersMax), encoded.
+type cachedMembers struct {
+	json []byte
+	n    int
+	at   time.Time
+}
+
+// bigRoomMembers returns a big room's listed users, from a cache refreshed
+// at most once per PresenceInterval (presence in big rooms is coalesced to
+// that interval anyway).
+func (h *hub) bigRoomMembers(ctx context.Context, room string) (cachedMembers, error) {
+	h.membersMu.Lock()
+	m, ok := h.members[room]
+	h.membersMu.Unlock()
+	if ok && time.Since(m.at) < h.srv.cfg.PresenceInterval {
+		return m, nil
+	}
+	users, err := h.srv.eng.PresenceMembers(ctx, room, h.srv.cfg.MembersMax)
+	if err != nil {
+		return m, err
+	}
+	b, _ := json.Marshal(users)
+	m = cachedMembers{json: b, n: len(users), at: time.Now()}
+	h.membersMu.Lock()
+	if h.members == nil {
+		h.members = make(map[string]cachedMembers)
+	}
+	h.members[room] = m
+	h.membersMu.Unlock()
+	return m, nil
 }
 
 type room struct {
@@ -536,8 +572,15 @@ func (h *hub) presenceChanged(ctx context.Context, room, user, action string, co
 }
 
 // flushPresence sends one count event to each big room whose membership
-// changed since the last flush.
+// changed since the last flush, and forgets stale member lists.
 func (h *hub) flushPresence(ctx context.Context) {
+	h.membersMu.Lock()
+	for room, m := range h.members {
+		if time.Since(m.at) > h.srv.cfg.PresenceInterval {
+			delete(h.members, room)
+		}
+	}
+	h.membersMu.Unlock()
 	h.mu.Lock()
 	if len(h.dirty) == 0 {
 		h.mu.Unlock()

@@ -272,3 +272,17 @@ func TestSecretsAreNeverLogged(t *testing.T) {
 		}
 	}
 }
+
+func TestMembersFrameIsTheProtocolsMembers(t *testing.T) {
+	users := cachedMembers{json: []byte(`["ann","李雷"]`), n: 2}
+	b := membersFrame(`we"ird\id`, "ops", users, 5, roomPos{epoch: "e1", top: 42})
+	var env protocol.Envelope
+	if err := json.Unmarshal(b, &env); err != nil {
+		t.Fatalf("%s: %v", b, err)
+	}
+	m := payloadOf[protocol.Members](t, env)
+	if env.Type != protocol.TypeMembers || env.ID != `we"ird\id` || m.Room != "ops" || m.Count != 5 || !m.Truncated ||
+		len(m.Users) != 2 || m.Users[1] != "李雷" || m.Epoch != "e1" || m.Top != 42 {
+		t.Fatalf("decoded %+v %+v from %s", env, m, b)
+	}
+}

@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -238,22 +240,61 @@ func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
 }
 
 // sendMembers sends a room's members; id is the `who` it answers, if any.
+//
+// In a big room (more than PresenceEventsMax users, where presence is
+// coalesced anyway) the listed users come from a per-room cache refreshed
+// at most once per PresenceInterval, encoded once: 10,000 members joining
+// do not each collect, sort and encode the same list.
 func (c *Conn) sendMembers(ctx context.Context, id, room string, pos roomPos) {
-	eng := c.srv.eng
-	users, err := eng.PresenceMembers(ctx, room, c.srv.cfg.MembersMax)
+	eng, cfg := c.srv.eng, &c.srv.cfg
+	n, err := eng.PresenceCount(ctx, room)
 	if err != nil {
 		c.fail(id, unavailable(err))
 		return
 	}
-	n := len(users)
-	if n == c.srv.cfg.MembersMax {
-		if n, err = eng.PresenceCount(ctx, room); err != nil {
+	if max := cfg.PresenceEventsMax; max < 0 || n <= max {
+		users, err := eng.PresenceMembers(ctx, room, cfg.MembersMax)
+		if err != nil {
 			c.fail(id, unavailable(err))
 			return
 		}
+		c.send(protocol.Encode(protocol.TypeMembers, id, protocol.Members{Room: room, Users: users, Count: max2(n, len(users)),
+			Truncated: n > len(users), Epoch: pos.epoch, Top: pos.top}))
+		return
 	}
-	c.send(protocol.Encode(protocol.TypeMembers, id, protocol.Members{Room: room, Users: users, Count: n,
-		Truncated: n > len(users), Epoch: pos.epoch, Top: pos.top}))
+	listed, err := c.srv.hub.bigRoomMembers(ctx, room)
+	if err != nil {
+		c.fail(id, unavailable(err))
+		return
+	}
+	c.send(membersFrame(id, room, listed, n, pos))
+}
+
+func max2(a, b int) int {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// membersFrame builds a `members` frame around an already-encoded user list.
+func membersFrame(id, room string, users cachedMembers, count int, pos roomPos) []byte {
+	q := func(s string) []byte { b, _ := json.Marshal(s); return b }
+	b := make([]byte, 0, 160+len(users.json))
+	b = append(b, `{"type":"members"`...)
+	if id != "" {
+		b = append(append(b, `,"id":`...), q(id)...)
+	}
+	b = strconv.AppendInt(append(b, `,"ts":`...), time.Now().UnixMilli(), 10)
+	b = append(append(b, `,"payload":{"room":`...), q(room)...)
+	b = append(append(b, `,"users":`...), users.json...)
+	b = strconv.AppendInt(append(b, `,"count":`...), int64(count), 10)
+	if count > users.n {
+		b = append(b, `,"truncated":true`...)
+	}
+	b = append(append(b, `,"epoch":`...), q(pos.epoch)...)
+	b = strconv.AppendUint(append(b, `,"top":`...), pos.top, 10)
+	return append(b, "}}"...)
 }
 
 // send queues one frame for this connection only.
