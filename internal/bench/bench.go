@@ -322,11 +322,8 @@ func Fanout(ctx context.Context, o Options) (Result, error) {
 	}
 	r := Result{Scenario: "fanout", Conns: o.Conns, Messages: o.Messages, Deliveries: delivered.Load(),
 		Lost: want - delivered.Load(), Seconds: elapsed.Seconds()}
-	if o.PID != 0 {
-		// The publisher is a member too: the server delivers Conns+1 copies.
-		r.CPUPerDelivUS = (after.cpu - before.cpu).Seconds() * 1e6 / float64(o.Messages*(o.Conns+1))
-		r.ServerRSSMiB = float64(after.rss) / (1 << 20)
-	}
+	// The publisher is a member too: the server delivers Conns+1 copies.
+	r.CPUPerDelivUS = r.serverCPU(o.PID, before, after, int64(o.Messages*(o.Conns+1)))
 	mu.Lock()
 	r.P50MS, r.P99MS = percentile(lat, 0.50), percentile(lat, 0.99)
 	mu.Unlock()
@@ -339,6 +336,23 @@ func percentile(d []time.Duration, p float64) float64 {
 	}
 	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
 	return float64(d[int(float64(len(d)-1)*p)]) / 1e6
+}
+
+// serverCPU returns the server's CPU time per unit, in µs, between two
+// readings, and records its RSS; zero without a PID or units.
+func (r *Result) serverCPU(pid int, before, after procStat, units int64) float64 {
+	if pid == 0 || units <= 0 {
+		return 0
+	}
+	r.ServerRSSMiB = float64(after.rss) / (1 << 20)
+	return (after.cpu - before.cpu).Seconds() * 1e6 / float64(units)
+}
+
+// drain waits up to 5 s for done, for messages still on their way.
+func drain(done func() bool) {
+	for deadline := time.Now().Add(5 * time.Second); !done() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 type procStat struct {

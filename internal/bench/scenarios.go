@@ -134,10 +134,7 @@ func RTT(ctx context.Context, o Options) (Result, error) {
 	}
 	r := Result{Scenario: "rtt", Conns: o.Conns, Requests: reqs.Load(), Seconds: elapsed.Seconds(),
 		PerSecond: float64(reqs.Load()) / elapsed.Seconds()}
-	if o.PID != 0 && r.Requests > 0 {
-		r.CPUPerReqUS = (after.cpu - before.cpu).Seconds() * 1e6 / float64(r.Requests)
-		r.ServerRSSMiB = float64(after.rss) / (1 << 20)
-	}
+	r.CPUPerReqUS = r.serverCPU(o.PID, before, after, r.Requests)
 	r.P50MS, r.P99MS = lat.percentiles()
 	return r, nil
 }
@@ -194,9 +191,7 @@ func FanoutRate(ctx context.Context, o Options) (Result, error) {
 		sent++
 	}
 	want := int64(sent) * healthy
-	for drain := time.Now().Add(5 * time.Second); delivered.Load() < want && time.Now().Before(drain); {
-		time.Sleep(10 * time.Millisecond)
-	}
+	drain(func() bool { return delivered.Load() >= want })
 	elapsed := time.Since(start)
 	after, err := readProc(o.PID)
 	if err != nil {
@@ -204,10 +199,7 @@ func FanoutRate(ctx context.Context, o Options) (Result, error) {
 	}
 	r := Result{Scenario: "fanout-rate", Conns: o.Conns, Rate: o.Rate, Messages: sent, Deliveries: delivered.Load(),
 		Lost: max(0, want-delivered.Load()), Seconds: elapsed.Seconds(), Frozen: o.Frozen}
-	if o.PID != 0 && sent > 0 {
-		r.CPUPerDelivUS = (after.cpu - before.cpu).Seconds() * 1e6 / float64(sent*(o.Conns+1))
-		r.ServerRSSMiB = float64(after.rss) / (1 << 20)
-	}
+	r.CPUPerDelivUS = r.serverCPU(o.PID, before, after, int64(sent*(o.Conns+1)))
 	r.P50MS, r.P99MS = lat.percentiles()
 	return r, nil
 }
@@ -265,9 +257,7 @@ func Direct(ctx context.Context, o Options) (Result, error) {
 		}(i, m)
 	}
 	wg.Wait()
-	for drain := time.Now().Add(5 * time.Second); delivered.Load() < sent.Load() && time.Now().Before(drain); {
-		time.Sleep(10 * time.Millisecond)
-	}
+	drain(func() bool { return delivered.Load() >= sent.Load() })
 	elapsed := time.Since(start)
 	after, err := readProc(o.PID)
 	if err != nil {
@@ -275,10 +265,7 @@ func Direct(ctx context.Context, o Options) (Result, error) {
 	}
 	r := Result{Scenario: "direct", Conns: o.Conns, Rate: o.Rate, Messages: int(sent.Load()), Deliveries: delivered.Load(),
 		Lost: sent.Load() - delivered.Load(), Seconds: elapsed.Seconds(), PerSecond: float64(delivered.Load()) / elapsed.Seconds()}
-	if o.PID != 0 && sent.Load() > 0 {
-		r.CPUPerReqUS = (after.cpu - before.cpu).Seconds() * 1e6 / float64(sent.Load())
-		r.ServerRSSMiB = float64(after.rss) / (1 << 20)
-	}
+	r.CPUPerReqUS = r.serverCPU(o.PID, before, after, sent.Load())
 	r.P50MS, r.P99MS = lat.percentiles()
 	return r, nil
 }
