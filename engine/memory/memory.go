@@ -80,7 +80,7 @@ type stream struct {
 	mu    sync.Mutex
 	epoch string
 	top   uint64
-	ring  []*engine.Publication // retained, oldest first; len <= HistorySize
+	hist  window // retained, oldest first; at most HistorySize
 }
 
 // New returns an engine; call Start before use.
@@ -130,12 +130,7 @@ func (e *Engine) Publish(ctx context.Context, p *engine.Publication, opts engine
 	defer s.mu.Unlock()
 	s.top++
 	p.Seq, p.Epoch = s.top, s.epoch
-	if len(s.ring) == e.cfg.HistorySize {
-		copy(s.ring, s.ring[1:])
-		s.ring[len(s.ring)-1] = p
-	} else {
-		s.ring = append(s.ring, p)
-	}
+	s.hist.push(p, e.cfg.HistorySize)
 	if subscribed && h != nil {
 		h(p)
 	}
@@ -187,9 +182,10 @@ func (e *Engine) History(ctx context.Context, name string, q engine.HistoryQuery
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e.expire(s, time.Now())
-	h := engine.History{Epoch: s.epoch, Top: s.top, Oldest: s.top + 1 - uint64(len(s.ring))}
+	retained := s.hist.all()
+	h := engine.History{Epoch: s.epoch, Top: s.top, Oldest: s.top + 1 - uint64(len(retained))}
 	var sel []*engine.Publication
-	for _, p := range s.ring {
+	for _, p := range retained {
 		if p.Seq > q.After && (q.Before == 0 || p.Seq < q.Before) {
 			sel = append(sel, p)
 		}
@@ -208,13 +204,7 @@ func (e *Engine) History(ctx context.Context, name string, q engine.HistoryQuery
 // expire drops publications older than the TTL; s.mu must be held.
 func (e *Engine) expire(s *stream, now time.Time) {
 	cut := now.Add(-e.cfg.HistoryTTL).UnixMilli()
-	n := 0
-	for n < len(s.ring) && s.ring[n].TS < cut {
-		n++
-	}
-	if n > 0 {
-		s.ring = append(s.ring[:0], s.ring[n:]...)
-	}
+	s.hist.dropOlderThan(cut)
 }
 
 // sweep expires history and forgets streams that retain nothing and have no
@@ -250,7 +240,7 @@ func (e *Engine) sweep() {
 			for name, s := range e.streams {
 				s.mu.Lock()
 				e.expire(s, now)
-				idle := len(s.ring) == 0 && !e.subs[name]
+				idle := len(s.hist.all()) == 0 && !e.subs[name]
 				s.mu.Unlock()
 				if idle {
 					delete(e.streams, name)
@@ -370,7 +360,7 @@ func (e *Engine) Retained() int {
 	n := 0
 	for _, s := range streams {
 		s.mu.Lock()
-		n += len(s.ring)
+		n += len(s.hist.all())
 		s.mu.Unlock()
 	}
 	return n
@@ -463,6 +453,44 @@ func (e *Engine) Close() error {
 		<-e.done
 	}
 	return nil
+}
+
+// window is a stream's retained publications: the newest at most max of
+// them, oldest first. Pushing is amortized O(1): the slice grows to twice
+// the window before the live part is moved back to the front.
+type window struct {
+	buf  []*engine.Publication
+	head int // buf[head:] is the window
+}
+
+func (w *window) all() []*engine.Publication { return w.buf[w.head:] }
+
+func (w *window) push(p *engine.Publication, max int) {
+	w.buf = append(w.buf, p)
+	if len(w.buf)-w.head > max {
+		w.buf[w.head] = nil
+		w.head++
+	}
+	if w.head >= max {
+		w.compact()
+	}
+}
+
+// dropOlderThan removes publications published before cut (ms).
+func (w *window) dropOlderThan(cut int64) {
+	for w.head < len(w.buf) && w.buf[w.head].TS < cut {
+		w.buf[w.head] = nil
+		w.head++
+	}
+	if w.head > 0 && w.head >= len(w.buf)/2 {
+		w.compact()
+	}
+}
+
+func (w *window) compact() {
+	n := copy(w.buf, w.buf[w.head:])
+	clear(w.buf[n:])
+	w.buf, w.head = w.buf[:n], 0
 }
 
 func newEpoch() string {

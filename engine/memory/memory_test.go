@@ -60,3 +60,25 @@ func TestMessageIDWindowIsBounded(t *testing.T) {
 		t.Fatalf("newest id = %v %d", st, seq)
 	}
 }
+
+func TestWindowKeepsTheNewest(t *testing.T) {
+	var w window
+	for i := 1; i <= 1000; i++ {
+		w.push(&engine.Publication{Seq: uint64(i), TS: int64(i)}, 7)
+		all := w.all()
+		if len(all) != min(i, 7) || all[len(all)-1].Seq != uint64(i) || all[0].Seq != uint64(max(1, i-6)) {
+			t.Fatalf("after %d pushes: %d retained, %d..%d", i, len(all), all[0].Seq, all[len(all)-1].Seq)
+		}
+		if cap(w.buf) > 64 {
+			t.Fatalf("the buffer grew to %d for a window of 7", cap(w.buf))
+		}
+	}
+	w.dropOlderThan(998)
+	if all := w.all(); len(all) != 3 || all[0].Seq != 998 {
+		t.Fatalf("after expiry: %v", len(all))
+	}
+	w.dropOlderThan(2000)
+	if len(w.all()) != 0 {
+		t.Fatal("expiry left publications behind")
+	}
+}
