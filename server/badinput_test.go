@@ -1,7 +1,7 @@
 package server
 
 import (
-	"crypto/rand"
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net"
@@ -16,31 +16,10 @@ import (
 	"github.com/tether-chat/tether/protocol"
 )
 
-// rawFrame writes one masked client frame on the connection under ws.
+// rawFrame writes one masked client frame (clientFrame) on conn.
 func rawFrame(t *testing.T, conn net.Conn, fin bool, op byte, payload []byte) {
 	t.Helper()
-	b0 := op
-	if fin {
-		b0 |= 0x80
-	}
-	hdr := []byte{b0}
-	switch n := len(payload); {
-	case n <= 125:
-		hdr = append(hdr, 0x80|byte(n))
-	case n <= 0xffff:
-		hdr = append(hdr, 0x80|126, byte(n>>8), byte(n))
-	default:
-		hdr = append(hdr, 0x80|127)
-		hdr = binary.BigEndian.AppendUint64(hdr, uint64(n))
-	}
-	var mask [4]byte
-	rand.Read(mask[:])
-	hdr = append(hdr, mask[:]...)
-	masked := make([]byte, len(payload))
-	for i := range payload {
-		masked[i] = payload[i] ^ mask[i%4]
-	}
-	if _, err := conn.Write(append(hdr, masked...)); err != nil {
+	if _, err := conn.Write(clientFrame(fin, op, payload)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -211,4 +190,92 @@ func TestTenThousandConnectionsLeaveNothingBehind(t *testing.T) {
 	if s := ts.Stats(); s.Opened != 12001 || s.Closed != 12000 {
 		t.Fatalf("opened %d closed %d", s.Opened, s.Closed)
 	}
+}
+
+// TestFrameSplitAtEveryByte: a frame that arrives one byte per read (a
+// slow or fragmenting network) is put together across reads.
+func TestFrameSplitAtEveryByte(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	c := connect(t, ts, "trickle")
+	conn := c.ws.UnderlyingConn()
+	frame := clientFrame(true, opText, []byte(`{"type":"chat","id":"t1","payload":{"text":"one byte at a time"}}`))
+	for _, b := range frame {
+		if _, err := conn.Write([]byte{b}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond) // each byte its own segment, its own read
+	}
+	if m := payloadOf[protocol.Chat](t, c.expect(protocol.TypeChat, nil)); m.Text != "one byte at a time" {
+		t.Fatalf("got %+v", m)
+	}
+	c.expect(protocol.TypeAck, isAck("t1"))
+	// Two frames in one write are two messages.
+	two := append(clientFrame(true, opText, []byte(`{"type":"ping","id":"p1"}`)),
+		clientFrame(true, opText, []byte(`{"type":"ping","id":"p2"}`))...)
+	if _, err := conn.Write(two); err != nil {
+		t.Fatal(err)
+	}
+	c.expect(protocol.TypePong, func(e protocol.Envelope) bool { return e.ID == "p1" })
+	c.expect(protocol.TypePong, func(e protocol.Envelope) bool { return e.ID == "p2" })
+}
+
+// TestFrameSentWithTheHandshake: a client that sends its first frame in
+// the same write as the handshake request (before the 101) is served.
+func TestFrameSentWithTheHandshake(t *testing.T) {
+	ts := newTestServer(t, Config{AutoJoin: "-"})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(ts.ws, "ws://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := "GET /ws/eager HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+	if _, err := conn.Write(append([]byte(req), clientFrame(true, opText, []byte(`{"type":"ping","id":"early"}`))...)); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(waitFor))
+	var got []byte
+	buf := make([]byte, 4096)
+	for !bytes.Contains(got, []byte(`"early"`)) {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("read: %v; so far %q", err, got)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if !bytes.Contains(got, []byte("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")) {
+		t.Fatalf("handshake answer %q", got)
+	}
+}
+
+// TestClientCloseIsEchoedThenSocketClosed: the client's close frame is
+// answered with the same code and the server closes the socket (RFC 6455
+// section 7.1.1: the server closes the TCP connection first).
+func TestClientCloseIsEchoedThenSocketClosed(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	c := connect(t, ts, "leaver")
+	conn := c.ws.UnderlyingConn()
+	rawFrame(t, conn, true, 0x8, append(binary.BigEndian.AppendUint16(nil, 1000), "bye"...))
+	if code, _ := c.expectClose(); code != 1000 {
+		t.Fatalf("echo %d, want 1000", code)
+	}
+	waitUntil(t, "the server to close the socket", func() bool { return ts.Stats().Connections == 0 })
+}
+
+// TestIdleConnectionsHaveNoGoroutines: reading is driven by the poller, so
+// a connection that sends nothing costs no goroutine (and no stack).
+func TestIdleConnectionsHaveNoGoroutines(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	connect(t, ts, "warm").roundTrip("w")
+	time.Sleep(50 * time.Millisecond)
+	base := runtime.NumGoroutine()
+	const n = 200
+	for i := range n {
+		c := connect(t, ts, fmt.Sprintf("idle%d", i))
+		c.ws.SetReadDeadline(time.Time{})
+	}
+	// Our side's readers are n goroutines; the server's must add none.
+	waitUntil(t, "the server's set-up goroutines to finish", func() bool {
+		return runtime.NumGoroutine() <= base+n+10
+	})
 }

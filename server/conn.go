@@ -1,14 +1,11 @@
 package server
 
 import (
-	"encoding/binary"
-	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
-
-	"github.com/gorilla/websocket"
 
 	"github.com/tether-chat/tether/auth"
 	"github.com/tether-chat/tether/protocol"
@@ -16,13 +13,15 @@ import (
 
 // Conn is one client connection.
 //
-// Goroutines: the reader (readLoop) runs for the whole life of the
-// connection and is the only one that reads; it also owns the rate limiter
-// and does the clean-up when it returns. The writer (flush) exists only while
-// there is something to write: enqueue starts it, and it exits when the queue
-// is empty, so an idle connection costs one goroutine. Only the writer writes
-// data frames; gorilla's control-frame writes (pong, close echo) and ours are
-// serialized by rawConn.
+// Goroutines: an idle connection has none. The reader exists only while
+// there is something to read: the node's poller (poller_linux.go) starts it
+// when the socket becomes readable, and it returns when a read would block,
+// so at most one runs per connection and it owns rd, the rate limiter, and
+// the clean-up when the socket is gone. (Where there is no poller, as with
+// TLS, the reader is one goroutine for the life of the connection.) The
+// writer (flush) likewise exists only while there is something to write:
+// enqueue starts it, and it exits when the queue is empty. Only the writer
+// writes, and every write goes through rawConn.
 type Conn struct {
 	id     uint64
 	user   string
@@ -30,8 +29,14 @@ type Conn struct {
 	remote string
 	opened time.Time
 	srv    *Server
-	ws     *websocket.Conn
 	raw    *rawConn
+
+	// Reading. rc and fd are set when the poller drives reads; rstate is
+	// the reader's state (readIdle, readBusy, ...).
+	rd     wsReader
+	rc     syscall.RawConn
+	fd     int
+	rstate atomic.Int32
 
 	// lastSeen is when the last frame of any kind arrived (unix nanos);
 	// pinged is when the heartbeat last queued a ping. Only the heartbeat
@@ -48,6 +53,12 @@ type Conn struct {
 	// closing is set once, by the first close; nothing is queued after it
 	// but the close frame.
 	closing *protocol.Disconnect
+	// peer is the peer's close when the peer closed first (closing then
+	// holds the echo); closeSent and closeRecv say which close frames have
+	// been written and received: when both have, the socket is closed.
+	peer      *protocol.Disconnect
+	closeSent bool
+	closeRecv bool
 	// closed is closed when the reader has finished clean-up.
 	closed chan struct{}
 
@@ -85,11 +96,11 @@ type heldFrame struct {
 }
 
 type outFrame struct {
-	op   byte // websocket.TextMessage, PingMessage or CloseMessage
+	op   byte // opText, opPing, opPong or opClose
 	data []byte
 }
 
-var pingFrame = outFrame{op: websocket.PingMessage}
+var pingFrame = outFrame{op: opPing}
 
 // enqueue queues a frame (shared, never modified) for writing. It never
 // blocks. It reports false when the connection is closing or overflowed; an
@@ -107,7 +118,7 @@ func (c *Conn) enqueue(data []byte) bool {
 		c.close(protocol.DisconnectSlowConsumer, closeDrop)
 		return false
 	}
-	c.queue = append(c.queue, outFrame{op: websocket.TextMessage, data: data})
+	c.queue = append(c.queue, outFrame{op: opText, data: data})
 	c.queued += len(data)
 	c.kickLocked()
 	c.mu.Unlock()
@@ -128,7 +139,7 @@ func (c *Conn) enqueueReplay(data []byte) bool {
 			return false
 		}
 		if len(c.queue) < cfg.SendQueueMessages/2 && c.queued+len(data) <= cfg.SendQueueBytes/2 {
-			c.queue = append(c.queue, outFrame{op: websocket.TextMessage, data: data})
+			c.queue = append(c.queue, outFrame{op: opText, data: data})
 			c.queued += len(data)
 			c.kickLocked()
 			c.mu.Unlock()
@@ -183,7 +194,7 @@ func (c *Conn) goLive(replayed map[string]roomPos) {
 			overflow = true
 			break
 		}
-		c.queue = append(c.queue, outFrame{op: websocket.TextMessage, data: f.data})
+		c.queue = append(c.queue, outFrame{op: opText, data: f.data})
 		c.queued += len(f.data)
 	}
 	c.held, c.resuming = nil, false
@@ -211,11 +222,42 @@ func (c *Conn) ping() {
 	c.mu.Unlock()
 }
 
+// pong answers a peer's ping, ahead of queued data.
+func (c *Conn) pong(payload []byte) {
+	c.mu.Lock()
+	if c.closing == nil {
+		c.prependLocked(outFrame{op: opPong, data: append([]byte(nil), payload...)})
+		c.kickLocked()
+	}
+	c.mu.Unlock()
+}
+
+// peerClosed handles the peer's close frame. If the peer closed first, the
+// close is echoed (RFC 6455 section 5.5.1) and whatever was queued is
+// dropped: the peer is leaving. The socket is closed once both close frames
+// have crossed.
+func (c *Conn) peerClosed(d protocol.Disconnect) {
+	c.mu.Lock()
+	c.closeRecv = true
+	sent := c.closeSent
+	if c.closing == nil {
+		c.peer, c.closing = &d, &d
+		c.queue = append(c.queue[:0], outFrame{op: opClose, data: closePayload(d)})
+		c.queued = 0
+		c.corked = false
+		c.kickLocked()
+	}
+	c.mu.Unlock()
+	if sent {
+		c.closeSocket()
+	}
+}
+
 // sendFirst queues frame ahead of everything else and uncorks the writer:
 // the welcome is always a connection's first message.
 func (c *Conn) sendFirst(frame []byte) {
 	c.mu.Lock()
-	c.prependLocked(outFrame{op: websocket.TextMessage, data: frame})
+	c.prependLocked(outFrame{op: opText, data: frame})
 	c.mu.Unlock()
 	c.uncork()
 }
@@ -277,7 +319,7 @@ func (c *Conn) close(d protocol.Disconnect, mode closeMode) {
 		c.queue = c.queue[:0]
 		c.queued = 0
 	}
-	c.queue = append(c.queue, outFrame{op: websocket.CloseMessage, data: closePayload(d)})
+	c.queue = append(c.queue, outFrame{op: opClose, data: closePayload(d)})
 	c.kickLocked()
 	c.mu.Unlock()
 
@@ -292,7 +334,7 @@ func (c *Conn) close(d protocol.Disconnect, mode closeMode) {
 	case closeShutdown:
 		grace = c.srv.cfg.ShutdownTimeout
 	}
-	time.AfterFunc(grace, func() { c.raw.Conn.Close() })
+	time.AfterFunc(grace, c.closeSocket)
 }
 
 func (c *Conn) closeReason() *protocol.Disconnect {
@@ -325,7 +367,7 @@ func (c *Conn) flush() {
 		c.spare = batch[:0]
 		c.mu.Unlock()
 		if err != nil {
-			c.raw.Conn.Close() // the reader sees the error and cleans up
+			c.closeSocket() // the reader sees the error and cleans up
 			c.mu.Lock()
 			c.queue, c.queued, c.writing = nil, 0, false
 			c.mu.Unlock()
@@ -340,10 +382,14 @@ func (c *Conn) writeBatch(bp *[]byte, batch []outFrame) error {
 	buf := (*bp)[:0]
 	defer func() { *bp = buf[:0] }()
 	var delivered int
+	closes := false
 	for _, f := range batch {
 		buf = appendFrame(buf, f.op, f.data)
-		if f.op == websocket.TextMessage {
+		switch f.op {
+		case opText:
 			delivered++
+		case opClose:
+			closes = true
 		}
 		if len(buf) >= maxBatchBytes {
 			if err := c.raw.write(buf); err != nil {
@@ -353,37 +399,27 @@ func (c *Conn) writeBatch(bp *[]byte, batch []outFrame) error {
 		}
 	}
 	c.srv.metrics.delivered.Add(int64(delivered))
-	if len(buf) == 0 {
-		return nil
+	if len(buf) > 0 {
+		if err := c.raw.write(buf); err != nil {
+			return err
+		}
 	}
-	return c.raw.write(buf)
+	if closes {
+		c.mu.Lock()
+		c.closeSent = true
+		recv := c.closeRecv
+		c.mu.Unlock()
+		if recv {
+			c.closeSocket() // both close frames have crossed
+		}
+	}
+	return nil
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// appendFrame appends one unmasked, unfragmented server frame (RFC 6455
-// section 5.2).
-func appendFrame(buf []byte, op byte, data []byte) []byte {
-	buf = append(buf, 0x80|op)
-	switch n := len(data); {
-	case n <= 125:
-		buf = append(buf, byte(n))
-	case n <= 0xffff:
-		buf = append(buf, 126, byte(n>>8), byte(n))
-	default:
-		buf = append(buf, 127)
-		buf = binary.BigEndian.AppendUint64(buf, uint64(n))
-	}
-	return append(buf, data...)
-}
-
-func closePayload(d protocol.Disconnect) []byte {
-	return websocket.FormatCloseMessage(int(d.Code), d.Reason)
-}
-
-// rawConn is the connection's socket as gorilla sees it. It serializes every
-// write (ours and gorilla's control frames) and gives each a deadline, so a
-// ping or a close never interleaves with a half-written data frame.
+// rawConn is the connection's socket. It serializes every write and gives
+// each a deadline.
 type rawConn struct {
 	net.Conn
 	mu       sync.Mutex
@@ -408,12 +444,3 @@ func (r *rawConn) write(p []byte) error {
 	_, err := r.Write(p)
 	return err
 }
-
-// SetWriteDeadline is a no-op: rawConn sets a deadline on every write
-// itself, and gorilla's own deadlines would otherwise cut short a data write
-// that is in progress on another goroutine.
-func (r *rawConn) SetWriteDeadline(time.Time) error { return nil }
-
-// errClosing is what the reader reports when it stopped because the server
-// closed the connection.
-var errClosing = errors.New("closed by server")

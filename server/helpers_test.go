@@ -320,3 +320,15 @@ func bothEngines(t *testing.T, f func(t *testing.T, eng engineCase)) {
 		f(t, engineCase{name: "redis", redisURL: rs.URL})
 	})
 }
+
+// waitUntil polls cond until it holds, failing the test after waitFor.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

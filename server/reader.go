@@ -8,103 +8,163 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/gorilla/websocket"
-
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/protocol"
 )
 
-// readLoop is the connection's reader; see Conn for the goroutine model.
-// It returns when the socket is closed, and then cleans up.
-func (c *Conn) readLoop() {
-	var readErr error
-	defer func() { c.srv.disconnected(c, readErr) }()
+// wsReader is the reading side of a connection's WebSocket state. It is
+// owned by whichever goroutine is reading (see Conn) and takes no memory
+// while the connection is idle between whole frames.
+type wsReader struct {
+	pending []byte // the start of a frame whose end has not arrived yet
+	msg     []byte // a fragmented message being assembled
+	msgOp   byte   // its opcode; 0 when no fragmented message is in progress
+	done    bool   // a protocol error or a close frame ended reading: the rest is discarded
+}
 
-	c.ws.SetReadLimit(c.srv.cfg.MaxMessageSize)
-	c.ws.SetPingHandler(func(data string) error {
-		c.touch()
-		err := c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Time{})
-		if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
-			return err
-		}
-		return nil
-	})
-	c.ws.SetPongHandler(func(string) error { c.touch(); return nil })
-	c.ws.SetCloseHandler(func(code int, _ string) error {
-		// Answer the peer's close, unless the server started the closing
-		// handshake itself and already sent its close frame.
-		if c.closeReason() == nil {
-			c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Time{})
-		}
-		return nil
-	})
-
-	lim := protocol.Limits{MaxText: c.srv.cfg.MaxText}
-	for {
-		mt, data, err := c.ws.ReadMessage()
-		if err != nil {
-			readErr = err
-			if errors.Is(err, websocket.ErrReadLimit) {
-				// gorilla has sent the 1009 close frame itself.
-				c.markClosing(protocol.DisconnectTooBig)
-			}
+// onData processes bytes read from the socket: every whole frame in
+// them, and what is left over (part of a frame) is kept for the next read.
+// p may be modified (frames are unmasked in place) and is not retained.
+func (c *Conn) onData(p []byte) {
+	rd := &c.rd
+	if rd.done {
+		return
+	}
+	carried := len(rd.pending) > 0
+	if carried {
+		rd.pending = append(rd.pending, p...)
+		p = rd.pending
+	}
+	max := c.srv.cfg.MaxMessageSize
+	for len(p) > 0 && !rd.done {
+		h, perr := parseFrameHeader(p)
+		if perr != nil {
+			c.readFailed(*perr)
 			return
 		}
-		c.touch()
-		if c.closeReason() != nil {
-			continue // closing: the rest is discarded until the peer answers
+		if h.size == 0 {
+			break // the rest of the header has not arrived
 		}
-		c.srv.metrics.received.Add(1)
-		if mt != websocket.TextMessage {
-			c.sendError(&protocol.Error{Code: protocol.ErrBadFrame,
-				Message: "binary frames are not supported: send JSON text frames"})
-			continue
+		if h.op <= opBinary && int64(len(rd.msg))+h.length > max {
+			// Refused from the header: the payload is never buffered.
+			c.readFailed(protocol.DisconnectTooBig)
+			return
 		}
-		if !utf8.Valid(data) {
-			c.close(protocol.DisconnectInvalidUTF8, closeDrain)
-			continue
+		end := int64(h.size) + h.length
+		if int64(len(p)) < end {
+			break // the rest of the payload has not arrived
 		}
-		if c.srv.shuttingDown.Load() {
-			continue // not processed, not acked: the client re-sends it after reconnecting
-		}
-		cmd, perr := protocol.Decode(data, lim)
-		if perr != nil {
-			c.srv.metrics.inByType.WithLabelValues("invalid").Inc()
-		} else {
-			c.srv.metrics.inByType.WithLabelValues(cmd.Type).Inc()
-		}
-		if !c.allow() {
-			if c.closeReason() == nil {
-				c.sendError(&protocol.Error{Code: protocol.ErrRateLimited, ID: cmd.ID,
-					Message: "too many messages: this one was not processed; slow down"})
-			}
-			continue
-		}
-		if perr != nil {
-			c.sendError(perr)
-			continue
-		}
-		c.srv.processing.RLock()
-		if c.srv.shuttingDown.Load() {
-			c.srv.processing.RUnlock()
-			continue
-		}
-		c.handle(cmd)
-		c.srv.processing.RUnlock()
+		payload := p[h.size:end]
+		unmask(h.mask, payload)
+		p = p[end:]
+		c.onFrame(h, payload)
 	}
+	switch {
+	case rd.done || len(p) == 0:
+		rd.pending = nil
+	case carried: // p is the tail of pending: move it to the front
+		rd.pending = rd.pending[:copy(rd.pending, p)]
+	default:
+		rd.pending = append([]byte(nil), p...)
+	}
+}
+
+// onFrame handles one whole frame; payload is valid only during the call.
+func (c *Conn) onFrame(h frameHeader, payload []byte) {
+	c.touch()
+	rd := &c.rd
+	switch h.op {
+	case opPing:
+		c.pong(payload)
+	case opPong:
+		// touch was all it was for
+	case opClose:
+		d, perr := parseClose(payload)
+		if perr != nil {
+			c.readFailed(*perr)
+			return
+		}
+		rd.done = true
+		c.peerClosed(d)
+	case opContinuation:
+		if rd.msgOp == 0 {
+			c.readFailed(*protocolError("continuation frame without a message to continue"))
+			return
+		}
+		rd.msg = append(rd.msg, payload...)
+		if h.fin {
+			op, msg := rd.msgOp, rd.msg
+			rd.msg, rd.msgOp = nil, 0
+			c.onMessage(op, msg)
+		}
+	default: // text or binary
+		if rd.msgOp != 0 {
+			c.readFailed(*protocolError("new message before the fragmented one was finished"))
+			return
+		}
+		if !h.fin {
+			rd.msgOp = h.op
+			rd.msg = append(make([]byte, 0, 2*len(payload)), payload...)
+			return
+		}
+		c.onMessage(h.op, payload)
+	}
+}
+
+// readFailed ends reading after a protocol error: d is the close sent to
+// the peer, whatever else was queued is dropped.
+func (c *Conn) readFailed(d protocol.Disconnect) {
+	c.rd.done = true
+	c.rd.msg, c.rd.msgOp = nil, 0
+	c.srv.log.Info("closing a connection that broke the protocol", "user", c.user, "remote", c.remote,
+		"code", int(d.Code), "reason", d.Reason)
+	c.close(d, closeDrain)
+}
+
+// onMessage handles one whole message; data is valid only during the call.
+func (c *Conn) onMessage(op byte, data []byte) {
+	if c.closeReason() != nil {
+		return // closing: the rest is discarded until the peer answers
+	}
+	c.srv.metrics.received.Add(1)
+	if op != opText {
+		c.sendError(&protocol.Error{Code: protocol.ErrBadFrame,
+			Message: "binary frames are not supported: send JSON text frames"})
+		return
+	}
+	if !utf8.Valid(data) {
+		c.close(protocol.DisconnectInvalidUTF8, closeDrain)
+		return
+	}
+	if c.srv.shuttingDown.Load() {
+		return // not processed, not acked: the client re-sends it after reconnecting
+	}
+	cmd, perr := protocol.Decode(data, protocol.Limits{MaxText: c.srv.cfg.MaxText})
+	if perr != nil {
+		c.srv.metrics.inByType.WithLabelValues("invalid").Inc()
+	} else {
+		c.srv.metrics.inByType.WithLabelValues(cmd.Type).Inc()
+	}
+	if !c.allow() {
+		if c.closeReason() == nil {
+			c.sendError(&protocol.Error{Code: protocol.ErrRateLimited, ID: cmd.ID,
+				Message: "too many messages: this one was not processed; slow down"})
+		}
+		return
+	}
+	if perr != nil {
+		c.sendError(perr)
+		return
+	}
+	c.srv.processing.RLock()
+	defer c.srv.processing.RUnlock()
+	if c.srv.shuttingDown.Load() {
+		return
+	}
+	c.handle(cmd)
 }
 
 func (c *Conn) touch() { c.lastSeen.Store(time.Now().UnixNano()) }
-
-// markClosing records d as the reason without sending anything (the close
-// frame is already on its way).
-func (c *Conn) markClosing(d protocol.Disconnect) {
-	c.mu.Lock()
-	if c.closing == nil {
-		c.closing = &d
-	}
-	c.mu.Unlock()
-}
 
 // allow applies the rate limit to one incoming message. A client that
 // gets more than RateStrikes rejections within one second is not slowing

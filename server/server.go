@@ -12,7 +12,6 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -27,8 +26,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/gorilla/websocket"
 
 	"github.com/tether-chat/tether/auth"
 	"github.com/tether-chat/tether/engine"
@@ -48,8 +45,7 @@ type Server struct {
 	ctx    context.Context // cancelled when Shutdown finishes
 	cancel context.CancelFunc
 
-	upgrader websocket.Upgrader
-	mux      *http.ServeMux
+	mux *http.ServeMux
 
 	nextID       atomic.Uint64
 	shuttingDown atomic.Bool
@@ -87,13 +83,6 @@ func New(cfg Config) (*Server, error) {
 	s.limits = newLimiter()
 	s.hub = newHub(s)
 	s.initMetrics()
-	s.upgrader = websocket.Upgrader{
-		HandshakeTimeout: 10 * time.Second,
-		ReadBufferSize:   512,
-		WriteBufferPool:  &sync.Pool{}, // gorilla never writes data frames here; see rawConn
-		CheckOrigin:      s.checkOrigin,
-		Error:            s.handshakeError,
-	}
 	if err := s.eng.Start(s.ctx, s.hub.deliver); err != nil {
 		return nil, err
 	}
@@ -188,13 +177,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	hj := &hijacker{ResponseWriter: w, timeout: s.cfg.WriteTimeout}
-	ws, err := s.upgrader.Upgrade(hj, r, nil)
+	raw, early, err := s.upgrade(w, r)
 	if err != nil {
 		if admitted {
 			s.release(ip, user)
 		}
-		return // handshakeError has answered and logged
+		return // upgrade has answered and logged
 	}
 	if refuse != nil {
 		// Refused after the upgrade, with a close code, because a browser
@@ -202,16 +190,17 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		// 1006 and retry forever.
 		s.metrics.refused.Add(1)
 		s.log.Warn("connection refused", "remote", r.RemoteAddr, "user", user, "code", int(refuse.Code), "reason", refuse.Reason)
-		ws.WriteControl(websocket.CloseMessage, closePayload(*refuse), time.Now().Add(time.Second))
-		ws.Close()
+		raw.write(appendFrame(nil, opClose, closePayload(*refuse)))
+		raw.Conn.Close()
 		return
 	}
 	c := &Conn{
 		id: s.nextID.Add(1), user: user, ip: ip, remote: r.RemoteAddr, opened: time.Now(),
-		srv: s, ws: ws, raw: hj.raw, rooms: make(map[string]struct{}), claims: claims,
+		srv: s, raw: raw, rooms: make(map[string]struct{}), claims: claims,
 		corked:  true, // until the welcome is queued first
 		limiter: bucket{rate: s.cfg.RateLimit, burst: float64(s.cfg.RateBurst), tokens: float64(s.cfg.RateBurst)},
 	}
+	c.attach()
 	c.touch()
 	s.conns.Add(1)
 	s.metrics.opened.Add(1)
@@ -226,11 +215,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			c.close(protocol.DisconnectInternal, closeDrain)
 		}
 	}
-	// The reader gets a goroutine of its own and the handler returns, so
-	// net/http's per-request state (buffers, request, response writer) is
-	// garbage as soon as the upgrade is done instead of living as long as
-	// the connection.
-	go c.readLoop()
+	// Reading is driven by the poller (or a goroutine of its own) and the
+	// handler returns, so net/http's per-request state (buffers, request,
+	// response writer) is garbage as soon as the set-up is done instead of
+	// living as long as the connection.
+	c.startReading(early)
 }
 
 // authenticate checks the token of a request in token mode. The token
@@ -434,18 +423,19 @@ func (s *Server) saveSession(ctx context.Context, c *Conn) {
 // terminal code) leaves at once and forgets the session; any other end
 // keeps the session for the resume window and the presence for the grace
 // period.
-func (s *Server) disconnected(c *Conn, readErr error) {
+func (s *Server) disconnected(c *Conn) {
 	c.raw.Conn.Close()
 	code, reason, clean := protocol.CloseAbnormal, "", false
-	if d := c.closeReason(); d != nil {
-		code, reason = d.Code, d.Reason
-		clean = protocol.PolicyFor(d.Code) == protocol.Terminal
-	} else {
-		var ce *websocket.CloseError
-		if errors.As(readErr, &ce) {
-			code, reason = protocol.CloseCode(ce.Code), ce.Text
-			clean = code == protocol.CloseNormal || code == protocol.CloseGoingAway
-		}
+	c.mu.Lock()
+	closing, peer := c.closing, c.peer
+	c.mu.Unlock()
+	switch {
+	case peer != nil: // the client closed first
+		code, reason = peer.Code, peer.Reason
+		clean = code == protocol.CloseNormal || code == protocol.CloseGoingAway
+	case closing != nil:
+		code, reason = closing.Code, closing.Reason
+		clean = protocol.PolicyFor(closing.Code) == protocol.Terminal
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	switch {
@@ -565,7 +555,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		err = ctx.Err()
 		for _, c := range s.hub.snapshot(nil) {
-			c.raw.Conn.Close()
+			c.closeSocket()
 		}
 		<-done
 	}
@@ -607,22 +597,6 @@ func (s *Server) Stats() Stats {
 func (s *Server) handshakeError(w http.ResponseWriter, r *http.Request, status int, reason error) {
 	s.log.Info("handshake failed", "remote", r.RemoteAddr, "status", status, "err", reason)
 	http.Error(w, reason.Error(), status)
-}
-
-// hijacker hands gorilla a rawConn instead of the bare socket.
-type hijacker struct {
-	http.ResponseWriter
-	timeout time.Duration
-	raw     *rawConn
-}
-
-func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	h.raw = &rawConn{Conn: conn, timeout: h.timeout}
-	return h.raw, brw, nil
 }
 
 func randomID(n int) string {

@@ -1,0 +1,124 @@
+//go:build linux
+
+package server
+
+import (
+	"io"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// poller tells connections when their sockets become readable, with one
+// epoll instance and one goroutine for the whole process, so that an idle
+// connection needs no goroutine (and no goroutine stack) of its own.
+// Sockets are registered edge-triggered: an event means "new data since you
+// last read until EAGAIN", which is exactly the reader's contract (read.go).
+type poller struct {
+	epfd  int
+	mu    sync.RWMutex
+	conns []*Conn // by file descriptor
+}
+
+var (
+	pollerOnce sync.Once
+	thePoller  *poller
+)
+
+// getPoller returns the process's poller, started on first use; nil if
+// epoll is unavailable.
+func getPoller() *poller {
+	pollerOnce.Do(func() {
+		fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			return
+		}
+		thePoller = &poller{epfd: fd}
+		go thePoller.run()
+	})
+	return thePoller
+}
+
+// add registers c's socket (and sets c.rc and c.fd). It reports false
+// when the socket cannot be polled (not a plain socket, or closed).
+func (p *poller) add(c *Conn) bool {
+	sc, ok := c.raw.Conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	added := false
+	// Inside Control the descriptor cannot be closed (and reused) under us.
+	// c is in the table before the socket is registered, so that no event
+	// can be missed.
+	cerr := rc.Control(func(fd uintptr) {
+		c.fd, c.rc = int(fd), rc
+		p.mu.Lock()
+		if c.fd >= len(p.conns) {
+			grown := make([]*Conn, max(2*len(p.conns), c.fd+1, 1024))
+			copy(grown, p.conns)
+			p.conns = grown
+		}
+		p.conns[c.fd] = c
+		p.mu.Unlock()
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+		if unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) == nil {
+			added = true
+		} else {
+			p.remove(c)
+		}
+	})
+	return cerr == nil && added
+}
+
+// remove forgets c. The kernel drops the registration itself when the
+// socket is closed; a descriptor number reused by a newer connection keeps
+// that connection's entry.
+func (p *poller) remove(c *Conn) {
+	p.mu.Lock()
+	if c.fd < len(p.conns) && p.conns[c.fd] == c {
+		p.conns[c.fd] = nil
+	}
+	p.mu.Unlock()
+}
+
+func (p *poller) run() {
+	events := make([]unix.EpollEvent, 512)
+	for {
+		n, err := unix.EpollWait(p.epfd, events, -1)
+		if err != nil {
+			if err != unix.EINTR {
+				time.Sleep(10 * time.Millisecond) // cannot happen with a valid epfd; never spin
+			}
+			continue
+		}
+		p.mu.RLock()
+		for _, ev := range events[:n] {
+			if fd := int(ev.Fd); fd < len(p.conns) {
+				if c := p.conns[fd]; c != nil {
+					c.wake()
+				}
+			}
+		}
+		p.mu.RUnlock()
+	}
+}
+
+// rawRead is one non-blocking read(2): it returns EAGAIN instead of waiting.
+func (c *Conn) rawRead(buf []byte) (n int, err error) {
+	if rerr := c.rc.Read(func(fd uintptr) bool {
+		n, err = syscall.Read(int(fd), buf)
+		return true
+	}); rerr != nil {
+		return 0, rerr
+	}
+	if n <= 0 && err == nil {
+		return 0, io.EOF
+	}
+	return max(n, 0), err
+}
