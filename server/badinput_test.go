@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -170,6 +171,12 @@ func TestTenThousandConnectionsLeaveNothingBehind(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		time.Sleep(400 * time.Millisecond) // ghosts' grace timers, session expiry, an engine sweep
+		for readers.Load() != 0 {          // reusable readers exit after readerHot + readerIdle
+			if time.Now().After(deadline) {
+				t.Fatalf("%d readers still waiting", readers.Load())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 		runtime.GC()
 		runtime.GC() // sync.Pool victims survive one collection
 		var m runtime.MemStats
@@ -278,4 +285,113 @@ func TestIdleConnectionsHaveNoGoroutines(t *testing.T) {
 	waitUntil(t, "the server's set-up goroutines to finish", func() bool {
 		return runtime.NumGoroutine() <= base+n+10
 	})
+}
+
+// senderAndSilentMember joins a sender and a member to room; nothing
+// reads the member's socket until the test does.
+func senderAndSilentMember(t *testing.T, ts *testServer, room string) (*client, *websocket.Conn) {
+	t.Helper()
+	sender := connect(t, ts, "sender")
+	sender.send(protocol.TypeJoin, "j", map[string]any{"room": room})
+	sender.expect(protocol.TypeAck, isAck("j"))
+	ws, _, err := websocket.DefaultDialer.Dial(ts.ws+"/ws/silent", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	join, _ := json.Marshal(map[string]any{"type": "join", "id": "j", "payload": map[string]any{"room": room}})
+	if _, err := ws.UnderlyingConn().Write(clientFrame(true, opText, join)); err != nil {
+		t.Fatal(err)
+	}
+	return sender, ws
+}
+
+// TestBacklogPastTheSocketBufferArrivesIntact: a member that stops reading
+// while megabytes are sent to it fills its socket, so writes are taken only
+// in part (the rest of a frame waits at the head of its queue) while
+// heartbeat pings keep being queued. When it reads again, every message
+// arrives whole, in order, and the framing was never broken.
+func TestBacklogPastTheSocketBufferArrivesIntact(t *testing.T) {
+	ts := newTestServer(t, Config{AutoJoin: "-", RateLimit: -1, SendQueueMessages: 100000, SendQueueBytes: 64 << 20,
+		PingInterval: 50 * time.Millisecond, PongTimeout: 10 * time.Second})
+	sender, ws := senderAndSilentMember(t, ts, "big")
+	waitUntil(t, "the sleeper to join", func() bool { return ts.hub.count() == 2 && ts.Stats().Received >= 2 })
+	time.Sleep(100 * time.Millisecond)
+
+	text := strings.Repeat("x", 3000)
+	const n = 3000 // ~9 MB: more than loopback socket buffers hold
+	for i := range n {
+		sender.send(protocol.TypeChat, fmt.Sprintf("c%d", i), map[string]any{"room": "big", "text": text})
+	}
+	sender.expect(protocol.TypeAck, isAck(fmt.Sprintf("c%d", n-1)))
+	waitUntil(t, "a write the socket could not take at once", func() bool { return ts.Stats().SocketFull > 0 })
+
+	// Wake up and read everything.
+	ws.SetReadDeadline(time.Now().Add(20 * time.Second))
+	next := 0
+	for next < n {
+		_, b, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("after %d of %d chats: %v", next, n, err)
+		}
+		var env protocol.Envelope
+		if err := json.Unmarshal(b, &env); err != nil {
+			t.Fatalf("broken message %q: %v", b[:min(len(b), 80)], err)
+		}
+		if env.Type != protocol.TypeChat {
+			continue
+		}
+		m := payloadOf[protocol.Chat](t, env)
+		if m.ID != fmt.Sprintf("c%d", next) || m.Text != text {
+			t.Fatalf("chat %d: got id %q (%d bytes)", next, m.ID, len(m.Text))
+		}
+		next++
+	}
+}
+
+// TestWritesGoOnAfterASlowWritesDeadline: a write that had to wait for a
+// slow reader leaves a write deadline on the socket; the writes after it
+// (written at once, without waiting) must not fail when it passes.
+func TestWritesGoOnAfterASlowWritesDeadline(t *testing.T) {
+	const writeTimeout = 2 * time.Second
+	ts := newTestServer(t, Config{AutoJoin: "-", RateLimit: -1, SendQueueMessages: 100000, SendQueueBytes: 64 << 20,
+		WriteTimeout: writeTimeout})
+	sender, ws := senderAndSilentMember(t, ts, "r")
+	waitUntil(t, "the slow member to join", func() bool { return ts.Stats().Received >= 2 })
+
+	// Not reading: the socket fills, and a writer goroutine waits with a
+	// deadline. Start reading well within it.
+	text := strings.Repeat("y", 3000)
+	const n = 3000
+	for i := range n {
+		sender.send(protocol.TypeChat, fmt.Sprintf("c%d", i), map[string]any{"room": "r", "text": text})
+	}
+	waitUntil(t, "a write the socket could not take at once", func() bool { return ts.Stats().SocketFull > 0 })
+	slow := startClient(t, ws)
+	chatID := func(id string) func(protocol.Envelope) bool {
+		return func(e protocol.Envelope) bool { return payloadOf[protocol.Chat](t, e).ID == id }
+	}
+	for i := range n {
+		slow.expect(protocol.TypeChat, chatID(fmt.Sprintf("c%d", i)))
+	}
+	// Past the deadline that slow write left, writes still work.
+	time.Sleep(writeTimeout + 500*time.Millisecond)
+	sender.send(protocol.TypeChat, "after", map[string]any{"room": "r", "text": "still here"})
+	slow.expect(protocol.TypeChat, chatID("after"))
+}
+
+// TestBusyQuietBusy: a connection that is busy (its reader stays and waits
+// with a deadline), then quiet past readerHot (the reader returns the
+// socket to the poller), then busy again, is served every time.
+func TestBusyQuietBusy(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	c := connect(t, ts, "bursty")
+	for round := range 3 {
+		for i := range 5 {
+			c.roundTrip(fmt.Sprintf("r%d-%d", round, i))
+			time.Sleep(readerHot / 5) // busy: the next arrives while the reader waits
+		}
+		time.Sleep(3 * readerHot) // quiet: the reader's deadline passes
+	}
+	c.roundTrip("last")
 }

@@ -33,10 +33,12 @@ type Conn struct {
 
 	// Reading. rc and fd are set when the poller drives reads; rstate is
 	// the reader's state (readIdle, readBusy, ...).
-	rd     wsReader
-	rc     syscall.RawConn
-	fd     int
-	rstate atomic.Int32
+	rd           wsReader
+	rc           syscall.RawConn
+	fd           int
+	rstate       atomic.Int32
+	readDeadline time.Time // the socket's read deadline; reader-owned
+	idleAt       time.Time // when the last reader returned; reader-owned
 
 	// lastSeen is when the last frame of any kind arrived (unix nanos);
 	// pinged is when the heartbeat last queued a ping. Only the heartbeat
@@ -96,16 +98,26 @@ type heldFrame struct {
 }
 
 type outFrame struct {
-	op   byte // opText, opPing, opPong or opClose
+	op   byte // opText, opPing, opPong, opClose, or opRaw
 	data []byte
 }
+
+// opRaw marks bytes that go to the socket as they are: the handshake
+// response, or the rest of a write the kernel took only part of. Only the
+// head of the queue can be raw, and nothing is ever put before it.
+const opRaw byte = 0xff
 
 var pingFrame = outFrame{op: opPing}
 
 // enqueue queues a frame (shared, never modified) for writing. It never
 // blocks. It reports false when the connection is closing or overflowed; an
 // overflow starts the slow-consumer close.
-func (c *Conn) enqueue(data []byte) bool {
+func (c *Conn) enqueue(data []byte) bool { return c.enqueueTo(data, nil) }
+
+// enqueueTo is enqueue; when later is not nil and the writer must be
+// started, the connection is added to later instead, for the caller to
+// start after it has released its locks (hub.deliver).
+func (c *Conn) enqueueTo(data []byte, later *[]*Conn) bool {
 	c.mu.Lock()
 	if c.closing != nil {
 		c.mu.Unlock()
@@ -120,8 +132,15 @@ func (c *Conn) enqueue(data []byte) bool {
 	}
 	c.queue = append(c.queue, outFrame{op: opText, data: data})
 	c.queued += len(data)
-	c.kickLocked()
+	start := c.kickLocked()
 	c.mu.Unlock()
+	switch {
+	case !start:
+	case later != nil:
+		*later = append(*later, c)
+	default:
+		c.startWriter()
+	}
 	return true
 }
 
@@ -141,8 +160,11 @@ func (c *Conn) enqueueReplay(data []byte) bool {
 		if len(c.queue) < cfg.SendQueueMessages/2 && c.queued+len(data) <= cfg.SendQueueBytes/2 {
 			c.queue = append(c.queue, outFrame{op: opText, data: data})
 			c.queued += len(data)
-			c.kickLocked()
+			start := c.kickLocked()
 			c.mu.Unlock()
+			if start {
+				c.startWriter()
+			}
 			return true
 		}
 		c.mu.Unlock()
@@ -157,7 +179,7 @@ func (c *Conn) enqueueReplay(data []byte) bool {
 
 // enqueuePub queues a delivery of a publication on stream, or holds it
 // while the connection is replaying (see resuming).
-func (c *Conn) enqueuePub(data []byte, stream, epoch string, seq uint64) bool {
+func (c *Conn) enqueuePub(data []byte, stream, epoch string, seq uint64, later *[]*Conn) bool {
 	c.mu.Lock()
 	if r, ok := c.replayed[stream]; ok && seq != 0 && seq <= r.top && epoch == r.epoch {
 		c.mu.Unlock()
@@ -175,7 +197,7 @@ func (c *Conn) enqueuePub(data []byte, stream, epoch string, seq uint64) bool {
 		return true
 	}
 	c.mu.Unlock()
-	return c.enqueue(data)
+	return c.enqueueTo(data, later)
 }
 
 // goLive ends the replay: held deliveries that the replay did not already
@@ -201,10 +223,11 @@ func (c *Conn) goLive(replayed map[string]roomPos) {
 	if len(replayed) > 0 {
 		c.replayed = replayed
 	}
-	if len(c.queue) > 0 {
-		c.kickLocked()
-	}
+	start := len(c.queue) > 0 && c.kickLocked()
 	c.mu.Unlock()
+	if start {
+		c.startWriter()
+	}
 	if overflow {
 		c.srv.metrics.slowConsumers.Add(1)
 		c.close(protocol.DisconnectSlowConsumer, closeDrop)
@@ -215,21 +238,29 @@ func (c *Conn) goLive(replayed map[string]roomPos) {
 // delays the heartbeat.
 func (c *Conn) ping() {
 	c.mu.Lock()
+	start := false
 	if c.closing == nil {
 		c.prependLocked(pingFrame)
-		c.kickLocked()
+		start = c.kickLocked()
 	}
 	c.mu.Unlock()
+	if start {
+		c.startWriter()
+	}
 }
 
 // pong answers a peer's ping, ahead of queued data.
 func (c *Conn) pong(payload []byte) {
 	c.mu.Lock()
+	start := false
 	if c.closing == nil {
 		c.prependLocked(outFrame{op: opPong, data: append([]byte(nil), payload...)})
-		c.kickLocked()
+		start = c.kickLocked()
 	}
 	c.mu.Unlock()
+	if start {
+		c.startWriter()
+	}
 }
 
 // peerClosed handles the peer's close frame. If the peer closed first, the
@@ -239,15 +270,18 @@ func (c *Conn) pong(payload []byte) {
 func (c *Conn) peerClosed(d protocol.Disconnect) {
 	c.mu.Lock()
 	c.closeRecv = true
-	sent := c.closeSent
+	sent, start := c.closeSent, false
 	if c.closing == nil {
 		c.peer, c.closing = &d, &d
-		c.queue = append(c.queue[:0], outFrame{op: opClose, data: closePayload(d)})
-		c.queued = 0
+		c.dropQueueLocked()
+		c.queue = append(c.queue, outFrame{op: opClose, data: closePayload(d)})
 		c.corked = false
-		c.kickLocked()
+		start = c.kickLocked()
 	}
 	c.mu.Unlock()
+	if start {
+		c.startWriter()
+	}
 	if sent {
 		c.closeSocket()
 	}
@@ -262,11 +296,34 @@ func (c *Conn) sendFirst(frame []byte) {
 	c.uncork()
 }
 
-// prependLocked puts f at the head of the queue; c.mu must be held.
+// prependLocked puts f at the head of the queue, after a raw head (see
+// opRaw); c.mu must be held.
 func (c *Conn) prependLocked(f outFrame) {
+	at := 0
+	if len(c.queue) > 0 && c.queue[0].op == opRaw {
+		at = 1
+	}
 	c.queue = append(c.queue, outFrame{})
-	copy(c.queue[1:], c.queue)
-	c.queue[0] = f
+	copy(c.queue[at+1:], c.queue[at:])
+	c.queue[at] = f
+}
+
+// dropQueueLocked drops what is queued, except a raw head: those bytes
+// finish a frame already partly written. It returns how many frames it
+// dropped.
+func (c *Conn) dropQueueLocked() int {
+	keep := 0
+	if len(c.queue) > 0 && c.queue[0].op == opRaw {
+		keep = 1
+	}
+	dropped := len(c.queue) - keep
+	clear(c.queue[keep:])
+	c.queue = c.queue[:keep]
+	c.queued = 0
+	for _, f := range c.queue {
+		c.queued += len(f.data)
+	}
+	return dropped
 }
 
 // uncork lets the writer run; a new connection starts corked so that
@@ -274,15 +331,30 @@ func (c *Conn) prependLocked(f outFrame) {
 func (c *Conn) uncork() {
 	c.mu.Lock()
 	c.corked = false
-	if len(c.queue) > 0 {
-		c.kickLocked()
-	}
+	start := len(c.queue) > 0 && c.kickLocked()
 	c.mu.Unlock()
+	if start {
+		c.startWriter()
+	}
 }
 
-func (c *Conn) kickLocked() {
-	if !c.writing && !c.corked {
-		c.writing = true
+// kickLocked claims the writer's role when nobody holds it; c.mu must be
+// held. When it reports true the caller must call startWriter (after
+// releasing its locks).
+func (c *Conn) kickLocked() bool {
+	if c.writing || c.corked {
+		return false
+	}
+	c.writing = true
+	return true
+}
+
+// startWriter writes what is queued: at once, in the caller's goroutine,
+// when the socket takes it all without blocking (writeNow); otherwise a
+// writer goroutine (flush) takes over, so no caller ever waits on a slow
+// peer.
+func (c *Conn) startWriter() {
+	if !c.writeNow() {
 		go c.flush()
 	}
 }
@@ -315,13 +387,14 @@ func (c *Conn) close(d protocol.Disconnect, mode closeMode) {
 	}
 	c.closing = &d
 	if mode == closeDrop {
-		c.srv.metrics.queueDrops.Add(int64(len(c.queue)))
-		c.queue = c.queue[:0]
-		c.queued = 0
+		c.srv.metrics.queueDrops.Add(int64(c.dropQueueLocked()))
 	}
 	c.queue = append(c.queue, outFrame{op: opClose, data: closePayload(d)})
-	c.kickLocked()
+	start := c.kickLocked()
 	c.mu.Unlock()
+	if start {
+		c.startWriter()
+	}
 
 	// A peer that stopped reading (slow consumer) or answering (heartbeat)
 	// will not complete the closing handshake: give the close frame a moment
@@ -384,7 +457,7 @@ func (c *Conn) writeBatch(bp *[]byte, batch []outFrame) error {
 	var delivered int
 	closes := false
 	for _, f := range batch {
-		buf = appendFrame(buf, f.op, f.data)
+		buf = appendOut(buf, f)
 		switch f.op {
 		case opText:
 			delivered++
@@ -414,6 +487,90 @@ func (c *Conn) writeBatch(bp *[]byte, batch []outFrame) error {
 		}
 	}
 	return nil
+}
+
+// appendOut appends f as it goes on the wire.
+func appendOut(buf []byte, f outFrame) []byte {
+	if f.op == opRaw {
+		return append(buf, f.data...)
+	}
+	return appendFrame(buf, f.op, f.data)
+}
+
+// writeNow is the writer's fast path, run by whoever queued a frame: it
+// writes the whole queue with one non-blocking write(2). It reports true
+// when it is done with the writer's role (the queue was written, or the
+// socket failed and is closed) and false when a writer goroutine must take
+// over: the socket could not take everything (the rest is queued raw at the
+// head), more was queued meanwhile, the queue holds a close frame (whose
+// bookkeeping is the writer goroutine's), or the socket is not polled.
+func (c *Conn) writeNow() bool {
+	if c.rc == nil {
+		return false
+	}
+	c.mu.Lock()
+	batch := c.queue
+	if c.queued > maxBatchBytes {
+		c.mu.Unlock()
+		return false
+	}
+	for _, f := range batch {
+		if f.op == opClose {
+			c.mu.Unlock()
+			return false
+		}
+	}
+	c.queue, c.spare = c.spare[:0], nil
+	c.queued = 0
+	c.mu.Unlock()
+
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := (*bp)[:0]
+	delivered := 0
+	for _, f := range batch {
+		buf = appendOut(buf, f)
+		if f.op == opText {
+			delivered++
+		}
+	}
+	clear(batch)
+	if !c.raw.deadline.IsZero() {
+		// A writer goroutine left a deadline on the socket; it would fail
+		// this write once it passes. (The writer's role is exclusive, so
+		// no write is in progress.)
+		c.raw.deadline = time.Time{}
+		c.raw.Conn.SetWriteDeadline(time.Time{})
+	}
+	n, err := c.rawWrite(buf)
+	*bp = buf[:0]
+	c.srv.metrics.delivered.Add(int64(delivered))
+
+	c.mu.Lock()
+	c.spare = batch[:0]
+	if err != nil && err != syscall.EAGAIN {
+		c.queue, c.queued, c.writing = nil, 0, false
+		c.mu.Unlock()
+		c.closeSocket() // the reader sees the error and cleans up
+		return true
+	}
+	if n < len(buf) {
+		c.srv.metrics.socketFull.Add(1)
+		rest := outFrame{op: opRaw, data: append([]byte(nil), buf[n:]...)}
+		c.queue = append(c.queue, outFrame{})
+		copy(c.queue[1:], c.queue)
+		c.queue[0] = rest
+		c.queued += len(rest.data)
+		c.mu.Unlock()
+		return false
+	}
+	if len(c.queue) == 0 {
+		c.writing = false
+		c.mu.Unlock()
+		return true
+	}
+	c.mu.Unlock()
+	return false
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}

@@ -137,6 +137,7 @@ func (h *hub) deliver(p *engine.Publication) {
 	if p.Node != h.srv.nodeID {
 		skip = 0
 	}
+	later := writersPool.Get().(*[]*Conn)
 	h.mu.RLock()
 	var targets []*Conn
 	if kind == "room" {
@@ -148,10 +149,50 @@ func (h *hub) deliver(p *engine.Publication) {
 	}
 	for _, c := range targets {
 		if c.id != skip {
-			c.enqueuePub(frame, p.Stream, p.Epoch, p.Seq)
+			c.enqueuePub(frame, p.Stream, p.Epoch, p.Seq, later)
 		}
 	}
 	h.mu.RUnlock()
+	startWriters(later)
+}
+
+// writersPool holds the lists of connections whose writers a delivery
+// starts once it has released the hub's lock.
+var writersPool = sync.Pool{New: func() any { s := make([]*Conn, 0, 64); return &s }}
+
+// writersPerGoroutine is how many connections one goroutine writes to when
+// a delivery fans out: a few in the delivering goroutine itself, more in
+// batches (the delivering goroutine may hold the engine's stream lock, and
+// batches write in parallel on several cores).
+const writersPerGoroutine = 256
+
+// startWriters starts the writer of every connection in *later, then puts
+// the list back in writersPool.
+func startWriters(later *[]*Conn) {
+	conns := *later
+	if len(conns) <= writersPerGoroutine/4 {
+		for _, c := range conns {
+			c.startWriter()
+		}
+		clear(conns)
+		*later = conns[:0]
+		writersPool.Put(later)
+		return
+	}
+	// Large fan-out: each batch goroutine gets its own copy of its slice.
+	for len(conns) > 0 {
+		n := min(len(conns), writersPerGoroutine)
+		batch := append([]*Conn(nil), conns[:n]...)
+		conns = conns[n:]
+		go func() {
+			for _, c := range batch {
+				c.startWriter()
+			}
+		}()
+	}
+	clear(*later)
+	*later = (*later)[:0]
+	writersPool.Put(later)
 }
 
 // encodePublication renders a publication as the frame clients receive.

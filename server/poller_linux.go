@@ -14,8 +14,11 @@ import (
 // poller tells connections when their sockets become readable, with one
 // epoll instance and one goroutine for the whole process, so that an idle
 // connection needs no goroutine (and no goroutine stack) of its own.
-// Sockets are registered edge-triggered: an event means "new data since you
-// last read until EAGAIN", which is exactly the reader's contract (read.go).
+// Sockets are registered one-shot: an event starts a reader and disarms the
+// socket; the reader then waits for more with Go's own netpoller while the
+// connection is busy, and re-arms the socket when it goes quiet (read.go).
+// Re-arming a socket that is readable raises an event at once, so nothing
+// that arrives in between is missed.
 type poller struct {
 	epfd  int
 	mu    sync.RWMutex
@@ -66,7 +69,7 @@ func (p *poller) add(c *Conn) bool {
 		}
 		p.conns[c.fd] = c
 		p.mu.Unlock()
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+		ev := unix.EpollEvent{Events: pollEvents, Fd: int32(fd)}
 		if unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) == nil {
 			added = true
 		} else {
@@ -74,6 +77,17 @@ func (p *poller) add(c *Conn) bool {
 		}
 	})
 	return cerr == nil && added
+}
+
+const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+
+// rearm lets the socket raise an event again. A closed socket is not
+// re-armed: closeSocket has woken the connection itself.
+func (p *poller) rearm(c *Conn) {
+	c.rc.Control(func(fd uintptr) {
+		ev := unix.EpollEvent{Events: pollEvents, Fd: int32(fd)}
+		unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
+	})
 }
 
 // remove forgets c. The kernel drops the registration itself when the
@@ -109,16 +123,46 @@ func (p *poller) run() {
 	}
 }
 
-// rawRead is one non-blocking read(2): it returns EAGAIN instead of waiting.
-func (c *Conn) rawRead(buf []byte) (n int, err error) {
+// rawRead is one read(2). Without wait it returns EAGAIN when there is
+// nothing to read (and clears the read deadline); with wait it waits, in
+// Go's netpoller, for data or the connection's read deadline (readerHot
+// after the last data), which it pushes back when half of it is spent.
+func (c *Conn) rawRead(buf []byte, wait bool) (n int, err error) {
+	if wait {
+		if now := time.Now(); c.readDeadline.Sub(now) < readerHot/2 {
+			c.readDeadline = now.Add(readerHot)
+			c.raw.Conn.SetReadDeadline(c.readDeadline)
+		}
+	} else if !c.readDeadline.IsZero() {
+		// A deadline left from waiting, once passed, would fail every read
+		// before it is even tried.
+		c.readDeadline = time.Time{}
+		c.raw.Conn.SetReadDeadline(time.Time{})
+	}
 	if rerr := c.rc.Read(func(fd uintptr) bool {
 		n, err = syscall.Read(int(fd), buf)
-		return true
+		return !wait || err != syscall.EAGAIN
 	}); rerr != nil {
 		return 0, rerr
 	}
 	if n <= 0 && err == nil {
 		return 0, io.EOF
+	}
+	return max(n, 0), err
+}
+
+// rawWrite is one non-blocking write(2): it returns how much the kernel
+// took, and EAGAIN when that was nothing, instead of waiting.
+func (c *Conn) rawWrite(buf []byte) (n int, err error) {
+	if werr := c.rc.Write(func(fd uintptr) bool {
+		for {
+			n, err = syscall.Write(int(fd), buf)
+			if err != syscall.EINTR {
+				return true
+			}
+		}
+	}); werr != nil {
+		return 0, werr
 	}
 	return max(n, 0), err
 }

@@ -1,8 +1,12 @@
 package server
 
 import (
+	"errors"
+	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // The reader's states. A connection driven by the poller has a reader
@@ -10,7 +14,7 @@ import (
 const (
 	readIdle  int32 = iota // no reader: the poller starts one when the socket becomes readable
 	readBusy               // a reader is running
-	readAgain              // a reader is running and the socket became readable again meanwhile
+	readAgain              // a reader is running and was woken again meanwhile (by a close)
 	readDone               // the reader has cleaned up: the connection is gone
 	readOwn                // not polled: the connection has a reader goroutine of its own
 )
@@ -40,7 +44,7 @@ func (c *Conn) startReading(early []byte) {
 	case !c.rstate.CompareAndSwap(readBusy, readIdle):
 		// Woken during the set-up (data came, or the socket was closed).
 		c.rstate.Store(readBusy)
-		go c.readReady(nil)
+		dispatchRead(c)
 	}
 }
 
@@ -52,7 +56,7 @@ func (c *Conn) wake() {
 		switch st := c.rstate.Load(); st {
 		case readIdle:
 			if c.rstate.CompareAndSwap(readIdle, readBusy) {
-				go c.readReady(nil)
+				dispatchRead(c)
 				return
 			}
 		case readBusy:
@@ -71,31 +75,94 @@ func (c *Conn) closeSocket() {
 	c.wake()
 }
 
+// Reader goroutines are reused: one that finishes with a connection waits
+// a moment for the next readable one. A fresh goroutine would start with a
+// small stack and grow it (copy it) on every message, since decoding and
+// handling a message goes deep; a reused one has grown it once. The pool
+// only ever holds goroutines that are idle, so a reader that blocks (on
+// the engine, say) never delays another connection: when no reader is
+// idle, a new one starts.
+var (
+	readerHandoff = make(chan *Conn)
+	readers       atomic.Int32
+)
+
+const (
+	maxReaders = 128             // reusable readers; past this, readers are one-off
+	readerIdle = 2 * time.Second // a reusable reader with nothing to read for this long exits
+)
+
+// dispatchRead runs c.readReady on an idle reader, or a new one.
+func dispatchRead(c *Conn) {
+	select {
+	case readerHandoff <- c:
+	default:
+		go reader(c)
+	}
+}
+
+func reader(c *Conn) {
+	if readers.Add(1) > maxReaders {
+		readers.Add(-1)
+		c.readReady(nil)
+		return
+	}
+	defer readers.Add(-1)
+	idle := time.NewTimer(readerIdle)
+	defer idle.Stop()
+	for {
+		c.readReady(nil)
+		idle.Reset(readerIdle)
+		select {
+		case c = <-readerHandoff:
+		case <-idle.C:
+			return
+		}
+	}
+}
+
 var readBufPool = sync.Pool{New: func() any { b := make([]byte, 8192); return &b }}
 
-// readReady is the poller-driven reader: it reads until a read would block,
-// then returns (the buffer goes back to the pool, nothing stays allocated
-// for an idle connection), or until the socket is gone, then cleans up.
+// readerHot is how long a busy connection's reader waits for more once
+// the socket is quiet, before it gives the socket back to the poller and
+// itself up. A connection is busy when it becomes readable again within
+// readerHot of its reader's last return: then its reader stays and Go's own
+// netpoller wakes it, with no hand-off from the poller (request/reply
+// traffic). A connection that sends now and then (a chat user, pongs, the
+// set-up's join) has a reader only while it reads.
+const readerHot = 100 * time.Millisecond
+
+// readReady is the poller-driven reader: it reads and handles what
+// arrives until a read would block (or, on a busy connection, until the
+// socket has been quiet for readerHot), then re-arms the socket with the
+// poller and returns; the buffer goes back to the pool, so nothing stays
+// allocated for an idle connection. When the socket is gone it cleans up.
 func (c *Conn) readReady(early []byte) {
 	if early != nil {
 		c.onData(early)
 	}
 	bp := readBufPool.Get().(*[]byte)
+	hot := false
 	for {
-		n, err := c.rawRead(*bp)
+		n, err := c.rawRead(*bp, hot)
 		switch {
 		case n > 0:
 			c.onData((*bp)[:n])
 			continue
 		case err == syscall.EINTR:
 			continue
-		case err == syscall.EAGAIN:
-			if c.rstate.CompareAndSwap(readBusy, readIdle) {
-				readBufPool.Put(bp)
-				return
-			}
-			c.rstate.Store(readBusy) // readable again meanwhile: read again
+		case err == syscall.EAGAIN && time.Since(c.idleAt) < readerHot:
+			hot = true // busy: wait here for more
 			continue
+		case err == syscall.EAGAIN, errors.Is(err, os.ErrDeadlineExceeded):
+			c.idleAt = time.Now()
+			if !c.rstate.CompareAndSwap(readBusy, readIdle) {
+				c.rstate.Store(readBusy) // woken meanwhile (a close): read again
+				continue
+			}
+			readBufPool.Put(bp)
+			getPoller().rearm(c)
+			return
 		}
 		readBufPool.Put(bp)
 		c.rstate.Store(readDone)

@@ -177,7 +177,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	raw, early, err := s.upgrade(w, r)
+	raw, resp, early, err := s.upgrade(w, r)
 	if err != nil {
 		if admitted {
 			s.release(ip, user)
@@ -190,7 +190,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		// 1006 and retry forever.
 		s.metrics.refused.Add(1)
 		s.log.Warn("connection refused", "remote", r.RemoteAddr, "user", user, "code", int(refuse.Code), "reason", refuse.Reason)
-		raw.write(appendFrame(nil, opClose, closePayload(*refuse)))
+		raw.write(appendFrame(resp, opClose, closePayload(*refuse)))
 		raw.Conn.Close()
 		return
 	}
@@ -199,6 +199,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		srv: s, raw: raw, rooms: make(map[string]struct{}), claims: claims,
 		corked:  true, // until the welcome is queued first
 		limiter: bucket{rate: s.cfg.RateLimit, burst: float64(s.cfg.RateBurst), tokens: float64(s.cfg.RateBurst)},
+		// The 101 response goes out in one write with the welcome and the
+		// first replies, once the set-up is done.
+		queue:  []outFrame{{op: opRaw, data: resp}},
+		queued: len(resp),
 	}
 	c.attach()
 	c.touch()
@@ -582,6 +586,7 @@ type Stats struct {
 	Recoveries       int64 // streams replayed from the client's position
 	RecoveriesFailed int64 // streams whose position could not be served
 	Duplicates       int64 // re-sent client messages acked without processing
+	SocketFull       int64 // writes the socket could not take at once
 }
 
 // Stats returns the current counters.
@@ -591,7 +596,7 @@ func (s *Server) Stats() Stats {
 		Received: m.received.Load(), Delivered: m.delivered.Load(), Errors: m.errors.Load(),
 		RateLimited: m.rateLimited.Load(), SlowConsumers: m.slowConsumers.Load(), EngineErrors: m.engineErrors.Load(),
 		Refused: m.refused.Load(), Resumes: m.resumes.Load(), Recoveries: m.recoveries.Load(),
-		RecoveriesFailed: m.recoveriesFailed.Load(), Duplicates: m.duplicates.Load()}
+		RecoveriesFailed: m.recoveriesFailed.Load(), Duplicates: m.duplicates.Load(), SocketFull: m.socketFull.Load()}
 }
 
 func (s *Server) handshakeError(w http.ResponseWriter, r *http.Request, status int, reason error) {

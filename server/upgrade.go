@@ -11,17 +11,19 @@ import (
 
 // upgrade does the server's side of the opening handshake (RFC 6455
 // section 4.2) and hijacks the connection. It answers a bad request itself
-// (handshakeError) and returns an error. early holds bytes the client sent
+// (handshakeError) and returns an error. It does not write the 101
+// response but returns it (resp), so that the caller can send it in the
+// same write(2) as the first frames. early holds bytes the client sent
 // right after its request, already read from the socket.
 //
 // No subprotocol and no extension (compression) is negotiated: Tether's
 // messages are small JSON texts, and per-message deflate would cost every
 // connection a compressor's memory.
-func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) (raw *rawConn, early []byte, err error) {
-	fail := func(status int, msg string) (*rawConn, []byte, error) {
+func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) (raw *rawConn, resp, early []byte, err error) {
+	fail := func(status int, msg string) (*rawConn, []byte, []byte, error) {
 		err := errors.New(msg)
 		s.handshakeError(w, r, status, err)
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if !headerHasToken(r.Header, "Connection", "upgrade") {
 		return fail(http.StatusBadRequest, "not a WebSocket handshake: the Connection header does not contain 'upgrade'")
@@ -50,16 +52,11 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) (raw *rawConn, 
 	}
 	raw = &rawConn{Conn: conn, timeout: s.cfg.WriteTimeout}
 	conn.SetDeadline(time.Time{}) // net/http's read deadline no longer applies
-	resp := make([]byte, 0, 160)
+	resp = make([]byte, 0, 160)
 	resp = append(resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
 	resp = appendAcceptKey(resp, key)
 	resp = append(resp, "\r\n\r\n"...)
-	if err := raw.write(resp); err != nil {
-		conn.Close()
-		s.log.Info("handshake failed", "remote", r.RemoteAddr, "err", err)
-		return nil, nil, err
-	}
-	return raw, early, nil
+	return raw, resp, early, nil
 }
 
 const acceptGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
