@@ -149,6 +149,7 @@ func (c *Conn) enqueueTo(data []byte, later *[]*Conn) bool {
 // of tripping the slow-consumer limit it waits for the writer to make room,
 // as long as the writer keeps making progress within the write timeout.
 func (c *Conn) enqueueReplay(data []byte) bool {
+	c.flushLater() // the writer must run to make room
 	cfg := &c.srv.cfg
 	deadline := time.Now().Add(cfg.WriteTimeout)
 	for {

@@ -16,10 +16,11 @@ import (
 // owned by whichever goroutine is reading (see Conn) and takes no memory
 // while the connection is idle between whole frames.
 type wsReader struct {
-	pending []byte // the start of a frame whose end has not arrived yet
-	msg     []byte // a fragmented message being assembled
-	msgOp   byte   // its opcode; 0 when no fragmented message is in progress
-	done    bool   // a protocol error or a close frame ended reading: the rest is discarded
+	pending []byte  // the start of a frame whose end has not arrived yet
+	msg     []byte  // a fragmented message being assembled
+	msgOp   byte    // its opcode; 0 when no fragmented message is in progress
+	done    bool    // a protocol error or a close frame ended reading: the rest is discarded
+	later   []*Conn // holds this connection when send deferred starting its writer
 }
 
 // onData processes bytes read from the socket: every whole frame in
@@ -30,6 +31,7 @@ func (c *Conn) onData(p []byte) {
 	if rd.done {
 		return
 	}
+	defer c.flushLater() // one write for every reply to what p held
 	carried := len(rd.pending) > 0
 	if carried {
 		rd.pending = append(rd.pending, p...)
@@ -358,7 +360,19 @@ func membersFrame(id, room string, users cachedMembers, count int, pos roomPos) 
 }
 
 // send queues one frame for this connection only.
-func (c *Conn) send(frame []byte) { c.enqueue(frame) }
+// send queues a reply. It is called by the connection's reader (or, during
+// the set-up, by the goroutine that sets the connection up): the writer is
+// started by flushLater, once for everything the reader queued while
+// handling what one read brought, so the replies to it share one write.
+func (c *Conn) send(frame []byte) { c.enqueueTo(frame, &c.rd.later) }
+
+// flushLater starts the writer if send deferred it.
+func (c *Conn) flushLater() {
+	if len(c.rd.later) > 0 {
+		c.rd.later = c.rd.later[:0]
+		c.startWriter()
+	}
+}
 
 func (c *Conn) ack(id string, seq uint64) {
 	if id != "" {

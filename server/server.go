@@ -219,6 +219,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			c.close(protocol.DisconnectInternal, closeDrain)
 		}
 	}
+	c.flushLater()
 	// Reading is driven by the poller (or a goroutine of its own) and the
 	// handler returns, so net/http's per-request state (buffers, request,
 	// response writer) is garbage as soon as the set-up is done instead of
