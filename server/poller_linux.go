@@ -4,6 +4,7 @@ package server
 
 import (
 	"io"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -19,8 +20,15 @@ import (
 // connection is busy, and re-arms the socket when it goes quiet (read.go).
 // Re-arming a socket that is readable raises an event at once, so nothing
 // that arrives in between is missed.
+//
+// The poller's goroutine does not block in epoll_wait(2): the epoll
+// instance is itself a pollable descriptor, registered with Go's own
+// netpoller, which wakes the goroutine when any socket has an event. The
+// scheduler then runs it like any goroutine woken by the network, with no
+// thread blocked in a system call and no hand-off between threads.
 type poller struct {
 	epfd  int
+	ep    syscall.RawConn // epfd as Go's netpoller sees it
 	mu    sync.RWMutex
 	conns []*Conn // by file descriptor
 }
@@ -28,6 +36,7 @@ type poller struct {
 var (
 	pollerOnce sync.Once
 	thePoller  *poller
+	epollFile  *os.File
 )
 
 // getPoller returns the process's poller, started on first use; nil if
@@ -38,7 +47,19 @@ func getPoller() *poller {
 		if err != nil {
 			return
 		}
-		thePoller = &poller{epfd: fd}
+		if err := unix.SetNonblock(fd, true); err != nil {
+			unix.Close(fd)
+			return
+		}
+		// Non-blocking, so os.NewFile registers it with the netpoller.
+		f := os.NewFile(uintptr(fd), "tether-epoll")
+		ep, err := f.SyscallConn()
+		if err != nil {
+			f.Close()
+			return
+		}
+		thePoller = &poller{epfd: fd, ep: ep}
+		epollFile = f // kept alive: its finalizer would close epfd
 		go thePoller.run()
 	})
 	return thePoller
@@ -104,11 +125,14 @@ func (p *poller) remove(c *Conn) {
 func (p *poller) run() {
 	events := make([]unix.EpollEvent, 512)
 	for {
-		n, err := unix.EpollWait(p.epfd, events, -1)
+		var n int
+		err := p.ep.Read(func(uintptr) bool {
+			var err error
+			n, err = unix.EpollWait(p.epfd, events, 0)
+			return err == nil && n > 0 // nothing ready: wait in the netpoller
+		})
 		if err != nil {
-			if err != unix.EINTR {
-				time.Sleep(10 * time.Millisecond) // cannot happen with a valid epfd; never spin
-			}
+			time.Sleep(10 * time.Millisecond) // cannot happen with a valid epfd; never spin
 			continue
 		}
 		p.mu.RLock()
