@@ -15,13 +15,15 @@ import (
 //
 // Goroutines: an idle connection has none. The reader exists only while
 // there is something to read: the node's poller (poller_linux.go) starts it
-// when the socket becomes readable, and it returns when a read would block,
-// so at most one runs per connection and it owns rd, the rate limiter, and
-// the clean-up when the socket is gone. (Where there is no poller, as with
-// TLS, the reader is one goroutine for the life of the connection.) The
-// writer (flush) likewise exists only while there is something to write:
-// enqueue starts it, and it exits when the queue is empty. Only the writer
-// writes, and every write goes through rawConn.
+// when the socket becomes readable, and it returns when the socket is quiet
+// (read.go), so at most one runs per connection and it owns rd, the rate
+// limiter, and the clean-up when the socket is gone. (Where there is no
+// poller, as with TLS, the reader is one goroutine for the life of the
+// connection.) Writing is a role, not a goroutine: whoever queues a frame
+// when nobody holds the role takes it (kickLocked) and writes the queue at
+// once without blocking (writeNow); only if the socket cannot take it all
+// does a writer goroutine (flush) finish, and it exits when the queue is
+// empty. One role holder at a time, so writes never interleave.
 type Conn struct {
 	id     uint64
 	user   string
@@ -162,10 +164,7 @@ func (c *Conn) enqueueReplay(data []byte) bool {
 			c.queue = append(c.queue, outFrame{op: opText, data: data})
 			c.queued += len(data)
 			start := c.kickLocked()
-			c.mu.Unlock()
-			if start {
-				c.startWriter()
-			}
+			c.unlockAndStart(start)
 			return true
 		}
 		c.mu.Unlock()
@@ -225,10 +224,7 @@ func (c *Conn) goLive(replayed map[string]roomPos) {
 		c.replayed = replayed
 	}
 	start := len(c.queue) > 0 && c.kickLocked()
-	c.mu.Unlock()
-	if start {
-		c.startWriter()
-	}
+	c.unlockAndStart(start)
 	if overflow {
 		c.srv.metrics.slowConsumers.Add(1)
 		c.close(protocol.DisconnectSlowConsumer, closeDrop)
@@ -244,10 +240,7 @@ func (c *Conn) ping() {
 		c.prependLocked(pingFrame)
 		start = c.kickLocked()
 	}
-	c.mu.Unlock()
-	if start {
-		c.startWriter()
-	}
+	c.unlockAndStart(start)
 }
 
 // pong answers a peer's ping, ahead of queued data.
@@ -258,10 +251,7 @@ func (c *Conn) pong(payload []byte) {
 		c.prependLocked(outFrame{op: opPong, data: append([]byte(nil), payload...)})
 		start = c.kickLocked()
 	}
-	c.mu.Unlock()
-	if start {
-		c.startWriter()
-	}
+	c.unlockAndStart(start)
 }
 
 // peerClosed handles the peer's close frame. If the peer closed first, the
@@ -279,10 +269,7 @@ func (c *Conn) peerClosed(d protocol.Disconnect) {
 		c.corked = false
 		start = c.kickLocked()
 	}
-	c.mu.Unlock()
-	if start {
-		c.startWriter()
-	}
+	c.unlockAndStart(start)
 	if sent {
 		c.closeSocket()
 	}
@@ -333,6 +320,12 @@ func (c *Conn) uncork() {
 	c.mu.Lock()
 	c.corked = false
 	start := len(c.queue) > 0 && c.kickLocked()
+	c.unlockAndStart(start)
+}
+
+// unlockAndStart releases c.mu, then starts the writer if kickLocked said
+// so.
+func (c *Conn) unlockAndStart(start bool) {
 	c.mu.Unlock()
 	if start {
 		c.startWriter()
@@ -392,10 +385,7 @@ func (c *Conn) close(d protocol.Disconnect, mode closeMode) {
 	}
 	c.queue = append(c.queue, outFrame{op: opClose, data: closePayload(d)})
 	start := c.kickLocked()
-	c.mu.Unlock()
-	if start {
-		c.startWriter()
-	}
+	c.unlockAndStart(start)
 
 	// A peer that stopped reading (slow consumer) or answering (heartbeat)
 	// will not complete the closing handshake: give the close frame a moment
@@ -576,8 +566,8 @@ func (c *Conn) writeNow() bool {
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// rawConn is the connection's socket. It serializes every write and gives
-// each a deadline.
+// rawConn is the connection's socket. Its blocking writes (the writer
+// goroutine's) get a deadline; writeNow's non-blocking ones need none.
 type rawConn struct {
 	net.Conn
 	mu       sync.Mutex

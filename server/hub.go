@@ -174,24 +174,22 @@ func startWriters(later *[]*Conn) {
 		for _, c := range conns {
 			c.startWriter()
 		}
-		clear(conns)
-		*later = conns[:0]
-		writersPool.Put(later)
-		return
+	} else {
+		// Large fan-out: batches of writersPerGoroutine, each goroutine
+		// with its own copy of its slice (the list goes back to the pool).
+		for rest := conns; len(rest) > 0; {
+			n := min(len(rest), writersPerGoroutine)
+			batch := append([]*Conn(nil), rest[:n]...)
+			rest = rest[n:]
+			go func() {
+				for _, c := range batch {
+					c.startWriter()
+				}
+			}()
+		}
 	}
-	// Large fan-out: each batch goroutine gets its own copy of its slice.
-	for len(conns) > 0 {
-		n := min(len(conns), writersPerGoroutine)
-		batch := append([]*Conn(nil), conns[:n]...)
-		conns = conns[n:]
-		go func() {
-			for _, c := range batch {
-				c.startWriter()
-			}
-		}()
-	}
-	clear(*later)
-	*later = (*later)[:0]
+	clear(conns)
+	*later = conns[:0]
 	writersPool.Put(later)
 }
 
