@@ -59,7 +59,7 @@ func TestHostileInputLeavesTheServerHealthy(t *testing.T) {
 
 	// Control characters and markup in names.
 	for _, name := range []string{"a%00b", "a%0Ab", "%3Cscript%3Ealert(1)%3C%2Fscript%3E", "a%2Fb", "..", "%2A"} {
-		code, _ := get(t, ts.http.URL+"/ws?user="+name, nil)
+		code, _ := get(t, ts.url+"/ws?user="+name, nil)
 		if code != 400 {
 			t.Errorf("user %q: HTTP %d, want 400", name, code)
 		}
@@ -114,7 +114,7 @@ func TestHostileInputLeavesTheServerHealthy(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if !strings.Contains(ts.http.URL, "127.0.0.1") {
+	if !strings.Contains(ts.url, "127.0.0.1") {
 		t.Fatal("unexpected test server address")
 	}
 }
@@ -240,16 +240,7 @@ func TestFrameSentWithTheHandshake(t *testing.T) {
 	if _, err := conn.Write(append([]byte(req), clientFrame(true, opText, []byte(`{"type":"ping","id":"early"}`))...)); err != nil {
 		t.Fatal(err)
 	}
-	conn.SetReadDeadline(time.Now().Add(waitFor))
-	var got []byte
-	buf := make([]byte, 4096)
-	for !bytes.Contains(got, []byte(`"early"`)) {
-		n, err := conn.Read(buf)
-		if err != nil {
-			t.Fatalf("read: %v; so far %q", err, got)
-		}
-		got = append(got, buf[:n]...)
-	}
+	got := readUntil(t, conn, `"early"`)
 	if !bytes.Contains(got, []byte("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")) {
 		t.Fatalf("handshake answer %q", got)
 	}

@@ -1,11 +1,14 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -24,11 +27,11 @@ const waitFor = 5 * time.Second
 
 type testServer struct {
 	*Server
-	http *httptest.Server
-	ws   string // ws://host:port
+	url string // http://host:port
+	ws  string // ws://host:port
 }
 
-func newTestServer(t *testing.T, cfg Config) *testServer {
+func newServer(t *testing.T, cfg Config) *Server {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -37,15 +40,46 @@ func newTestServer(t *testing.T, cfg Config) *testServer {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	hs := httptest.NewServer(srv.Handler())
-	ts := &testServer{Server: srv, http: hs, ws: "ws" + strings.TrimPrefix(hs.URL, "http")}
+	return srv
+}
+
+func newTestServer(t *testing.T, cfg Config) *testServer {
+	t.Helper()
+	srv := newServer(t, cfg)
+	// Serve, as the tether binary does: WebSocket handshakes take its fast
+	// path, everything else net/http (newHandlerTestServer serves Handler()
+	// alone).
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	ts := &testServer{Server: srv, url: "http://" + ln.Addr().String(), ws: "ws://" + ln.Addr().String()}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx) // a test may have shut it down already
-		hs.Close()
+		if err := <-served; err != http.ErrServerClosed {
+			t.Errorf("Serve returned %v, want http.ErrServerClosed", err)
+		}
 	})
 	return ts
+}
+
+// newHandlerTestServer serves Handler() with net/http alone (httptest), as
+// a program embedding Tether does: no fast path.
+func newHandlerTestServer(t *testing.T, cfg Config) *testServer {
+	t.Helper()
+	srv := newServer(t, cfg)
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		hs.Close()
+	})
+	return &testServer{Server: srv, url: hs.URL, ws: "ws" + strings.TrimPrefix(hs.URL, "http")}
 }
 
 // client is a test peer on a real socket. A goroutine reads every frame
@@ -331,4 +365,21 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// readUntil reads raw bytes from conn until they contain want, and returns
+// them all.
+func readUntil(t *testing.T, conn net.Conn, want string) []byte {
+	t.Helper()
+	conn.SetReadDeadline(time.Now().Add(waitFor))
+	var got []byte
+	buf := make([]byte, 4096)
+	for !bytes.Contains(got, []byte(want)) {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("read: %v; so far %q", err, got)
+		}
+		got = append(got, buf[:n]...)
+	}
+	return got
 }

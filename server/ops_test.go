@@ -60,7 +60,7 @@ func TestMetricsEndpoint(t *testing.T) {
 
 	deadline := time.Now().Add(waitFor)
 	for {
-		code, body := get(t, ts.http.URL+"/metrics", nil)
+		code, body := get(t, ts.url+"/metrics", nil)
 		want := []string{
 			"tether_connections 1",
 			"tether_connections_opened_total 2",
@@ -92,7 +92,7 @@ func TestMetricsEndpoint(t *testing.T) {
 
 func TestPublishAndPresenceAPI(t *testing.T) {
 	off := newTestServer(t, Config{})
-	if code, body := post(t, off.http.URL+"/api/publish", "k", `{"room":"general","text":"x"}`); code != 404 || !strings.Contains(body, "--api-key") {
+	if code, body := post(t, off.url+"/api/publish", "k", `{"room":"general","text":"x"}`); code != 404 || !strings.Contains(body, "--api-key") {
 		t.Fatalf("API without a key configured: %d %s", code, body)
 	}
 
@@ -112,11 +112,11 @@ func TestPublishAndPresenceAPI(t *testing.T) {
 		{"the-key", `{"room":"general","text":""}`, 400, "empty"},
 		{"the-key", `{"room":"general","text":"x","from":"<b>"}`, 400, "letters"},
 	} {
-		if code, body := post(t, ts.http.URL+"/api/publish", tc.key, tc.body); code != tc.code || !strings.Contains(body, tc.phrase) {
+		if code, body := post(t, ts.url+"/api/publish", tc.key, tc.body); code != tc.code || !strings.Contains(body, tc.phrase) {
 			t.Fatalf("publish %s with key %q: %d %s, want %d mentioning %q", tc.body, tc.key, code, body, tc.code, tc.phrase)
 		}
 	}
-	code, body := post(t, ts.http.URL+"/api/publish", "the-key", `{"room":"general","text":"deploy finished","from":"ci"}`)
+	code, body := post(t, ts.url+"/api/publish", "the-key", `{"room":"general","text":"deploy finished","from":"ci"}`)
 	var res publishResponse
 	json.Unmarshal([]byte(body), &res)
 	if code != 200 || res.Seq != 1 || res.Epoch == "" {
@@ -126,7 +126,7 @@ func TestPublishAndPresenceAPI(t *testing.T) {
 	if m.From != "ci" || m.Text != "deploy finished" || m.Seq != 1 {
 		t.Fatalf("alice got %+v", m)
 	}
-	if code, body := post(t, ts.http.URL+"/api/publish", "the-key", `{"user":"alice","text":"just for you"}`); code != 200 {
+	if code, body := post(t, ts.url+"/api/publish", "the-key", `{"user":"alice","text":"just for you"}`); code != 200 {
 		t.Fatalf("publish to inbox: %d %s", code, body)
 	}
 	d := payloadOf[protocol.Direct](t, alice.expect(protocol.TypeDirect, nil))
@@ -138,13 +138,13 @@ func TestPublishAndPresenceAPI(t *testing.T) {
 	if page := payloadOf[protocol.HistoryPage](t, alice.expect(protocol.TypeHistory, nil)); len(page.Messages) != 1 || page.Messages[0].From != "ci" {
 		t.Fatalf("history = %+v", page)
 	}
-	code, body = get(t, ts.http.URL+"/api/presence?room=general", http.Header{"Authorization": {"Bearer the-key"}})
+	code, body = get(t, ts.url+"/api/presence?room=general", http.Header{"Authorization": {"Bearer the-key"}})
 	var mem protocol.Members
 	json.Unmarshal([]byte(body), &mem)
 	if code != 200 || mem.Count != 1 || mem.Users[0] != "alice" {
 		t.Fatalf("presence: %d %s", code, body)
 	}
-	if code, _ := get(t, ts.http.URL+"/api/presence?room=general", nil); code != 401 {
+	if code, _ := get(t, ts.url+"/api/presence?room=general", nil); code != 401 {
 		t.Fatalf("presence without key: %d", code)
 	}
 }
@@ -173,7 +173,7 @@ func TestOriginPolicy(t *testing.T) {
 		"https://evil.example.org":  403,
 		"https://example.com.evil":  403,
 		"null":                      403,
-		open.http.URL:               101, // same origin
+		open.url:                    101, // same origin
 		"https://APP.EXAMPLE.COM":   101, // origins are case-insensitive
 		"https://a.b.example.com.x": 403,
 	} {
@@ -258,8 +258,8 @@ func TestSecretsAreNeverLogged(t *testing.T) {
 	c.expectWelcome()
 	bad := dial(t, ts.ws+"/ws?token="+forged)
 	bad.expectClose()
-	post(t, ts.http.URL+"/api/publish", "wrong-"+key, `{"room":"general","text":"x"}`)
-	post(t, ts.http.URL+"/api/publish", key, `{"room":"general","text":"x"}`)
+	post(t, ts.url+"/api/publish", "wrong-"+key, `{"room":"general","text":"x"}`)
+	post(t, ts.url+"/api/publish", key, `{"room":"general","text":"x"}`)
 	c.ws.Close()
 	time.Sleep(100 * time.Millisecond)
 	out := logs.String()

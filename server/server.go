@@ -19,7 +19,6 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
-	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -112,20 +111,6 @@ func (s *Server) routes() {
 // server or an httptest.Server.
 func (s *Server) Handler() http.Handler { return s.mux }
 
-// Serve accepts connections on ln until Shutdown. It returns
-// http.ErrServerClosed after a shutdown.
-func (s *Server) Serve(ln net.Listener) error {
-	hs := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
-	s.httpMu.Lock()
-	s.httpSrv = hs
-	s.httpMu.Unlock()
-	if s.shuttingDown.Load() {
-		return http.ErrServerClosed
-	}
-	return hs.Serve(ln)
-}
-
 func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 	if s.shuttingDown.Load() {
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
@@ -138,10 +123,17 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte("ready\n"))
 }
 
-// serveWS upgrades one connection and starts its reader.
+// serveWS is /ws served by net/http (Handler(), TLS): it upgrades one
+// connection and starts its reader.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	s.openWS(&handshake{r: r, w: w})
+}
+
+// openWS upgrades one connection, sets it up and starts its reader.
+func (s *Server) openWS(h *handshake) {
+	r := h.r
 	if s.shuttingDown.Load() {
-		http.Error(w, "server is shutting down; reconnect to another node", http.StatusServiceUnavailable)
+		h.fail(http.StatusServiceUnavailable, "server is shutting down; reconnect to another node")
 		return
 	}
 	q := r.URL.Query()
@@ -162,7 +154,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if refuse == nil {
 		if msg := protocol.ValidateUser(user); msg != "" {
 			if claims == nil {
-				http.Error(w, "invalid user: "+msg, http.StatusBadRequest)
+				h.fail(http.StatusBadRequest, "invalid user: "+msg)
 				return
 			}
 			d := protocol.Unauthorized("token subject is not a valid user name")
@@ -177,7 +169,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	raw, resp, early, err := s.upgrade(w, r)
+	raw, resp, early, err := s.upgrade(h)
 	if err != nil {
 		if admitted {
 			s.release(ip, user)
@@ -600,9 +592,9 @@ func (s *Server) Stats() Stats {
 		RecoveriesFailed: m.recoveriesFailed.Load(), Duplicates: m.duplicates.Load(), SocketFull: m.socketFull.Load()}
 }
 
-func (s *Server) handshakeError(w http.ResponseWriter, r *http.Request, status int, reason error) {
-	s.log.Info("handshake failed", "remote", r.RemoteAddr, "status", status, "err", reason)
-	http.Error(w, reason.Error(), status)
+func (s *Server) handshakeError(h *handshake, status int, reason error, header ...string) {
+	s.log.Info("handshake failed", "remote", h.r.RemoteAddr, "status", status, "err", reason)
+	h.fail(status, reason.Error(), header...)
 }
 
 func randomID(n int) string {

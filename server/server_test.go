@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"testing"
@@ -310,43 +311,64 @@ func TestFloodIsRateLimitedThenClosed(t *testing.T) {
 	other.roundTrip("still-served")
 }
 
+// TestHandshakeRefusals: a bad handshake gets its status and a reason,
+// the same from Serve's fast path and from Handler() under net/http.
 func TestHandshakeRefusals(t *testing.T) {
-	ts := newTestServer(t, Config{})
-	for _, tc := range []struct {
-		name   string
-		path   string
-		header map[string]string
-		status int
-	}{
-		{"no upgrade headers", "/ws", nil, http.StatusBadRequest},
-		{"bad user in path", "/ws/a%20b", nil, http.StatusBadRequest},
-		{"bad user in query", "/ws?user=%3Cscript%3E", nil, http.StatusBadRequest},
-		{"foreign origin", "/ws", map[string]string{"Connection": "Upgrade", "Upgrade": "websocket",
-			"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Origin": "https://evil.example"}, http.StatusForbidden},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			req, _ := http.NewRequest("GET", ts.http.URL+tc.path, nil)
-			for k, v := range tc.header {
-				req.Header.Set(k, v)
+	upgrade := map[string]string{"Connection": "Upgrade", "Upgrade": "websocket",
+		"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+	with := func(k, v string) map[string]string {
+		h := map[string]string{k: v}
+		for k, v := range upgrade {
+			if _, set := h[k]; !set {
+				h[k] = v
 			}
-			resp, err := http.DefaultClient.Do(req)
+		}
+		return h
+	}
+	for name, start := range map[string]func(*testing.T, Config) *testServer{"Serve": newTestServer, "Handler": newHandlerTestServer} {
+		t.Run(name, func(t *testing.T) {
+			ts := start(t, Config{})
+			for _, tc := range []struct {
+				name   string
+				path   string
+				header map[string]string
+				status int
+			}{
+				{"no upgrade headers", "/ws", nil, http.StatusBadRequest},
+				{"no Connection: upgrade", "/ws", with("Connection", "keep-alive"), http.StatusBadRequest},
+				{"version 8", "/ws", with("Sec-WebSocket-Version", "8"), http.StatusUpgradeRequired},
+				{"short key", "/ws", with("Sec-WebSocket-Key", "c2hvcnQ="), http.StatusBadRequest},
+				{"bad user in path", "/ws/a%20b", upgrade, http.StatusBadRequest},
+				{"markup as user in path", "/ws/<b>", upgrade, http.StatusBadRequest},
+				{"bad user in query", "/ws?user=%3Cscript%3E", upgrade, http.StatusBadRequest},
+				{"foreign origin", "/ws", with("Origin", "https://evil.example"), http.StatusForbidden},
+			} {
+				req, _ := http.NewRequest("GET", ts.url+tc.path, nil)
+				for k, v := range tc.header {
+					req.Header.Set(k, v)
+				}
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatalf("%s: %v", tc.name, err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != tc.status || len(body) == 0 {
+					t.Fatalf("%s: status %d body %q, want %d with a reason", tc.name, resp.StatusCode, body, tc.status)
+				}
+				if tc.status == http.StatusUpgradeRequired && resp.Header.Get("Sec-WebSocket-Version") != "13" {
+					t.Fatalf("%s: 426 without Sec-WebSocket-Version: 13 (%v)", tc.name, resp.Header)
+				}
+			}
+			// Loopback origins are fine in open mode.
+			h := http.Header{"Origin": {"http://localhost:5173"}}
+			ws, _, err := websocket.DefaultDialer.Dial(ts.ws+"/ws?user=vite", h)
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("loopback origin refused: %v", err)
 			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != tc.status || len(body) == 0 {
-				t.Fatalf("status %d body %q, want %d with a reason", resp.StatusCode, body, tc.status)
-			}
+			ws.Close()
 		})
 	}
-	// Loopback origins are fine in open mode.
-	h := http.Header{"Origin": {"http://localhost:5173"}}
-	ws, _, err := websocket.DefaultDialer.Dial(ts.ws+"/ws?user=vite", h)
-	if err != nil {
-		t.Fatalf("loopback origin refused: %v", err)
-	}
-	ws.Close()
 }
 
 func TestGuestNameWhenNoUserGiven(t *testing.T) {
@@ -439,7 +461,7 @@ func TestHalfOpenPeerIsDetectedByHeartbeat(t *testing.T) {
 	interval, timeout := 200*time.Millisecond, 300*time.Millisecond
 	ts := newTestServer(t, Config{PingInterval: interval, PongTimeout: timeout, PresenceGrace: time.Millisecond})
 	observer := connect(t, ts, "observer")
-	px := testnet.NewProxy(t, strings.TrimPrefix(ts.http.URL, "http://"))
+	px := testnet.NewProxy(t, strings.TrimPrefix(ts.url, "http://"))
 	ghost := dial(t, "ws://"+px.Addr()+"/ws/ghost")
 	ghost.expectWelcome()
 	observer.expect(protocol.TypePresence, func(e protocol.Envelope) bool { return payloadOf[protocol.Presence](t, e).User == "ghost" })
@@ -480,7 +502,14 @@ func TestGracefulShutdownClosesEveryClientWith1012(t *testing.T) {
 			t.Fatalf("%s: close %d %q, want 1012 with a reason", c.user, code, reason)
 		}
 	}
-	resp, err := http.Get(ts.http.URL + "/readyz")
+	// The listener is closed; a server embedded through Handler() answers
+	// 503 on /readyz and refuses handshakes.
+	if _, _, err := websocket.DefaultDialer.Dial(ts.ws+"/ws/late", nil); err == nil {
+		t.Fatal("a connection was accepted after shutdown")
+	}
+	hs := httptest.NewServer(ts.Handler())
+	defer hs.Close()
+	resp, err := http.Get(hs.URL + "/readyz")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -488,8 +517,8 @@ func TestGracefulShutdownClosesEveryClientWith1012(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz after shutdown = %d", resp.StatusCode)
 	}
-	if _, _, err := websocket.DefaultDialer.Dial(ts.ws+"/ws/late", nil); err == nil {
-		t.Fatal("a connection was accepted during shutdown")
+	if _, resp, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http")+"/ws/late", nil); err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("handshake through Handler() after shutdown: %v %v, want 503", resp, err)
 	}
 }
 
@@ -501,7 +530,7 @@ func TestHealthReadyAndStaticAssets(t *testing.T) {
 		{"/", "<!doctype html>"},
 		{"/sdk/tether.js", "export"},
 	} {
-		resp, err := http.Get(ts.http.URL + tc.path)
+		resp, err := http.Get(ts.url + tc.path)
 		if err != nil {
 			t.Fatal(err)
 		}

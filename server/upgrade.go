@@ -4,25 +4,78 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
-	"strings"
 	"time"
 )
 
+// handshake is one WebSocket opening request and the way to answer it:
+// through net/http (w; the connection is hijacked once the handshake is
+// accepted) or, on Serve's fast path, on the connection itself (nc, with
+// early: what the client sent after its request head).
+type handshake struct {
+	r     *http.Request
+	w     http.ResponseWriter
+	nc    net.Conn
+	early []byte
+}
+
+// fail answers the request with an HTTP error (and the extra header
+// name/value pairs) and ends it.
+func (h *handshake) fail(status int, msg string, header ...string) {
+	if h.w != nil {
+		for i := 0; i+1 < len(header); i += 2 {
+			h.w.Header().Set(header[i], header[i+1])
+		}
+		http.Error(h.w, msg, status)
+		return
+	}
+	b := fmt.Appendf(nil, "HTTP/1.1 %d %s\r\n", status, http.StatusText(status))
+	for i := 0; i+1 < len(header); i += 2 {
+		b = fmt.Appendf(b, "%s: %s\r\n", header[i], header[i+1])
+	}
+	b = fmt.Appendf(b, "Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"+
+		"Connection: close\r\nContent-Length: %d\r\n\r\n%s\n", len(msg)+1, msg)
+	h.nc.SetWriteDeadline(time.Now().Add(headerTimeout))
+	h.nc.Write(b)
+	h.nc.Close()
+}
+
+// take takes the connection over from net/http (on the fast path it is
+// ours already) and returns what the client sent after its request.
+func (h *handshake) take() (net.Conn, []byte, error) {
+	if h.w == nil {
+		return h.nc, h.early, nil
+	}
+	conn, brw, err := http.NewResponseController(h.w).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	var early []byte
+	if n := brw.Reader.Buffered(); n > 0 {
+		early, _ = brw.Reader.Peek(n)
+		early = append([]byte(nil), early...)
+	}
+	conn.SetDeadline(time.Time{}) // net/http's read deadline no longer applies
+	return conn, early, nil
+}
+
 // upgrade does the server's side of the opening handshake (RFC 6455
-// section 4.2) and hijacks the connection. It answers a bad request itself
-// (handshakeError) and returns an error. It does not write the 101
-// response but returns it (resp), so that the caller can send it in the
-// same write(2) as the first frames. early holds bytes the client sent
-// right after its request, already read from the socket.
+// section 4.2) and takes the connection. It answers a bad request itself
+// and returns an error. It does not write the 101 response but returns it
+// (resp), so that the caller can send it in the same write(2) as the first
+// frames. early holds bytes the client sent right after its request,
+// already read from the socket.
 //
 // No subprotocol and no extension (compression) is negotiated: Tether's
 // messages are small JSON texts, and per-message deflate would cost every
 // connection a compressor's memory.
-func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) (raw *rawConn, resp, early []byte, err error) {
-	fail := func(status int, msg string) (*rawConn, []byte, []byte, error) {
+func (s *Server) upgrade(h *handshake) (raw *rawConn, resp, early []byte, err error) {
+	r := h.r
+	fail := func(status int, msg string, header ...string) (*rawConn, []byte, []byte, error) {
 		err := errors.New(msg)
-		s.handshakeError(w, r, status, err)
+		s.handshakeError(h, status, err, header...)
 		return nil, nil, nil, err
 	}
 	if !headerHasToken(r.Header, "Connection", "upgrade") {
@@ -32,8 +85,8 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) (raw *rawConn, 
 		return fail(http.StatusBadRequest, "not a WebSocket handshake: the Upgrade header does not contain 'websocket'")
 	}
 	if v := r.Header.Get("Sec-Websocket-Version"); v != "13" {
-		w.Header().Set("Sec-WebSocket-Version", "13")
-		return fail(http.StatusUpgradeRequired, "unsupported WebSocket version "+quoteOrNone(v)+": this server speaks 13")
+		return fail(http.StatusUpgradeRequired, "unsupported WebSocket version "+quoteOrNone(v)+": this server speaks 13",
+			"Sec-WebSocket-Version", "13")
 	}
 	key := r.Header.Get("Sec-Websocket-Key")
 	if k, err := base64.StdEncoding.DecodeString(key); err != nil || len(k) != 16 {
@@ -42,16 +95,11 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) (raw *rawConn, 
 	if !s.checkOrigin(r) {
 		return fail(http.StatusForbidden, "origin not allowed")
 	}
-	conn, brw, err := http.NewResponseController(w).Hijack()
+	conn, early, err := h.take()
 	if err != nil {
 		return fail(http.StatusInternalServerError, "cannot take over the connection: "+err.Error())
 	}
-	if n := brw.Reader.Buffered(); n > 0 {
-		early, _ = brw.Reader.Peek(n)
-		early = append([]byte(nil), early...)
-	}
 	raw = &rawConn{Conn: conn, timeout: s.cfg.WriteTimeout}
-	conn.SetDeadline(time.Time{}) // net/http's read deadline no longer applies
 	resp = make([]byte, 0, 160)
 	resp = append(resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
 	resp = appendAcceptKey(resp, key)
@@ -74,10 +122,8 @@ func appendAcceptKey(b []byte, key string) []byte {
 // contains token, case-insensitively.
 func headerHasToken(h http.Header, name, token string) bool {
 	for _, v := range h.Values(name) {
-		for part := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(part), token) {
-				return true
-			}
+		if hasToken([]byte(v), token) {
+			return true
 		}
 	}
 	return false
