@@ -195,12 +195,13 @@ func (c *Conn) allow() bool {
 // connection) is acked again with the sequence it got the first time, and
 // not processed twice.
 func (c *Conn) handle(cmd protocol.Command) {
-	ctx, cancel := context.WithTimeout(c.srv.ctx, 5*time.Second)
-	defer cancel()
-	switch cmd.Type {
-	case protocol.TypePing:
+	if cmd.Type == protocol.TypePing {
 		c.send(protocol.Encode(protocol.TypePong, cmd.ID, protocol.Pong{Echo: cmd.Echo}))
 		return
+	}
+	ctx, cancel := opContext(5 * time.Second)
+	defer cancel()
+	switch cmd.Type {
 	case protocol.TypeWho:
 		hist, err := c.srv.eng.History(ctx, engine.RoomStream(cmd.Room), engine.HistoryQuery{Latest: true, Limit: 1})
 		if err != nil {

@@ -278,7 +278,7 @@ func parseSince(raw string) map[string]position {
 // replays what the client missed on every stream it gave a position for,
 // and only then lets live deliveries through.
 func (s *Server) connected(c *Conn, sessionID string, since map[string]position) error {
-	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	ctx, cancel := opContext(10 * time.Second)
 	defer cancel()
 	var sess *engine.Session
 	if sessionID != "" {
@@ -561,6 +561,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.hub.dropGhosts()
 	s.eng.Close()
 	return err
+}
+
+// opContext bounds one connection's set-up or one command's engine calls.
+// It does not derive from s.ctx: Shutdown cancels s.ctx only after every
+// connection has ended (and no command is being processed by then), so a
+// child of it would never see that cancellation, and registering every
+// child with s.ctx cost a lock and a map entry per command on a context
+// shared by all connections.
+func opContext(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
 }
 
 // Stats is a snapshot of the server's counters.
