@@ -21,10 +21,6 @@ import (
 // anything else (the chat page, the API, /metrics, a malformed or unusual
 // request) is handed to net/http untouched, with the bytes already read.
 
-// headerTimeout bounds how long a new connection may take to send its
-// request head (as http.Server's ReadHeaderTimeout does).
-var headerTimeout = 10 * time.Second
-
 // headMax is the largest request head the fast path parses; a bigger one
 // (many cookies) is handed to net/http, whose limit is 1 MiB.
 const headMax = 8 << 10
@@ -36,7 +32,7 @@ var headPool = sync.Pool{New: func() any { b := make([]byte, headMax); return &b
 // handshakes take the fast path; any other listener (TLS) is served by
 // net/http alone.
 func (s *Server) Serve(ln net.Listener) error {
-	hs := &http.Server{Handler: s.mux, ReadHeaderTimeout: headerTimeout,
+	hs := &http.Server{Handler: s.mux, ReadHeaderTimeout: s.cfg.HeaderTimeout,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	s.httpMu.Lock()
 	s.httpSrv = hs
@@ -78,7 +74,7 @@ func (s *Server) firstRequest(nc net.Conn, h *handoff) {
 	bp := headPool.Get().(*[]byte)
 	buf := *bp
 	defer headPool.Put(bp)
-	nc.SetReadDeadline(time.Now().Add(headerTimeout))
+	nc.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 	n := 0
 	for {
 		m, err := nc.Read(buf[n:])
@@ -101,7 +97,7 @@ func (s *Server) firstRequest(nc net.Conn, h *handoff) {
 			if rest := buf[end+4 : n]; len(rest) > 0 {
 				early = bytes.Clone(rest)
 			}
-			s.openWS(&handshake{r: r, nc: nc, early: early})
+			s.openWS(&handshake{r: r, nc: nc, early: early, writeTimeout: s.cfg.WriteTimeout})
 			return
 		}
 		if err != nil {

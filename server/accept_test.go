@@ -186,10 +186,7 @@ func TestHandshakeHeadOneByteAtATime(t *testing.T) {
 // head, or nothing, is closed after the header timeout, and one that
 // closes at once costs nothing.
 func TestSilentConnectionsAreClosed(t *testing.T) {
-	old := headerTimeout
-	headerTimeout = 300 * time.Millisecond
-	t.Cleanup(func() { headerTimeout = old })
-	ts := newTestServer(t, Config{})
+	ts := newTestServer(t, Config{HeaderTimeout: 300 * time.Millisecond})
 	addr := strings.TrimPrefix(ts.url, "http://")
 	for _, sent := range []string{"", "GET /ws HTTP/1.1\r\nHost: h\r\n"} {
 		conn, err := net.Dial("tcp", addr)

@@ -46,6 +46,10 @@ type Config struct {
 	SendQueueBytes    int
 	// WriteTimeout bounds one write to a connection's socket. Zero means 10s.
 	WriteTimeout time.Duration
+	// HeaderTimeout bounds how long a new connection may take to send its
+	// HTTP request head (the handshake, or any other request). Zero means
+	// 10s.
+	HeaderTimeout time.Duration
 
 	// RateLimit is the sustained number of messages per second one
 	// connection may send, with bursts of RateBurst. Past it a message gets
@@ -134,6 +138,7 @@ func (c Config) withDefaults() Config {
 	def(&c.PingInterval, 10*time.Second)
 	def(&c.PongTimeout, 10*time.Second)
 	def(&c.WriteTimeout, 10*time.Second)
+	def(&c.HeaderTimeout, 10*time.Second)
 	def(&c.ShutdownTimeout, 10*time.Second)
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = 64 << 10
@@ -169,7 +174,7 @@ func (c Config) Validate() error {
 		v    time.Duration
 	}{
 		{"ping-interval", c.PingInterval}, {"pong-timeout", c.PongTimeout},
-		{"write-timeout", c.WriteTimeout}, {"shutdown-timeout", c.ShutdownTimeout},
+		{"write-timeout", c.WriteTimeout}, {"header-timeout", c.HeaderTimeout}, {"shutdown-timeout", c.ShutdownTimeout},
 		{"history-ttl", c.HistoryTTL}, {"presence-interval", c.PresenceInterval},
 		{"resume-window", c.ResumeWindow}, {"presence-grace", c.PresenceGrace},
 	} {

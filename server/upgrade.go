@@ -15,10 +15,11 @@ import (
 // accepted) or, on Serve's fast path, on the connection itself (nc, with
 // early: what the client sent after its request head).
 type handshake struct {
-	r     *http.Request
-	w     http.ResponseWriter
-	nc    net.Conn
-	early []byte
+	r            *http.Request
+	w            http.ResponseWriter
+	nc           net.Conn
+	early        []byte
+	writeTimeout time.Duration // for an error answered on nc
 }
 
 // fail answers the request with an HTTP error (and the extra header
@@ -37,7 +38,7 @@ func (h *handshake) fail(status int, msg string, header ...string) {
 	}
 	b = fmt.Appendf(b, "Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"+
 		"Connection: close\r\nContent-Length: %d\r\n\r\n%s\n", len(msg)+1, msg)
-	h.nc.SetWriteDeadline(time.Now().Add(headerTimeout))
+	h.nc.SetWriteDeadline(time.Now().Add(h.writeTimeout))
 	h.nc.Write(b)
 	h.nc.Close()
 }

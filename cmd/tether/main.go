@@ -105,6 +105,7 @@ func serveFlags(fs *flag.FlagSet, cfg *server.Config, addr, logFormat, logLevel 
 	fs.IntVar(&cfg.SendQueueMessages, "send-queue-messages", 1024, "messages that may wait for one connection before it is a slow consumer (close 4008)")
 	fs.IntVar(&cfg.SendQueueBytes, "send-queue-bytes", 1<<20, "bytes that may wait for one connection before it is a slow consumer")
 	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "longest a single socket write may take")
+	fs.DurationVar(&cfg.HeaderTimeout, "header-timeout", 10*time.Second, "longest a new connection may take to send its HTTP request head")
 	fs.Float64Var(&cfg.RateLimit, "rate-limit", 50, "messages per second per connection (negative: unlimited)")
 	fs.IntVar(&cfg.RateBurst, "rate-burst", 100, "burst allowed above rate-limit")
 	fs.IntVar(&cfg.RateStrikes, "rate-strikes", 50, "rate_limited errors within one second before closing with 4029")
