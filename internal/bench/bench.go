@@ -181,11 +181,13 @@ var (
 )
 
 func (m *member) read(joined chan struct{}, onFrame func(*member, []byte)) {
+	buf := make([]byte, 0, 512) // reused: onFrame must not keep the frame
 	for {
-		_, b, err := m.ws.ReadMessage()
+		b, err := m.next(buf[:0])
 		if err != nil {
 			return
 		}
+		buf = b[:0]
 		if joined != nil && bytes.Contains(b, ackJoin) {
 			close(joined)
 			joined = nil
@@ -196,6 +198,28 @@ func (m *member) read(joined chan struct{}, onFrame func(*member, []byte)) {
 		}
 		if onFrame != nil {
 			onFrame(m, b)
+		}
+	}
+}
+
+// next reads the next message into buf (grown as needed) without the
+// per-message allocations of ReadMessage.
+func (m *member) next(buf []byte) ([]byte, error) {
+	_, r, err := m.ws.NextReader()
+	if err != nil {
+		return nil, err
+	}
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return nil, err
 		}
 	}
 }
@@ -265,17 +289,11 @@ func Fanout(ctx context.Context, o Options) (Result, error) {
 	defer cancel()
 
 	var sentAt atomic.Int64 // unix nanos of the message in flight
-	var mu sync.Mutex
-	lat := make([]time.Duration, 0, min(o.Conns*o.Messages, 5_000_000))
+	lat := newLatencies(5_000_000)
 	var delivered atomic.Int64
 	onChat := func(m *member, b []byte) {
-		d := time.Duration(time.Now().UnixNano() - sentAt.Load())
 		delivered.Add(1)
-		mu.Lock()
-		if len(lat) < cap(lat) {
-			lat = append(lat, d)
-		}
-		mu.Unlock()
+		lat.add(m.id, time.Duration(time.Now().UnixNano()-sentAt.Load()))
 	}
 	o.progress("fanout: opening %d members", o.Conns)
 	members, err := dialAll(ctx, &o, o.Conns, "fan", onChat)
@@ -324,9 +342,7 @@ func Fanout(ctx context.Context, o Options) (Result, error) {
 		Lost: want - delivered.Load(), Seconds: elapsed.Seconds()}
 	// The publisher is a member too: the server delivers Conns+1 copies.
 	r.CPUPerDelivUS = r.serverCPU(o.PID, before, after, int64(o.Messages*(o.Conns+1)))
-	mu.Lock()
-	r.P50MS, r.P99MS = percentile(lat, 0.50), percentile(lat, 0.99)
-	mu.Unlock()
+	r.P50MS, r.P99MS = lat.percentiles()
 	return r, nil
 }
 
