@@ -52,8 +52,11 @@ type Conn struct {
 	queue   []outFrame
 	spare   []outFrame
 	queued  int  // bytes in queue
-	writing bool // a writer goroutine is running
+	writing bool // the writer role is taken (a write, a writer goroutine, or parked for the write delay)
 	corked  bool // no writer may start yet (before the welcome)
+	// lastWrite is when the last write to the socket finished (unix nanos;
+	// kept only with a write delay).
+	lastWrite atomic.Int64
 	// closing is set once, by the first close; nothing is queued after it
 	// but the close frame.
 	closing *protocol.Disconnect
@@ -426,6 +429,7 @@ func (c *Conn) flush() {
 		c.mu.Unlock()
 
 		err := c.writeBatch(bp, batch)
+		c.wrote()
 		clear(batch)
 		c.mu.Lock()
 		c.spare = batch[:0]
@@ -459,6 +463,7 @@ func (c *Conn) writeBatch(bp *[]byte, batch []outFrame) error {
 			if err := c.raw.write(buf); err != nil {
 				return err
 			}
+			c.srv.metrics.writes.Add(1)
 			buf = buf[:0]
 		}
 	}
@@ -467,6 +472,7 @@ func (c *Conn) writeBatch(bp *[]byte, batch []outFrame) error {
 		if err := c.raw.write(buf); err != nil {
 			return err
 		}
+		c.srv.metrics.writes.Add(1)
 	}
 	if closes {
 		c.mu.Lock()
@@ -536,6 +542,8 @@ func (c *Conn) writeNow() bool {
 	n, err := c.rawWrite(buf)
 	*bp = buf[:0]
 	c.srv.metrics.delivered.Add(int64(delivered))
+	c.srv.metrics.writes.Add(1)
+	c.wrote()
 
 	c.mu.Lock()
 	c.spare = batch[:0]
@@ -562,6 +570,13 @@ func (c *Conn) writeNow() bool {
 	}
 	c.mu.Unlock()
 	return false
+}
+
+// wrote notes the time of a write for the write delay.
+func (c *Conn) wrote() {
+	if c.srv.flusher != nil {
+		c.lastWrite.Store(time.Now().UnixNano())
+	}
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}

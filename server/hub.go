@@ -153,6 +153,10 @@ func (h *hub) deliver(p *engine.Publication) {
 		}
 	}
 	h.mu.RUnlock()
+	if f := h.srv.flusher; f != nil && kind == "room" {
+		f.startOrPark(later)
+		return
+	}
 	startWriters(later)
 }
 

@@ -16,7 +16,7 @@ import (
 // counted twice. Labelled ones are Prometheus vectors.
 type metrics struct {
 	opened, closed, refused, received, delivered, errors, rateLimited, slowConsumers, engineErrors atomic.Int64
-	resumes, recoveries, recoveriesFailed, duplicates, queueDrops, socketFull                      atomic.Int64
+	resumes, recoveries, recoveriesFailed, duplicates, queueDrops, socketFull, writes, delayed     atomic.Int64
 
 	reg       *prometheus.Registry
 	closedBy  *prometheus.CounterVec // by close code
@@ -56,6 +56,8 @@ func (s *Server) initMetrics() {
 		counter("tether_error_replies_total", "Error replies sent.", &m.errors),
 		counter("tether_rate_limited_total", "Client messages refused by the rate limit.", &m.rateLimited),
 		counter("tether_slow_consumer_disconnects_total", "Connections closed because their send queue overflowed (4008).", &m.slowConsumers),
+		counter("tether_socket_writes_total", "write() calls that put frames on sockets; tether_deliveries_total / this is messages per write.", &m.writes),
+		counter("tether_writes_delayed_total", "Room deliveries that waited for the write delay (--write-delay) to go out with later ones.", &m.delayed),
 		counter("tether_socket_full_total", "Writes the socket could not take at once (the peer reads slower than it is sent to); a writer goroutine finished them.", &m.socketFull),
 		counter("tether_queue_drops_total", "Frames dropped from the queues of connections closed as slow consumers.", &m.queueDrops),
 		counter("tether_engine_errors_total", "Publishes the engine failed (clients got `unavailable`).", &m.engineErrors),

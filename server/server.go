@@ -56,6 +56,7 @@ type Server struct {
 	processing   sync.RWMutex
 	conns        sync.WaitGroup // one per live connection
 	heartbeatOff chan struct{}
+	flusher      *flusher // nil without a write delay
 
 	httpMu  sync.Mutex
 	httpSrv *http.Server
@@ -87,6 +88,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.routes()
 	go s.heartbeat()
+	if cfg.WriteDelay > 0 {
+		s.flusher = newFlusher(s.ctx, cfg.WriteDelay, &s.metrics.delayed)
+	}
 	return s, nil
 }
 
@@ -558,6 +562,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.cancel()
 	<-s.heartbeatOff
+	if s.flusher != nil {
+		<-s.flusher.done
+	}
 	s.hub.dropGhosts()
 	s.eng.Close()
 	return err
@@ -590,6 +597,8 @@ type Stats struct {
 	RecoveriesFailed int64 // streams whose position could not be served
 	Duplicates       int64 // re-sent client messages acked without processing
 	SocketFull       int64 // writes the socket could not take at once
+	Writes           int64 // write() calls that put frames on sockets
+	Delayed          int64 // room deliveries parked by the write delay
 }
 
 // Stats returns the current counters.
@@ -599,7 +608,8 @@ func (s *Server) Stats() Stats {
 		Received: m.received.Load(), Delivered: m.delivered.Load(), Errors: m.errors.Load(),
 		RateLimited: m.rateLimited.Load(), SlowConsumers: m.slowConsumers.Load(), EngineErrors: m.engineErrors.Load(),
 		Refused: m.refused.Load(), Resumes: m.resumes.Load(), Recoveries: m.recoveries.Load(),
-		RecoveriesFailed: m.recoveriesFailed.Load(), Duplicates: m.duplicates.Load(), SocketFull: m.socketFull.Load()}
+		RecoveriesFailed: m.recoveriesFailed.Load(), Duplicates: m.duplicates.Load(), SocketFull: m.socketFull.Load(),
+		Writes: m.writes.Load(), Delayed: m.delayed.Load()}
 }
 
 func (s *Server) handshakeError(h *handshake, status int, reason error, header ...string) {

@@ -105,6 +105,7 @@ func serveFlags(fs *flag.FlagSet, cfg *server.Config, addr, logFormat, logLevel 
 	fs.IntVar(&cfg.SendQueueMessages, "send-queue-messages", 1024, "messages that may wait for one connection before it is a slow consumer (close 4008)")
 	fs.IntVar(&cfg.SendQueueBytes, "send-queue-bytes", 1<<20, "bytes that may wait for one connection before it is a slow consumer")
 	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "longest a single socket write may take")
+	fs.DurationVar(&cfg.WriteDelay, "write-delay", 10*time.Millisecond, "coalesce room deliveries to a connection written more often than this: up to this much added latency for such busy connections, for fewer write()s; 0 writes every delivery at once")
 	fs.DurationVar(&cfg.HeaderTimeout, "header-timeout", 10*time.Second, "longest a new connection may take to send its HTTP request head")
 	fs.Float64Var(&cfg.RateLimit, "rate-limit", 50, "messages per second per connection (negative: unlimited)")
 	fs.IntVar(&cfg.RateBurst, "rate-burst", 100, "burst allowed above rate-limit")
@@ -171,6 +172,9 @@ func serve(args []string, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "tether:", err)
 			return 2
 		}
+	}
+	if cfg.WriteDelay <= 0 {
+		cfg.WriteDelay = -1 // --write-delay 0: off (Config's zero is the default)
 	}
 	if (rc.tlsCert == "") != (rc.tlsKey == "") {
 		fmt.Fprintln(stderr, "tether: --tls-cert and --tls-key go together")

@@ -35,12 +35,14 @@ func TestEnvironmentFillsUnsetFlags(t *testing.T) {
 }
 
 func TestInvalidSettingIsAnErrorNamingIt(t *testing.T) {
-	var stderr bytes.Buffer
-	if code := run([]string{"serve", "--ping-interval", "-1s"}, &stderr, &stderr); code != 2 {
-		t.Fatalf("exit %d", code)
-	}
-	if !strings.Contains(stderr.String(), "ping-interval") {
-		t.Fatalf("stderr = %q", stderr.String())
+	for _, args := range [][]string{{"--ping-interval", "-1s"}, {"--write-delay", "2s"}} {
+		var stderr bytes.Buffer
+		if code := run(append([]string{"serve"}, args...), &stderr, &stderr); code != 2 {
+			t.Fatalf("%v: exit %d", args, code)
+		}
+		if !strings.Contains(stderr.String(), strings.TrimPrefix(args[0], "--")) {
+			t.Fatalf("%v: stderr = %q", args, stderr.String())
+		}
 	}
 }
 

@@ -1,0 +1,100 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// flusher coalesces a busy room's deliveries (Config.WriteDelay). A
+// delivery normally writes to each member's socket at once, one write()
+// per message per member; at 200 messages a second that is 200 writes a
+// second per member, and the write, not the encoding or queueing, is what
+// a delivery costs. With a write delay, a member whose socket was written
+// less than the delay ago is parked instead: its frames wait in its queue
+// (it keeps the writer role, so nothing else writes) and the flusher
+// writes everything queued for every parked member once the delay has
+// passed, several messages per write().
+//
+// A member that has not been written to within the delay is written at
+// once, so a quiet room, a ping, an ack or a private message gets no added
+// latency; only a connection that is being written more often than once
+// per delay waits, and never longer than the delay.
+type flusher struct {
+	delay   int64 // nanoseconds
+	delayed *atomic.Int64
+	mu      sync.Mutex
+	list    *[]*Conn // parked connections, written at the next flush
+	wake    chan struct{}
+	done    chan struct{}
+}
+
+func newFlusher(ctx context.Context, delay time.Duration, delayed *atomic.Int64) *flusher {
+	f := &flusher{delay: int64(delay), delayed: delayed, list: writersPool.Get().(*[]*Conn),
+		wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go f.run(ctx)
+	return f
+}
+
+// startOrPark starts the writers of the connections in *later (whose
+// writer role the caller took) that were not written within the delay, and
+// parks the others until the next flush.
+func (f *flusher) startOrPark(later *[]*Conn) {
+	now := time.Now().UnixNano()
+	conns := *later
+	n := 0
+	var parked []*Conn
+	for _, c := range conns {
+		if now-c.lastWrite.Load() < f.delay {
+			parked = append(parked, c)
+		} else {
+			conns[n] = c
+			n++
+		}
+	}
+	if len(parked) > 0 {
+		f.delayed.Add(int64(len(parked)))
+		f.mu.Lock()
+		*f.list = append(*f.list, parked...)
+		f.mu.Unlock()
+		select {
+		case f.wake <- struct{}{}:
+		default:
+		}
+	}
+	clear(conns[n:])
+	*later = conns[:n]
+	startWriters(later)
+}
+
+// run flushes: after a connection is parked, it waits the delay (more
+// connections and messages gather) and then starts every parked writer.
+// It ends, after a last flush, when ctx is done.
+func (f *flusher) run(ctx context.Context) {
+	defer close(f.done)
+	t := time.NewTimer(0)
+	<-t.C
+	for {
+		select {
+		case <-f.wake:
+		case <-ctx.Done():
+			f.flush()
+			return
+		}
+		t.Reset(time.Duration(f.delay))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		f.flush()
+	}
+}
+
+func (f *flusher) flush() {
+	f.mu.Lock()
+	list := f.list
+	f.list = writersPool.Get().(*[]*Conn)
+	f.mu.Unlock()
+	startWriters(list)
+}

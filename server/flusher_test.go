@@ -1,0 +1,100 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/tether-chat/tether/protocol"
+)
+
+// TestWriteDelayCoalescesBusyRooms: with a write delay, a burst of room
+// messages reaches each member in fewer writes than messages, complete and
+// in order; a message into a quiet room is not delayed; and a shutdown
+// right after the burst still delivers everything before the 1012 close.
+func TestWriteDelayCoalescesBusyRooms(t *testing.T) {
+	const delay = 200 * time.Millisecond
+	ts := newTestServer(t, Config{AutoJoin: "-", WriteDelay: delay})
+	sender := connect(t, ts, "sender")
+	members := []*client{connect(t, ts, "m1"), connect(t, ts, "m2"), connect(t, ts, "m3")}
+	for _, c := range append([]*client{sender}, members...) {
+		c.send(protocol.TypeJoin, "j", inRoom("busy"))
+		c.expect(protocol.TypeAck, isAck("j"))
+	}
+	for _, m := range members {
+		m.expect(protocol.TypeMembers, nil)
+	}
+
+	// Quiet room: once nothing was written for longer than the delay, a
+	// message goes out at once. (The joins' presence events may have been
+	// delayed themselves, and written up to one delay later.)
+	time.Sleep(3 * delay)
+	before := ts.Stats()
+	sender.send(protocol.TypeChat, "first", map[string]any{"room": "busy", "text": "first"})
+	sender.expect(protocol.TypeAck, isAck("first"))
+	for _, m := range members {
+		m.expect(protocol.TypeChat, nil)
+	}
+	if d := ts.Stats().Delayed - before.Delayed; d != 0 {
+		t.Fatalf("%d deliveries into a quiet room were delayed", d)
+	}
+
+	// A burst: every member gets it all, in order, in fewer writes.
+	const n = 20
+	before = ts.Stats()
+	for i := range n {
+		sender.send(protocol.TypeChat, fmt.Sprint("b", i), map[string]any{"room": "busy", "text": fmt.Sprint("burst ", i)})
+	}
+	for i := range n {
+		sender.expect(protocol.TypeAck, isAck(fmt.Sprint("b", i)))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := ts.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range members {
+		for i := range n {
+			got := payloadOf[protocol.Chat](t, m.expect(protocol.TypeChat, nil))
+			if want := fmt.Sprint("burst ", i); got.Text != want {
+				t.Fatalf("%s: got %q, want %q", m.user, got.Text, want)
+			}
+		}
+		if code, _ := m.expectClose(); code != int(protocol.CloseRestart) {
+			t.Fatalf("%s: close %d, want 1012 after the burst", m.user, code)
+		}
+	}
+	after := ts.Stats()
+	delivered, writes := after.Delivered-before.Delivered, after.Writes-before.Writes
+	if after.Delayed == before.Delayed || delivered < (1+int64(len(members)))*n || writes*3/2 > delivered {
+		t.Fatalf("burst: %d delayed, %d frames delivered in %d writes; want delays and well under one write per frame",
+			after.Delayed-before.Delayed, delivered, writes)
+	}
+	t.Logf("burst: %d frames in %d writes, %d deliveries delayed", delivered, writes, after.Delayed-before.Delayed)
+}
+
+// TestNoWriteDelay: a negative WriteDelay writes every delivery at once.
+func TestNoWriteDelay(t *testing.T) {
+	ts := newTestServer(t, Config{AutoJoin: "-", WriteDelay: -1})
+	if ts.flusher != nil {
+		t.Fatal("a flusher runs with WriteDelay -1")
+	}
+	sender, member := connect(t, ts, "sender"), connect(t, ts, "member")
+	for _, c := range []*client{sender, member} {
+		c.send(protocol.TypeJoin, "j", inRoom("busy"))
+		c.expect(protocol.TypeAck, isAck("j"))
+	}
+	const n = 20
+	for i := range n {
+		sender.send(protocol.TypeChat, fmt.Sprint("b", i), map[string]any{"room": "busy", "text": fmt.Sprint("burst ", i)})
+	}
+	for i := range n {
+		if got := payloadOf[protocol.Chat](t, member.expect(protocol.TypeChat, nil)); got.Text != fmt.Sprint("burst ", i) {
+			t.Fatalf("got %q, want burst %d", got.Text, i)
+		}
+	}
+	if d := ts.Stats().Delayed; d != 0 {
+		t.Fatalf("%d deliveries delayed", d)
+	}
+}
