@@ -28,7 +28,9 @@ Scenarios (each prints a summary line and one JSON line):
   sweep    fanout (and floor) at several room sizes, with an SVG chart (--svg)
 
 Give the server's PID (--pid) for its CPU and memory figures. Targets must be
-loopback unless --allow-remote. Every count and duration is bounded.
+loopback unless --allow-remote. Every count and duration is bounded. One
+process opens at most 18,000 connections; idle spreads more over several
+processes (--procs) and over several servers (--url a,b --pid 1,2).
 Run 'tether bench SCENARIO --help' for the flags.
 `
 
@@ -49,8 +51,11 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tether bench "+scenario, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	o := bench.Options{Progress: stderr}
-	fs.StringVar(&o.URL, "url", "ws://127.0.0.1:8000/ws", "server WebSocket URL (loopback only unless --allow-remote)")
-	fs.IntVar(&o.PID, "pid", 0, "server PID, to read its CPU time and RSS from /proc")
+	fs.StringVar(&o.URL, "url", "ws://127.0.0.1:8000/ws", "server WebSocket URL (loopback only unless --allow-remote); several, comma-separated, to spread connections over the nodes of a cluster")
+	pids := fs.String("pid", "", "server PID, to read its CPU time and RSS from /proc; several, comma-separated, are summed")
+	fs.IntVar(&o.Procs, "procs", 0, fmt.Sprintf("idle: load-generator processes (0: one per %d connections)", bench.PerProcess))
+	sources := fs.String("sources", strings.Join(bench.DefaultSources, ","), "local source addresses to spread connections over")
+	worker := fs.Int("worker", 0, "(internal) the number of an idle-worker process")
 	fs.IntVar(&o.Conns, "conns", 1000, "connections (room members)")
 	fs.StringVar(&o.Room, "room", "bench", "room the members join")
 	fs.IntVar(&o.Messages, "messages", 100, "fanout/floor: messages (rounds), one at a time")
@@ -67,6 +72,18 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	for _, p := range strings.Split(*pids, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		pid, err := strconv.Atoi(p)
+		if err != nil || pid <= 0 {
+			fmt.Fprintf(stderr, "tether bench: --pid: %q is not a process ID\n", p)
+			return 2
+		}
+		o.PIDs = append(o.PIDs, pid)
+	}
+	o.Sources = strings.Split(*sources, ",")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	self, _ := os.Executable()
@@ -82,7 +99,13 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	switch scenario {
 	case "idle":
-		run(bench.Idle(ctx, o))
+		run(bench.Idle(ctx, o, self))
+	case "idle-worker": // a process of a multi-process idle run
+		o.Progress = nil
+		if bench.IdleWorker(ctx, o, *worker, os.Stdin, stdout) != nil {
+			return 1
+		}
+		return 0
 	case "fanout":
 		if o.Rate > 0 {
 			run(bench.FanoutRate(ctx, o))

@@ -5,6 +5,7 @@
 package bench
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -14,6 +15,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,8 +28,9 @@ import (
 
 // Options configure a run. Every count and duration is bounded.
 type Options struct {
-	URL         string        // ws://host:port/ws
-	PID         int           // server process to measure; 0 = no server figures
+	URL         string        // ws://host:port/ws; idle: several, comma-separated, connections spread over them
+	PIDs        []int         // server processes to measure (figures are their sums); none = no server figures
+	Procs       int           // idle: load-generator processes (0: one per PerProcess connections)
 	Rate        float64       // fanout/direct: messages per second in total (fanout: 0 = one at a time)
 	Duration    time.Duration // rtt, fixed-rate fanout, direct: how long to measure
 	Conns       int           // connections (members)
@@ -40,13 +43,22 @@ type Options struct {
 	Frozen      int           // fanout --rate: members that join and then never read again
 	Progress    io.Writer     // progress lines; nil = silent
 	AllowRemote bool          // permit a non-loopback target
+
+	urls   []string // URL split at commas, set by check
+	spread bool     // the scenario opens connections from several processes (idle)
 }
+
+// PerProcess is the most connections one load-generator process opens: a
+// process here may hold at most 20,000 open files.
+const PerProcess = 18000
 
 // Result is one scenario's figures; it is printed as a table row and as one
 // JSON line.
 type Result struct {
 	Scenario      string  `json:"scenario"`
 	Conns         int     `json:"conns"`
+	Procs         int     `json:"procs,omitempty"`   // idle: load-generator processes
+	Servers       int     `json:"servers,omitempty"` // idle: server URLs the connections were spread over
 	Rate          float64 `json:"rate,omitempty"`
 	Requests      int64   `json:"requests,omitempty"`
 	PerSecond     float64 `json:"per_second,omitempty"`
@@ -70,18 +82,27 @@ type Result struct {
 var DefaultSources = []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7", "127.0.0.8", "127.0.0.9"}
 
 func (o *Options) check() error {
-	u, err := url.Parse(o.URL)
-	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") {
-		return fmt.Errorf("url must be ws:// or wss:// (got %q)", o.URL)
-	}
-	if !o.AllowRemote {
-		ip := net.ParseIP(u.Hostname())
-		if !(u.Hostname() == "localhost" || (ip != nil && ip.IsLoopback())) {
-			return fmt.Errorf("refusing non-loopback target %s (use --allow-remote for a server you own)", u.Host)
+	o.urls = strings.Split(o.URL, ",")
+	for _, raw := range o.urls {
+		u, err := url.Parse(raw)
+		if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") {
+			return fmt.Errorf("url must be ws:// or wss:// (got %q)", raw)
+		}
+		if !o.AllowRemote {
+			ip := net.ParseIP(u.Hostname())
+			if !(u.Hostname() == "localhost" || (ip != nil && ip.IsLoopback())) {
+				return fmt.Errorf("refusing non-loopback target %s (use --allow-remote for a server you own)", u.Host)
+			}
 		}
 	}
 	if o.Conns < 1 || o.Conns > 100000 {
 		return fmt.Errorf("conns must be 1..100000 (got %d)", o.Conns)
+	}
+	if o.Procs < 0 || o.Procs > 16 {
+		return fmt.Errorf("procs must be 0..16 (got %d)", o.Procs)
+	}
+	if !o.spread && o.Conns > PerProcess {
+		return fmt.Errorf("conns must be at most %d here: one process holds at most ~19,000 sockets (only idle spreads over processes)", PerProcess)
 	}
 	if o.Timeout <= 0 || o.Timeout > time.Hour {
 		return fmt.Errorf("timeout must be in (0, 1h] (got %s)", o.Timeout)
@@ -142,7 +163,7 @@ func dialAllFrames(ctx context.Context, o *Options, n int, prefix string, onFram
 				NetDialContext:   (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}).DialContext,
 				ReadBufferSize:   1024, WriteBufferSize: 1024,
 			}
-			ws, _, err := d.DialContext(ctx, fmt.Sprintf("%s?user=%s%d", o.URL, prefix, i), nil)
+			ws, _, err := d.DialContext(ctx, fmt.Sprintf("%s?user=%s%d", o.urls[i%len(o.urls)], prefix, i), nil)
 			if err != nil {
 				failed.Add(1)
 				firstErr.CompareAndSwap(nil, err)
@@ -232,42 +253,64 @@ func closeAll(ms []*member) {
 	}
 }
 
-// Idle measures what idle connections cost the server: RSS growth and CPU
+// Idle measures what idle connections cost the servers: RSS growth and CPU
 // per connection set-up. Every connection joins one room; heartbeats run.
-func Idle(ctx context.Context, o Options) (Result, error) {
+// Connections are spread over the URLs (nodes of one cluster) and, past
+// PerProcess of them or with Procs > 1, opened by worker processes (self
+// bench idle-worker) of Conns/Procs each, since one process here holds at
+// most ~19,000 sockets.
+func Idle(ctx context.Context, o Options, self string) (Result, error) {
+	o.spread = true
 	if err := o.check(); err != nil {
 		return Result{}, err
 	}
+	procs := o.Procs
+	if procs == 0 {
+		procs = (o.Conns + PerProcess - 1) / PerProcess
+	}
+	if (o.Conns+procs-1)/procs > PerProcess {
+		return Result{}, fmt.Errorf("%d connections need at least %d processes of %d (got --procs %d)",
+			o.Conns, (o.Conns+PerProcess-1)/PerProcess, PerProcess, procs)
+	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
-	before, err := readProc(o.PID)
+	before, err := o.readServers()
 	if err != nil {
 		return Result{}, err
 	}
 	start := time.Now()
-	o.progress("idle: opening %d connections", o.Conns)
-	members, err := dialAll(ctx, &o, o.Conns, "idle", nil)
+	if procs == 1 {
+		o.progress("idle: opening %d connections", o.Conns)
+		members, err := dialAll(ctx, &o, o.Conns, "idle", nil)
+		if err != nil {
+			return Result{}, err
+		}
+		defer closeAll(members)
+	} else {
+		o.progress("idle: opening %d connections from %d processes", o.Conns, procs)
+		stop, err := startWorkers(ctx, &o, procs, self)
+		if err != nil {
+			return Result{}, err
+		}
+		defer stop()
+	}
+	connected, err := o.readServers()
 	if err != nil {
 		return Result{}, err
 	}
-	defer closeAll(members)
-	connected, err := readProc(o.PID)
-	if err != nil {
-		return Result{}, err
-	}
-	o.progress("idle: %d open; settling %s", len(members), o.Settle)
+	o.progress("idle: %d open; settling %s", o.Conns, o.Settle)
 	select {
 	case <-time.After(o.Settle):
 	case <-ctx.Done():
 		return Result{}, ctx.Err()
 	}
-	after, err := readProc(o.PID)
+	after, err := o.readServers()
 	if err != nil {
 		return Result{}, err
 	}
 	n := float64(o.Conns)
-	r := Result{Scenario: "idle", Conns: o.Conns, Seconds: time.Since(start).Seconds()}
-	if o.PID != 0 {
+	r := Result{Scenario: "idle", Conns: o.Conns, Procs: procs, Servers: len(o.urls), Seconds: time.Since(start).Seconds()}
+	if len(o.PIDs) > 0 {
 		r.RSSPerConnKiB = float64(after.rss-before.rss) / 1024 / n
 		r.CPUPerConnUS = (connected.cpu - before.cpu).Seconds() * 1e6 / n
 		r.ServerRSSMiB = float64(after.rss) / (1 << 20)
@@ -311,7 +354,7 @@ func Fanout(ctx context.Context, o Options) (Result, error) {
 	text := strings.Repeat("x", max(1, o.Size))
 	frame, _ := json.Marshal(map[string]any{"type": "chat", "payload": map[string]any{"room": o.Room, "text": text}})
 
-	before, err := readProc(o.PID)
+	before, err := o.readServers()
 	if err != nil {
 		return Result{}, err
 	}
@@ -334,14 +377,14 @@ func Fanout(ctx context.Context, o Options) (Result, error) {
 		}
 	}
 	elapsed := time.Since(start)
-	after, err := readProc(o.PID)
+	after, err := o.readServers()
 	if err != nil {
 		return Result{}, err
 	}
 	r := Result{Scenario: "fanout", Conns: o.Conns, Messages: o.Messages, Deliveries: delivered.Load(),
 		Lost: want - delivered.Load(), Seconds: elapsed.Seconds()}
 	// The publisher is a member too: the server delivers Conns+1 copies.
-	r.CPUPerDelivUS = r.serverCPU(o.PID, before, after, int64(o.Messages*(o.Conns+1)))
+	r.CPUPerDelivUS = r.serverCPU(len(o.PIDs) > 0, before, after, int64(o.Messages*(o.Conns+1)))
 	r.P50MS, r.P99MS = lat.percentiles()
 	return r, nil
 }
@@ -355,9 +398,9 @@ func percentile(d []time.Duration, p float64) float64 {
 }
 
 // serverCPU returns the server's CPU time per unit, in µs, between two
-// readings, and records its RSS; zero without a PID or units.
-func (r *Result) serverCPU(pid int, before, after procStat, units int64) float64 {
-	if pid == 0 || units <= 0 {
+// readings, and records its RSS; zero without a server to measure or units.
+func (r *Result) serverCPU(measured bool, before, after procStat, units int64) float64 {
+	if !measured || units <= 0 {
 		return 0
 	}
 	r.ServerRSSMiB = float64(after.rss) / (1 << 20)
@@ -374,6 +417,20 @@ func drain(done func() bool) {
 type procStat struct {
 	cpu time.Duration // user + system
 	rss int64         // bytes
+}
+
+// readServers sums the CPU time and RSS of the server processes.
+func (o *Options) readServers() (procStat, error) {
+	var sum procStat
+	for _, pid := range o.PIDs {
+		p, err := readProc(pid)
+		if err != nil {
+			return sum, err
+		}
+		sum.cpu += p.cpu
+		sum.rss += p.rss
+	}
+	return sum, nil
 }
 
 // readProc reads a process's CPU time and RSS from /proc. PID 0 gives zeros.
@@ -397,4 +454,113 @@ func readProc(pid int) (procStat, error) {
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	rssPages, _ := strconv.ParseInt(f[21], 10, 64)
 	return procStat{cpu: time.Duration(ut+st) * 10 * time.Millisecond, rss: rssPages * int64(os.Getpagesize())}, nil
+}
+
+// startWorkers starts procs idle-worker processes, each opening its share
+// of o.Conns, and waits until all are connected. stop closes their stdin
+// (a worker closes its connections and exits at EOF) and waits for them.
+func startWorkers(ctx context.Context, o *Options, procs int, self string) (stop func(), err error) {
+	if self == "" {
+		return nil, errors.New("idle over several processes needs the tether binary")
+	}
+	type worker struct {
+		cmd   *exec.Cmd
+		stdin io.WriteCloser
+	}
+	var workers []worker
+	stop = func() {
+		for _, w := range workers {
+			w.stdin.Close()
+		}
+		for _, w := range workers {
+			done := make(chan struct{})
+			go func() { w.cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				w.cmd.Process.Kill()
+				<-done
+			}
+		}
+	}
+	ready := make(chan error, procs)
+	for k := range procs {
+		share := o.Conns / procs
+		if k < o.Conns%procs {
+			share++
+		}
+		args := []string{"bench", "idle-worker", "--worker", strconv.Itoa(k), "--url", o.URL, "--conns", strconv.Itoa(share),
+			"--room", o.Room, "--timeout", o.Timeout.String(), "--sources", strings.Join(o.Sources, ",")}
+		if o.AllowRemote {
+			args = append(args, "--allow-remote")
+		}
+		cmd := exec.CommandContext(ctx, self, args...)
+		cmd.Stderr = os.Stderr
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			stop()
+			return nil, fmt.Errorf("idle worker: %w", err)
+		}
+		workers = append(workers, worker{cmd, stdin})
+		go func() {
+			line, err := bufio.NewReader(stdout).ReadString('\n')
+			switch {
+			case strings.TrimSpace(line) == "ready":
+				ready <- nil
+				io.Copy(io.Discard, stdout)
+			case err != nil && line == "":
+				ready <- fmt.Errorf("idle worker %d exited before it was connected", k)
+			default:
+				ready <- fmt.Errorf("idle worker %d: %s", k, strings.TrimSpace(line))
+			}
+		}()
+	}
+	for range procs {
+		select {
+		case err := <-ready:
+			if err != nil {
+				stop()
+				return nil, err
+			}
+		case <-ctx.Done():
+			stop()
+			return nil, ctx.Err()
+		}
+	}
+	return stop, nil
+}
+
+// IdleWorker is one process of a multi-process idle run: it opens
+// o.Conns connections as users idle<worker>-<i>, writes "ready" (or the
+// error) on stdout, holds them until stdin ends, and closes them.
+func IdleWorker(ctx context.Context, o Options, worker int, stdin io.Reader, stdout io.Writer) error {
+	if err := o.check(); err != nil {
+		fmt.Fprintln(stdout, err)
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	members, err := dialAll(ctx, &o, o.Conns, fmt.Sprintf("idle%d-", worker), nil)
+	if err != nil {
+		fmt.Fprintln(stdout, err)
+		return err
+	}
+	defer closeAll(members)
+	fmt.Fprintln(stdout, "ready")
+	done := make(chan struct{})
+	go func() { io.Copy(io.Discard, stdin); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	return nil
 }

@@ -24,6 +24,12 @@ func TestMain(m *testing.M) { testbin.Main(m, "../..", &binary) }
 
 func serve(t *testing.T) string {
 	t.Helper()
+	url, _ := serveNode(t)
+	return url
+}
+
+func serveNode(t *testing.T) (string, *server.Server) {
+	t.Helper()
 	srv, err := server.New(server.Config{RateLimit: -1, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -34,11 +40,11 @@ func serve(t *testing.T) string {
 	}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Shutdown(context.Background()) })
-	return "ws://" + ln.Addr().String() + "/ws"
+	return "ws://" + ln.Addr().String() + "/ws", srv
 }
 
 func opts(url string) Options {
-	return Options{URL: url, PID: os.Getpid(), Conns: 20, Room: "bench", Messages: 5, Size: 100,
+	return Options{URL: url, PIDs: []int{os.Getpid()}, Conns: 20, Room: "bench", Messages: 5, Size: 100,
 		Rate: 50, Duration: 500 * time.Millisecond, Timeout: time.Minute, Settle: 100 * time.Millisecond}
 }
 
@@ -50,7 +56,7 @@ func TestScenariosSmoke(t *testing.T) {
 		run  func() (Result, error)
 		ok   func(Result) bool
 	}{
-		{"idle", func() (Result, error) { return Idle(ctx, opts(url)) }, func(r Result) bool { return r.Conns == 20 && r.ServerRSSMiB > 0 }},
+		{"idle", func() (Result, error) { return Idle(ctx, opts(url), binary) }, func(r Result) bool { return r.Conns == 20 && r.ServerRSSMiB > 0 }},
 		{"fanout", func() (Result, error) { return Fanout(ctx, opts(url)) }, func(r Result) bool { return r.Deliveries == 100 && r.Lost == 0 }},
 		{"fanout-rate", func() (Result, error) { return FanoutRate(ctx, opts(url)) }, func(r Result) bool { return r.Messages > 0 && r.Lost == 0 }},
 		{"rtt", func() (Result, error) { return RTT(ctx, opts(url)) }, func(r Result) bool { return r.Requests > 0 && r.PerSecond > 0 }},
@@ -70,14 +76,41 @@ func TestScenariosSmoke(t *testing.T) {
 	}
 }
 
+// TestIdleOverProcessesAndServers: idle opens its connections from worker
+// processes, spread over several servers, and measures them all.
+func TestIdleOverProcessesAndServers(t *testing.T) {
+	url1, srv1 := serveNode(t)
+	url2, srv2 := serveNode(t)
+	o := opts(url1 + "," + url2)
+	o.Conns, o.Procs = 41, 2
+	r, err := Idle(context.Background(), o, binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Conns != 41 || r.Procs != 2 || r.Servers != 2 || r.ServerRSSMiB <= 0 {
+		t.Fatalf("result %+v", r)
+	}
+	if a, b := srv1.Stats().Opened, srv2.Stats().Opened; a != 21 || b != 20 {
+		t.Fatalf("servers opened %d and %d connections, want 21 and 20", a, b)
+	}
+	o.Conns, o.Procs = PerProcess+1, 1
+	if _, err := Idle(context.Background(), o, binary); err == nil || !strings.Contains(err.Error(), "processes") {
+		t.Fatalf("%d connections from one process: err = %v", PerProcess+1, err)
+	}
+	o.Conns = PerProcess + 1
+	if _, err := RTT(context.Background(), o); err == nil || !strings.Contains(err.Error(), "at most") {
+		t.Fatalf("rtt with %d connections: err = %v", PerProcess+1, err)
+	}
+}
+
 func TestRefusesNonLoopbackTargets(t *testing.T) {
 	o := opts("ws://192.0.2.1:8000/ws")
-	if _, err := Idle(context.Background(), o); err == nil || !strings.Contains(err.Error(), "non-loopback") {
+	if _, err := Idle(context.Background(), o, binary); err == nil || !strings.Contains(err.Error(), "non-loopback") {
 		t.Fatalf("err = %v", err)
 	}
 	o.Conns = 0
 	o.URL = "ws://127.0.0.1:1/ws"
-	if _, err := Idle(context.Background(), o); err == nil {
+	if _, err := Idle(context.Background(), o, binary); err == nil {
 		t.Fatal("conns=0 accepted")
 	}
 }

@@ -117,7 +117,7 @@ func RTT(ctx context.Context, o Options) (Result, error) {
 	defer closeAll(members)
 	lat := newLatencies(2_000_000)
 	var reqs atomic.Int64
-	before, err := readProc(o.PID)
+	before, err := o.readServers()
 	if err != nil {
 		return Result{}, err
 	}
@@ -146,13 +146,13 @@ func RTT(ctx context.Context, o Options) (Result, error) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	after, err := readProc(o.PID)
+	after, err := o.readServers()
 	if err != nil {
 		return Result{}, err
 	}
 	r := Result{Scenario: "rtt", Conns: o.Conns, Requests: reqs.Load(), Seconds: elapsed.Seconds(),
 		PerSecond: float64(reqs.Load()) / elapsed.Seconds()}
-	r.CPUPerReqUS = r.serverCPU(o.PID, before, after, r.Requests)
+	r.CPUPerReqUS = r.serverCPU(len(o.PIDs) > 0, before, after, r.Requests)
 	r.P50MS, r.P99MS = lat.percentiles()
 	return r, nil
 }
@@ -193,7 +193,7 @@ func FanoutRate(ctx context.Context, o Options) (Result, error) {
 	}
 	defer closeAll(pubs)
 	time.Sleep(500 * time.Millisecond)
-	before, err := readProc(o.PID)
+	before, err := o.readServers()
 	if err != nil {
 		return Result{}, err
 	}
@@ -211,13 +211,13 @@ func FanoutRate(ctx context.Context, o Options) (Result, error) {
 	want := int64(sent) * healthy
 	drain(func() bool { return delivered.Load() >= want })
 	elapsed := time.Since(start)
-	after, err := readProc(o.PID)
+	after, err := o.readServers()
 	if err != nil {
 		return Result{}, err
 	}
 	r := Result{Scenario: "fanout-rate", Conns: o.Conns, Rate: o.Rate, Messages: sent, Deliveries: delivered.Load(),
 		Lost: max(0, want-delivered.Load()), Seconds: elapsed.Seconds(), Frozen: o.Frozen}
-	r.CPUPerDelivUS = r.serverCPU(o.PID, before, after, int64(sent*(o.Conns+1)))
+	r.CPUPerDelivUS = r.serverCPU(len(o.PIDs) > 0, before, after, int64(sent*(o.Conns+1)))
 	r.P50MS, r.P99MS = lat.percentiles()
 	return r, nil
 }
@@ -250,7 +250,7 @@ func Direct(ctx context.Context, o Options) (Result, error) {
 		return Result{}, err
 	}
 	defer closeAll(members)
-	before, err := readProc(o.PID)
+	before, err := o.readServers()
 	if err != nil {
 		return Result{}, err
 	}
@@ -277,13 +277,13 @@ func Direct(ctx context.Context, o Options) (Result, error) {
 	wg.Wait()
 	drain(func() bool { return delivered.Load() >= sent.Load() })
 	elapsed := time.Since(start)
-	after, err := readProc(o.PID)
+	after, err := o.readServers()
 	if err != nil {
 		return Result{}, err
 	}
 	r := Result{Scenario: "direct", Conns: o.Conns, Rate: o.Rate, Messages: int(sent.Load()), Deliveries: delivered.Load(),
 		Lost: sent.Load() - delivered.Load(), Seconds: elapsed.Seconds(), PerSecond: float64(delivered.Load()) / elapsed.Seconds()}
-	r.CPUPerReqUS = r.serverCPU(o.PID, before, after, sent.Load())
+	r.CPUPerReqUS = r.serverCPU(len(o.PIDs) > 0, before, after, sent.Load())
 	r.P50MS, r.P99MS = lat.percentiles()
 	return r, nil
 }
