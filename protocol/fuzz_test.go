@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
 )
@@ -50,6 +51,36 @@ func FuzzDecode(f *testing.F) {
 		case TypePing:
 		default:
 			t.Fatalf("accepted unknown type %q", cmd.Type)
+		}
+	})
+}
+
+// FuzzEnvelope checks that the hand-built envelope is byte for byte what
+// json.Marshal writes for the same Envelope (valid UTF-8 or not, with
+// characters that need escaping), so clients cannot tell them apart.
+func FuzzEnvelope(f *testing.F) {
+	for _, s := range [][2]string{
+		{"chat", ""}, {"ack", "c7"}, {"error", `quote " and \ back`}, {"pong", "<script>&"},
+		{"members", "\x00\x1f\x7f"}, {"welcome", "é ✓ \u2028"}, {"x", "\xff\xfe"},
+	} {
+		f.Add(s[0], s[1], int64(1718234567000), []byte(`{"room":"general"}`))
+	}
+	f.Add("ping", "", int64(0), []byte(nil))
+	f.Fuzz(func(t *testing.T, typ, id string, ts int64, payload []byte) {
+		if len(payload) > 0 && !json.Valid(payload) {
+			payload = nil
+		}
+		var compact bytes.Buffer
+		if len(payload) > 0 {
+			json.Compact(&compact, payload)
+			payload = compact.Bytes()
+		}
+		want, err := json.Marshal(Envelope{Type: typ, ID: id, TS: ts, Payload: payload})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendEnvelope(nil, typ, id, ts, payload); !bytes.Equal(got, want) {
+			t.Fatalf("appendEnvelope = %s\njson.Marshal  = %s", got, want)
 		}
 	})
 }

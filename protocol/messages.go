@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"encoding/json"
+	"strconv"
 	"time"
 )
 
@@ -141,8 +142,37 @@ func Encode(typ, id string, payload any) []byte {
 		// Every payload type above marshals; reaching this is a bug.
 		panic("protocol: cannot encode " + typ + ": " + err.Error())
 	}
-	b, _ := json.Marshal(Envelope{Type: typ, ID: id, TS: time.Now().UnixMilli(), Payload: p})
-	return b
+	return appendEnvelope(make([]byte, 0, len(p)+len(typ)+len(id)+48), typ, id, time.Now().UnixMilli(), p)
+}
+
+// appendEnvelope appends the JSON of Envelope{typ, id, ts, payload} (what
+// json.Marshal writes for it) without marshalling the payload a second
+// time: marshalling a json.RawMessage field re-scans and compacts it.
+func appendEnvelope(b []byte, typ, id string, ts int64, payload []byte) []byte {
+	b = appendString(append(b, `{"type":`...), typ)
+	if id != "" {
+		b = appendString(append(b, `,"id":`...), id)
+	}
+	if ts != 0 {
+		b = strconv.AppendInt(append(b, `,"ts":`...), ts, 10)
+	}
+	if len(payload) > 0 {
+		b = append(append(b, `,"payload":`...), payload...)
+	}
+	return append(b, '}')
+}
+
+// appendString appends s as a JSON string, escaped as json.Marshal does.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // the rare string that needs escaping
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // Recovered follows the replay of one stream after a (re)connect that gave
