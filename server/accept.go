@@ -64,8 +64,19 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		go s.firstRequest(nc, h)
+		handshakers.dispatch(newConn{s, nc, h})
 	}
+}
+
+// handshakers read new connections' first requests and set them up, on
+// reused goroutines: a fresh goroutine per connection grew its stack
+// several times during a set-up (7% of its CPU).
+var handshakers = newWorkerPool(func(n newConn) { n.s.firstRequest(n.nc, n.h) })
+
+type newConn struct {
+	s  *Server
+	nc net.Conn
+	h  *handoff
 }
 
 // firstRequest reads a new connection's request head. A WebSocket

@@ -75,51 +75,64 @@ func (c *Conn) closeSocket() {
 	c.wake()
 }
 
-// Reader goroutines are reused: one that finishes with a connection waits
-// a moment for the next readable one. A fresh goroutine would start with a
+// Goroutines that read are reused: one that finishes with a connection
+// waits a moment for the next job. A fresh goroutine would start with a
 // small stack and grow it (copy it) on every message, since decoding and
-// handling a message goes deep; a reused one has grown it once. The pool
-// only ever holds goroutines that are idle, so a reader that blocks (on
-// the engine, say) never delays another connection: when no reader is
-// idle, a new one starts.
-var (
-	readerHandoff = make(chan *Conn)
-	readers       atomic.Int32
-)
+// handling a message goes deep; a reused one has grown it once. A pool
+// only ever holds goroutines that are idle, so a job that blocks (on the
+// engine, a slow client) never delays another: when no worker is idle, a
+// new one starts.
+type workerPool[T any] struct {
+	handoff chan T
+	n       atomic.Int32 // workers, idle or not, that will wait for another job
+	run     func(T)
+}
 
 const (
-	maxReaders = 128             // reusable readers; past this, readers are one-off
-	readerIdle = 2 * time.Second // a reusable reader with nothing to read for this long exits
+	maxWorkers = 128             // reusable workers per pool; past this, workers are one-off
+	workerIdle = 2 * time.Second // a reusable worker with nothing to do for this long exits
 )
 
-// dispatchRead runs c.readReady on an idle reader, or a new one.
-func dispatchRead(c *Conn) {
+func newWorkerPool[T any](run func(T)) *workerPool[T] {
+	return &workerPool[T]{handoff: make(chan T), run: run}
+}
+
+// dispatch runs job on an idle worker, or a new one.
+func (p *workerPool[T]) dispatch(job T) {
 	select {
-	case readerHandoff <- c:
+	case p.handoff <- job:
 	default:
-		go reader(c)
+		go p.work(job)
 	}
 }
 
-func reader(c *Conn) {
-	if readers.Add(1) > maxReaders {
-		readers.Add(-1)
-		c.readReady(nil)
+func (p *workerPool[T]) work(job T) {
+	if p.n.Add(1) > maxWorkers {
+		p.n.Add(-1)
+		p.run(job)
 		return
 	}
-	defer readers.Add(-1)
-	idle := time.NewTimer(readerIdle)
+	defer p.n.Add(-1)
+	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
 	for {
-		c.readReady(nil)
-		idle.Reset(readerIdle)
+		p.run(job)
+		idle.Reset(workerIdle)
 		select {
-		case c = <-readerHandoff:
+		case job = <-p.handoff:
 		case <-idle.C:
 			return
 		}
 	}
 }
+
+// readers run readReady for connections the poller found readable. (Set
+// in init: readReady itself dispatches.)
+var readers *workerPool[*Conn]
+
+func init() { readers = newWorkerPool(func(c *Conn) { c.readReady(nil) }) }
+
+func dispatchRead(c *Conn) { readers.dispatch(c) }
 
 var readBufPool = sync.Pool{New: func() any { b := make([]byte, 8192); return &b }}
 
