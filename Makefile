@@ -31,9 +31,12 @@ jstest:
 e2e: build
 	TETHER_BIN=$(CURDIR)/bin/tether npm run --silent test:e2e
 
-# Fuzz the decoder for longer than the seed corpus run in gotest.
+# Fuzz the decoder, the envelope encoder and the frame header parser for
+# longer than the seed corpus run in gotest.
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzDecode -fuzztime 60s ./protocol
+	$(GO) test -run XXX -fuzz FuzzEnvelope -fuzztime 30s ./protocol
+	$(GO) test -run XXX -fuzz FuzzParseFrameHeader -fuzztime 30s ./server
 
 bench:
 	$(GO) test -run XXX -bench . -benchmem ./...
