@@ -50,7 +50,7 @@ type Options struct {
 
 // PerProcess is the most connections one load-generator process opens: a
 // process here may hold at most 20,000 open files.
-const PerProcess = 18000
+const PerProcess = 19000
 
 // Result is one scenario's figures; it is printed as a table row and as one
 // JSON line.

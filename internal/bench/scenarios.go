@@ -472,12 +472,15 @@ func Storm(ctx context.Context, o Options, self string, serverArgs []string) (Re
 	default:
 	}
 	o.progress("storm: %d connected; restarting the server", o.Conns)
+	stopping := time.Now()
 	srv.Process.Signal(syscall.SIGTERM)
 	srv.Wait()
 	t0 := time.Now()
 	if srv, err = start(); err != nil {
 		return Result{}, err
 	}
+	o.progress("storm: the server stopped in %s and listened again %s later",
+		t0.Sub(stopping).Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 	for {
 		open := 0
 		for _, c := range clients {
