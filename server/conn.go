@@ -54,6 +54,10 @@ type Conn struct {
 	queued  int  // bytes in queue
 	writing bool // the writer role is taken (a write, a writer goroutine, or parked for the write delay)
 	corked  bool // no writer may start yet (before the welcome)
+	// parked: the writer role is held by the flusher, which writes the
+	// queue once the write delay has passed (see flusher); an enqueue that
+	// makes the queue long takes the role back and writes at once.
+	parked bool
 	// lastWrite is when the last write to the socket finished (unix nanos;
 	// kept only with a write delay).
 	lastWrite atomic.Int64
@@ -138,6 +142,12 @@ func (c *Conn) enqueueTo(data []byte, later *[]*Conn) bool {
 	c.queue = append(c.queue, outFrame{op: opText, data: data})
 	c.queued += len(data)
 	start := c.kickLocked()
+	if c.parked && c.queueFull() {
+		// Enough for one write already: a burst must not wait for the
+		// delay and overflow the queue meanwhile.
+		c.parked = false
+		start = true
+	}
 	c.mu.Unlock()
 	switch {
 	case !start:

@@ -46,7 +46,7 @@ func (f *flusher) startOrPark(later *[]*Conn) {
 	n := 0
 	var parked []*Conn
 	for _, c := range conns {
-		if now-c.lastWrite.Load() < f.delay {
+		if now-c.lastWrite.Load() < f.delay && c.park() {
 			parked = append(parked, c)
 		} else {
 			conns[n] = c
@@ -91,10 +91,49 @@ func (f *flusher) run(ctx context.Context) {
 	}
 }
 
+// flush starts the writers of the parked connections that are still
+// parked (an enqueue may have taken one back, see parkedMax).
 func (f *flusher) flush() {
 	f.mu.Lock()
 	list := f.list
 	f.list = writersPool.Get().(*[]*Conn)
 	f.mu.Unlock()
+	conns := *list
+	n := 0
+	for _, c := range conns {
+		c.mu.Lock()
+		if c.parked {
+			c.parked = false
+			conns[n] = c
+			n++
+		}
+		c.mu.Unlock()
+	}
+	clear(conns[n:])
+	*list = conns[:n]
 	startWriters(list)
 }
+
+// park marks a connection whose writer role the caller holds as parked,
+// unless its queue is long enough for a write already.
+func (c *Conn) park() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.queueFull() {
+		return false
+	}
+	c.parked = true
+	return true
+}
+
+// queueFull says whether the queue holds enough for one write already;
+// c.mu must be held.
+func (c *Conn) queueFull() bool {
+	return len(c.queue) >= parkedMax || c.queued >= maxBatchBytes/2
+}
+
+// parkedMax is how many frames a parked connection gathers before it is
+// written without waiting for the delay: 64 frames in one write() cost
+// about a tenth of a microsecond each, and a burst faster than the queue
+// limit per delay must not overflow the queue while it waits.
+const parkedMax = 64

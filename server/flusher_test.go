@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/tether-chat/tether/protocol"
 )
 
@@ -96,5 +98,34 @@ func TestNoWriteDelay(t *testing.T) {
 	}
 	if d := ts.Stats().Delayed; d != 0 {
 		t.Fatalf("%d deliveries delayed", d)
+	}
+}
+
+// TestWriteDelayBurstDoesNotOverflowTheQueue: a burst faster than the
+// queue limit per delay is written as it grows (parkedMax frames at a
+// time), not held until the delay passes: nobody is closed as a slow
+// consumer and everything arrives in order. (Before, a parked connection
+// gathered the whole burst and overflowed its 1,024-frame queue.)
+func TestWriteDelayBurstDoesNotOverflowTheQueue(t *testing.T) {
+	ts := newTestServer(t, Config{AutoJoin: "-", WriteDelay: 500 * time.Millisecond, RateLimit: -1})
+	sender, member := connect(t, ts, "sender"), connect(t, ts, "member")
+	for _, c := range []*client{sender, member} {
+		c.send(protocol.TypeJoin, "j", inRoom("burst"))
+		c.expect(protocol.TypeAck, isAck("j"))
+	}
+	member.expect(protocol.TypeMembers, nil)
+	const n = 3000 // about three times the queue limit, sent without waiting
+	for i := range n {
+		sender.sendRaw(websocket.TextMessage, fmt.Appendf(nil, `{"type":"chat","payload":{"room":"burst","text":"%d"}}`, i))
+	}
+	for _, c := range []*client{member, sender} {
+		for i := range n {
+			if got := payloadOf[protocol.Chat](t, c.expect(protocol.TypeChat, nil)); got.Text != fmt.Sprint(i) {
+				t.Fatalf("%s: got %q, want %d", c.user, got.Text, i)
+			}
+		}
+	}
+	if s := ts.Stats(); s.SlowConsumers != 0 || s.Delayed == 0 {
+		t.Fatalf("stats %+v: want delays and no slow consumer", s)
 	}
 }
