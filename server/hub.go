@@ -315,6 +315,22 @@ func (h *hub) unregister(ctx context.Context, c *Conn) {
 	}
 }
 
+// forget removes a connection from the hub's own maps and tells the engine
+// nothing: the node is stopping (see Server.disconnected).
+func (h *hub) forget(c *Conn) {
+	h.mu.Lock()
+	for name := range c.rooms {
+		if r := h.rooms[name]; r != nil {
+			if i, in := r.index[c]; in {
+				r.removeConn(c, i)
+			}
+		}
+	}
+	clear(c.rooms)
+	h.mu.Unlock()
+	h.dropConnOfUser(c, false)
+}
+
 // detach removes a connection that dropped without a clean close, leaving a
 // ghost that holds its memberships until the grace period ends or the
 // session resumes (releaseGhost).

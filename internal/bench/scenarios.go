@@ -481,6 +481,7 @@ func Storm(ctx context.Context, o Options, self string, serverArgs []string) (Re
 	}
 	o.progress("storm: the server stopped in %s and listened again %s later",
 		t0.Sub(stopping).Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
+	report := time.Now().Add(2 * time.Second)
 	for {
 		open := 0
 		for _, c := range clients {
@@ -490,6 +491,21 @@ func Storm(ctx context.Context, o Options, self string, serverArgs []string) (Re
 		}
 		if open == o.Conns {
 			break
+		}
+		if time.Now().After(report) {
+			// Who is still out, and why: state, attempts, the last close.
+			report = time.Now().Add(2 * time.Second)
+			why := map[string]int{}
+			for _, c := range clients {
+				if info := c.Info(); info.State != client.StateOpen || info.LastClose == nil {
+					code := 0
+					if info.LastClose != nil {
+						code = int(info.LastClose.Code)
+					}
+					why[fmt.Sprintf("%s/attempt %d/close %d", info.State, info.Attempt, code)]++
+				}
+			}
+			o.progress("storm: %d of %d back after %s; the others: %v", open, o.Conns, time.Since(t0).Round(time.Millisecond), why)
 		}
 		if ctx.Err() != nil {
 			return Result{}, fmt.Errorf("%d of %d clients back before the timeout", open, o.Conns)
