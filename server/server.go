@@ -4,11 +4,14 @@
 //
 // Data path of one chat message: connection reader → protocol.Decode →
 // Conn.handle → Server.publish → engine (sequence, history, fan-out to
-// nodes) → hub.deliver (encode once) → each member's Conn.enqueue → the
-// writer coalesces the queue into one write().
+// nodes) → hub.deliver (encode once) → each member's queue → one write()
+// of everything queued, at once or, for a busy connection, after the write
+// delay (flusher).
 //
-// A Server is safe for concurrent use. Every goroutine it starts ends by
-// the time Shutdown returns.
+// A Server is safe for concurrent use. Every goroutine it starts for its
+// connections, its heartbeat and its flusher ends by the time Shutdown
+// returns; the process-wide pools of reader and handshake goroutines
+// (workerPool) keep idle workers for up to two seconds more.
 package server
 
 import (
