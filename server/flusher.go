@@ -18,9 +18,12 @@ import (
 // passed, several messages per write().
 //
 // A member that has not been written to within the delay is written at
-// once, so a quiet room, a ping, an ack or a private message gets no added
-// latency; only a connection that is being written more often than once
-// per delay waits, and never longer than the delay.
+// once, so a quiet room gets no added latency; only a connection that is
+// being written more often than once per delay waits, never longer than
+// the delay (or than it takes to gather parkedMax frames), and while it
+// waits everything else to it (acks, pongs, private messages) waits too.
+// Like Nagle's algorithm this suits streams and costs lock-step traffic,
+// which never has a second message to coalesce (docs/benchmarks.md).
 type flusher struct {
 	delay   int64 // nanoseconds
 	delayed *atomic.Int64
