@@ -113,6 +113,13 @@ func (o *Options) check() error {
 	return nil
 }
 
+// dialer dials connection i from its source address (Sources, in turn).
+func (o *Options) dialer(i int) *websocket.Dialer {
+	src := o.Sources[i%len(o.Sources)]
+	return &websocket.Dialer{HandshakeTimeout: 10 * time.Second,
+		NetDialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}).DialContext}
+}
+
 func (o *Options) progress(format string, args ...any) {
 	if o.Progress != nil {
 		fmt.Fprintf(o.Progress, format+"\n", args...)
@@ -157,12 +164,8 @@ func dialAllFrames(ctx context.Context, o *Options, n int, prefix string, onFram
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			src := o.Sources[i%len(o.Sources)]
-			d := websocket.Dialer{
-				HandshakeTimeout: 10 * time.Second,
-				NetDialContext:   (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}).DialContext,
-				ReadBufferSize:   1024, WriteBufferSize: 1024,
-			}
+			d := o.dialer(i)
+			d.ReadBufferSize, d.WriteBufferSize = 1024, 1024
 			ws, _, err := d.DialContext(ctx, fmt.Sprintf("%s?user=%s%d", o.urls[i%len(o.urls)], prefix, i), nil)
 			if err != nil {
 				failed.Add(1)

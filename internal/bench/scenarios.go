@@ -437,9 +437,7 @@ func Storm(ctx context.Context, o Options, self string, serverArgs []string) (Re
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			src := o.Sources[i%len(o.Sources)]
-			d := &websocket.Dialer{HandshakeTimeout: 10 * time.Second,
-				NetDialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}).DialContext}
+			d := o.dialer(i)
 			c, err := client.Dial(ctx, o.URL, &client.Options{User: fmt.Sprint("s", i), Dialer: d, EventBuffer: 16})
 			if err != nil {
 				select {
