@@ -113,6 +113,23 @@ func (o *Options) check() error {
 	return nil
 }
 
+// dialEach runs dial(i) for i in [0, n), 64 at a time, until ctx is done,
+// and returns when all have returned.
+func dialEach(ctx context.Context, n int, dial func(i int)) {
+	sem := make(chan struct{}, 64) // connection attempts in flight
+	var wg sync.WaitGroup
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			dial(i)
+		}()
+	}
+	wg.Wait()
+}
+
 // dialer dials connection i from its source address (Sources, in turn).
 func (o *Options) dialer(i int) *websocket.Dialer {
 	src := o.Sources[i%len(o.Sources)]
@@ -153,41 +170,29 @@ func dialAllFrames(ctx context.Context, o *Options, n int, prefix string, onFram
 	members := make([]*member, n)
 	var failed atomic.Int64
 	var firstErr atomic.Value
-	sem := make(chan struct{}, 64) // connection attempts in flight
-	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		if ctx.Err() != nil {
-			break
+	dialEach(ctx, n, func(i int) {
+		d := o.dialer(i)
+		d.ReadBufferSize, d.WriteBufferSize = 1024, 1024
+		ws, _, err := d.DialContext(ctx, fmt.Sprintf("%s?user=%s%d", o.urls[i%len(o.urls)], prefix, i), nil)
+		if err != nil {
+			failed.Add(1)
+			firstErr.CompareAndSwap(nil, err)
+			return
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			defer func() { <-sem }()
-			d := o.dialer(i)
-			d.ReadBufferSize, d.WriteBufferSize = 1024, 1024
-			ws, _, err := d.DialContext(ctx, fmt.Sprintf("%s?user=%s%d", o.urls[i%len(o.urls)], prefix, i), nil)
-			if err != nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err)
-				return
-			}
-			m := &member{ws: ws, id: i, pong: make(chan struct{}, 1)}
-			joined := make(chan struct{})
-			go m.read(joined, onFrame)
-			ws.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"type":"join","id":"j","payload":{"room":%q}}`, o.Room)))
-			select {
-			case <-joined:
-				members[i] = m
-			case <-ctx.Done():
-				ws.Close()
-			}
-			if (i+1)%1000 == 0 {
-				o.progress("  %d connections", i+1)
-			}
-		}(i)
-	}
-	wg.Wait()
+		m := &member{ws: ws, id: i, pong: make(chan struct{}, 1)}
+		joined := make(chan struct{})
+		go m.read(joined, onFrame)
+		ws.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"type":"join","id":"j","payload":{"room":%q}}`, o.Room)))
+		select {
+		case <-joined:
+			members[i] = m
+		case <-ctx.Done():
+			ws.Close()
+		}
+		if (i+1)%1000 == 0 {
+			o.progress("  %d connections", i+1)
+		}
+	})
 	if f := failed.Load(); f > 0 {
 		closeAll(members)
 		return nil, fmt.Errorf("%d of %d connections failed: %v", f, n, firstErr.Load())

@@ -428,35 +428,26 @@ func Storm(ctx context.Context, o Options, self string, serverArgs []string) (Re
 	o.progress("storm: connecting %d clients", o.Conns)
 	clients := make([]*client.Client, o.Conns)
 	var resumed atomic.Int64
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 64)
 	errc := make(chan error, 1)
-	for i := range clients {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			defer func() { <-sem }()
-			d := o.dialer(i)
-			c, err := client.Dial(ctx, o.URL, &client.Options{User: fmt.Sprint("s", i), Dialer: d, EventBuffer: 16})
-			if err != nil {
-				select {
-				case errc <- err:
-				default:
-				}
-				return
+	dialEach(ctx, len(clients), func(i int) {
+		d := o.dialer(i)
+		c, err := client.Dial(ctx, o.URL, &client.Options{User: fmt.Sprint("s", i), Dialer: d, EventBuffer: 16})
+		if err != nil {
+			select {
+			case errc <- err:
+			default:
 			}
-			clients[i] = c
-			go func() {
-				for ev := range c.Events() {
-					if ev.Type == protocol.TypeWelcome && ev.Welcome.Resumed {
-						resumed.Add(1)
-					}
+			return
+		}
+		clients[i] = c
+		go func() {
+			for ev := range c.Events() {
+				if ev.Type == protocol.TypeWelcome && ev.Welcome.Resumed {
+					resumed.Add(1)
 				}
-			}()
-		}(i)
-	}
-	wg.Wait()
+			}
+		}()
+	})
 	defer func() {
 		for _, c := range clients {
 			if c != nil {
@@ -464,6 +455,9 @@ func Storm(ctx context.Context, o Options, self string, serverArgs []string) (Re
 			}
 		}
 	}()
+	if err := ctx.Err(); err != nil {
+		return Result{}, fmt.Errorf("timed out connecting: %w", err)
+	}
 	select {
 	case err := <-errc:
 		return Result{}, err
