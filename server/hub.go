@@ -323,6 +323,7 @@ func (h *hub) forget(c *Conn) {
 		if r := h.rooms[name]; r != nil {
 			if i, in := r.index[c]; in {
 				r.removeConn(c, i)
+				h.releaseHolderLocked(name, r, c.user) // the engine side is left undone on purpose
 			}
 		}
 	}
