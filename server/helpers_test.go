@@ -31,7 +31,7 @@ type testServer struct {
 	ws  string // ws://host:port
 }
 
-func newServer(t *testing.T, cfg Config) *Server {
+func newServer(t testing.TB, cfg Config) *Server {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -43,7 +43,7 @@ func newServer(t *testing.T, cfg Config) *Server {
 	return srv
 }
 
-func newTestServer(t *testing.T, cfg Config) *testServer {
+func newTestServer(t testing.TB, cfg Config) *testServer {
 	t.Helper()
 	srv := newServer(t, cfg)
 	// Serve, as the tether binary does: WebSocket handshakes take its fast
@@ -69,7 +69,7 @@ func newTestServer(t *testing.T, cfg Config) *testServer {
 
 // newHandlerTestServer serves Handler() with net/http alone (httptest), as
 // a program embedding Tether does: no fast path.
-func newHandlerTestServer(t *testing.T, cfg Config) *testServer {
+func newHandlerTestServer(t testing.TB, cfg Config) *testServer {
 	t.Helper()
 	srv := newServer(t, cfg)
 	hs := httptest.NewServer(srv.Handler())
@@ -356,7 +356,7 @@ func bothEngines(t *testing.T, f func(t *testing.T, eng engineCase)) {
 }
 
 // waitUntil polls cond until it holds, failing the test after waitFor.
-func waitUntil(t *testing.T, what string, cond func() bool) {
+func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitFor)
 	for !cond() {

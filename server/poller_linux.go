@@ -105,10 +105,10 @@ const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 // rearm lets the socket raise an event again. A closed socket is not
 // re-armed: closeSocket has woken the connection itself.
 func (p *poller) rearm(c *Conn) {
-	c.rc.Control(func(fd uintptr) {
-		ev := unix.EpollEvent{Events: pollEvents, Fd: int32(fd)}
-		unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
-	})
+	op := getSysOp()
+	op.epfd = p.epfd
+	c.rc.Control(op.rearm)
+	putSysOp(op)
 }
 
 // remove forgets c. The kernel drops the registration itself when the
@@ -147,6 +147,53 @@ func (p *poller) run() {
 	}
 }
 
+// sysOp carries one system call's arguments and results through
+// syscall.RawConn, whose callbacks are closures: a closure made per call
+// escapes (RawConn is an interface) and cost a few allocations on every
+// read, write and re-arm. A sysOp's callbacks are bound once, when the pool
+// makes it.
+type sysOp struct {
+	buf         []byte
+	wait        bool
+	epfd        int
+	n           int
+	err         error
+	read, write func(fd uintptr) bool
+	rearm       func(fd uintptr)
+}
+
+var sysOps = sync.Pool{New: func() any {
+	op := new(sysOp)
+	op.read, op.write, op.rearm = op.doRead, op.doWrite, op.doRearm
+	return op
+}}
+
+func getSysOp() *sysOp { return sysOps.Get().(*sysOp) }
+
+func putSysOp(op *sysOp) {
+	op.buf, op.err, op.n = nil, nil, 0
+	sysOps.Put(op)
+}
+
+func (op *sysOp) doRead(fd uintptr) bool {
+	op.n, op.err = syscall.Read(int(fd), op.buf)
+	return !op.wait || op.err != syscall.EAGAIN
+}
+
+func (op *sysOp) doWrite(fd uintptr) bool {
+	for {
+		op.n, op.err = syscall.Write(int(fd), op.buf)
+		if op.err != syscall.EINTR {
+			return true
+		}
+	}
+}
+
+func (op *sysOp) doRearm(fd uintptr) {
+	ev := unix.EpollEvent{Events: pollEvents, Fd: int32(fd)}
+	unix.EpollCtl(op.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
+}
+
 // rawRead is one read(2). Without wait it returns EAGAIN when there is
 // nothing to read (and clears the read deadline); with wait it waits, in
 // Go's netpoller, for data or the connection's read deadline (readerHot
@@ -163,10 +210,12 @@ func (c *Conn) rawRead(buf []byte, wait bool) (n int, err error) {
 		c.readDeadline = time.Time{}
 		c.raw.Conn.SetReadDeadline(time.Time{})
 	}
-	if rerr := c.rc.Read(func(fd uintptr) bool {
-		n, err = syscall.Read(int(fd), buf)
-		return !wait || err != syscall.EAGAIN
-	}); rerr != nil {
+	op := getSysOp()
+	op.buf, op.wait = buf, wait
+	rerr := c.rc.Read(op.read)
+	n, err = op.n, op.err
+	putSysOp(op)
+	if rerr != nil {
 		return 0, rerr
 	}
 	if n <= 0 && err == nil {
@@ -178,14 +227,12 @@ func (c *Conn) rawRead(buf []byte, wait bool) (n int, err error) {
 // rawWrite is one non-blocking write(2): it returns how much the kernel
 // took, and EAGAIN when that was nothing, instead of waiting.
 func (c *Conn) rawWrite(buf []byte) (n int, err error) {
-	if werr := c.rc.Write(func(fd uintptr) bool {
-		for {
-			n, err = syscall.Write(int(fd), buf)
-			if err != syscall.EINTR {
-				return true
-			}
-		}
-	}); werr != nil {
+	op := getSysOp()
+	op.buf = buf
+	werr := c.rc.Write(op.write)
+	n, err = op.n, op.err
+	putSysOp(op)
+	if werr != nil {
 		return 0, werr
 	}
 	return max(n, 0), err

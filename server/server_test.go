@@ -325,7 +325,7 @@ func TestHandshakeRefusals(t *testing.T) {
 		}
 		return h
 	}
-	for name, start := range map[string]func(*testing.T, Config) *testServer{"Serve": newTestServer, "Handler": newHandlerTestServer} {
+	for name, start := range map[string]func(testing.TB, Config) *testServer{"Serve": newTestServer, "Handler": newHandlerTestServer} {
 		t.Run(name, func(t *testing.T) {
 			ts := start(t, Config{})
 			for _, tc := range []struct {
