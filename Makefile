@@ -37,6 +37,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz FuzzDecode -fuzztime 60s ./protocol
 	$(GO) test -run XXX -fuzz FuzzEnvelope -fuzztime 30s ./protocol
 	$(GO) test -run XXX -fuzz FuzzParseFrameHeader -fuzztime 30s ./server
+	$(GO) test -run XXX -fuzz FuzzQuery -fuzztime 30s ./server
 
 bench:
 	$(GO) test -run XXX -bench . -benchmem ./...

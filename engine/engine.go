@@ -169,6 +169,14 @@ type Engine interface {
 	Close() error
 }
 
+// Immediate is implemented by engines whose calls never wait for the
+// network or a disk (the in-memory engine). Callers need not bound such
+// calls with a deadline: a context.WithTimeout per call is a timer and a
+// few allocations that buy nothing there.
+type Immediate interface {
+	Immediate()
+}
+
 // Session is what a client gets back when it resumes: who it is, the rooms
 // it was in and the users it had private conversations with.
 type Session struct {

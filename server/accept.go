@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -96,19 +95,18 @@ func (s *Server) firstRequest(nc net.Conn, h *handoff) {
 			return
 		}
 		if end := bytes.Index(buf[:n], crlfcrlf); end >= 0 {
-			r := parseUpgrade(buf[:end+2])
-			if r == nil {
-				nc.SetReadDeadline(time.Time{})
+			req, ok := parseUpgrade(buf[:end+2])
+			nc.SetReadDeadline(time.Time{})
+			if !ok {
 				h.pass(&prefixConn{Conn: nc, head: bytes.Clone(buf[:n])})
 				return
 			}
-			nc.SetReadDeadline(time.Time{})
-			r.RemoteAddr = nc.RemoteAddr().String()
+			req.remote = nc.RemoteAddr().String()
 			var early []byte
 			if rest := buf[end+4 : n]; len(rest) > 0 {
 				early = bytes.Clone(rest)
 			}
-			s.openWS(&handshake{r: r, nc: nc, early: early, writeTimeout: s.cfg.WriteTimeout})
+			s.openWS(&handshake{req: req, nc: nc, early: early, writeTimeout: s.cfg.WriteTimeout})
 			return
 		}
 		if err != nil {
@@ -140,85 +138,81 @@ func maybeWebSocket(b []byte) bool {
 // parseUpgrade parses the head of a GET /ws request (request line and
 // header lines, each ending in CRLF, without the blank line) into the
 // fields the handshake uses: the path's client_id, the query, Host and the
-// headers of the handshake. It returns nil for anything it does not take:
-// another path, an escaped or dot path segment, HTTP/1.0, a folded header,
-// no Upgrade: websocket or no Host. net/http then serves the request with
-// its own rules (a redirect, a 404, a 400), so the fast path never answers
-// differently from it.
-func parseUpgrade(head []byte) *http.Request {
-	line, rest, _ := bytes.Cut(head, crlf)
+// headers of the handshake, all substrings of one copy of the head. It
+// reports false for anything it does not take: another path, an escaped or
+// dot path segment, HTTP/1.0, a folded header, no Upgrade: websocket or no
+// Host. net/http then serves the request with its own rules (a redirect, a
+// 404, a 400), so the fast path never answers differently from it.
+func parseUpgrade(head []byte) (req wsRequest, ok bool) {
+	s := string(head)
+	line, rest, _ := strings.Cut(s, "\r\n")
 	const proto = " HTTP/1.1"
-	if !bytes.HasPrefix(line, []byte("GET ")) || !bytes.HasSuffix(line, []byte(proto)) {
-		return nil
+	if !strings.HasPrefix(line, "GET ") || !strings.HasSuffix(line, proto) {
+		return req, false
 	}
 	target := line[4 : len(line)-len(proto)]
-	for _, c := range target {
-		if c <= ' ' || c == 0x7f || c == '#' {
-			return nil
+	for i := 0; i < len(target); i++ {
+		if c := target[i]; c <= ' ' || c == 0x7f || c == '#' {
+			return req, false
 		}
 	}
-	path, query, _ := bytes.Cut(target, []byte("?"))
-	if bytes.IndexByte(path, '%') >= 0 {
-		return nil // escaped path: net/http unescapes {client_id}
+	path, query, _ := strings.Cut(target, "?")
+	if strings.IndexByte(path, '%') >= 0 {
+		return req, false // escaped path: net/http unescapes {client_id}
 	}
-	id := ""
 	switch {
-	case string(path) == "/ws":
-	case bytes.HasPrefix(path, []byte("/ws/")):
-		id = string(path[len("/ws/"):])
+	case path == "/ws":
+	case strings.HasPrefix(path, "/ws/"):
+		id := path[len("/ws/"):]
 		if id == "" || id == "." || id == ".." || strings.Contains(id, "/") {
-			return nil
+			return req, false
 		}
+		req.clientID = id
 	default:
-		return nil
+		return req, false
 	}
-	r := &http.Request{Method: "GET", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		URL: &url.URL{Path: string(path), RawQuery: string(query)}, RequestURI: string(target),
-		Header: make(http.Header, 6)}
-	upgrade := false
+	req.rawQuery = query
+	hosts := 0
 	for len(rest) > 0 {
-		line, rest, _ = bytes.Cut(rest, crlf)
-		name, value, ok := bytes.Cut(line, []byte(":"))
+		line, rest, _ = strings.Cut(rest, "\r\n")
+		name, value, ok := strings.Cut(line, ":")
 		if !ok || len(name) == 0 || name[0] == ' ' || name[0] == '\t' || name[len(name)-1] == ' ' {
-			return nil // folded or malformed: net/http decides
+			return req, false // folded or malformed: net/http decides
 		}
-		value = bytes.Trim(value, " \t")
-		var key string
+		value = strings.Trim(value, " \t")
 		switch {
 		case asciiEqualFold(name, "Host"):
-			if r.Host != "" {
-				return nil
-			}
-			r.Host = string(value)
-			continue
+			req.host = value
+			hosts++
 		case asciiEqualFold(name, "Upgrade"):
-			key = "Upgrade"
-			upgrade = upgrade || hasToken(value, "websocket")
+			req.upgradeWebSocket = req.upgradeWebSocket || hasToken(value, "websocket")
 		case asciiEqualFold(name, "Connection"):
-			key = "Connection"
+			req.connectionUpgrade = req.connectionUpgrade || hasToken(value, "upgrade")
 		case asciiEqualFold(name, "Sec-WebSocket-Version"):
-			key = "Sec-Websocket-Version"
+			req.version = firstValue(req.version, value)
 		case asciiEqualFold(name, "Sec-WebSocket-Key"):
-			key = "Sec-Websocket-Key"
+			req.key = firstValue(req.key, value)
 		case asciiEqualFold(name, "Origin"):
-			key = "Origin"
+			req.origin = firstValue(req.origin, value)
 		case asciiEqualFold(name, "Authorization"):
-			key = "Authorization"
-		default:
-			continue
+			req.authorization = firstValue(req.authorization, value)
 		}
-		r.Header[key] = append(r.Header[key], string(value))
 	}
-	if !upgrade || r.Host == "" {
-		return nil
+	if !req.upgradeWebSocket || hosts != 1 || req.host == "" {
+		return req, false
 	}
-	if id != "" {
-		r.SetPathValue("client_id", id)
-	}
-	return r
+	return req, true
 }
 
-func asciiEqualFold(b []byte, s string) bool {
+// firstValue keeps a header's first value, as http.Header.Get does.
+func firstValue(first, v string) string {
+	if first != "" {
+		return first
+	}
+	return v
+}
+
+func asciiEqualFold(b, s string) bool {
 	if len(b) != len(s) {
 		return false
 	}
@@ -239,11 +233,11 @@ func asciiEqualFold(b []byte, s string) bool {
 
 // hasToken says whether a comma-separated header value contains token,
 // case-insensitively.
-func hasToken(v []byte, token string) bool {
+func hasToken(v, token string) bool {
 	for len(v) > 0 {
-		var part []byte
-		part, v, _ = bytes.Cut(v, []byte(","))
-		if asciiEqualFold(bytes.Trim(part, " \t"), token) {
+		var part string
+		part, v, _ = strings.Cut(v, ",")
+		if asciiEqualFold(strings.Trim(part, " \t"), token) {
 			return true
 		}
 	}

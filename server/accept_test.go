@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -38,21 +39,51 @@ func TestParseUpgrade(t *testing.T) {
 		{"space before colon", "GET /ws HTTP/1.1\r\nHost : h\r\n" + wsHeaders, false, "", ""},
 		{"control byte in target", "GET /ws?\x01 HTTP/1.1\r\nHost: h\r\n" + wsHeaders, false, "", ""},
 	} {
-		r := parseUpgrade([]byte(tc.head))
-		if (r != nil) != tc.take {
-			t.Errorf("%s: taken = %v, want %v", tc.name, r != nil, tc.take)
+		r, ok := parseUpgrade([]byte(tc.head))
+		if ok != tc.take {
+			t.Errorf("%s: taken = %v, want %v", tc.name, ok, tc.take)
 			continue
 		}
-		if r == nil {
+		if !ok {
 			continue
 		}
-		if r.PathValue("client_id") != tc.id || r.URL.Query().Get("user") != tc.user || r.Host != "h" {
-			t.Errorf("%s: client_id %q user %q host %q", tc.name, r.PathValue("client_id"), r.URL.Query().Get("user"), r.Host)
+		if r.clientID != tc.id || r.query("user") != tc.user || r.host != "h" {
+			t.Errorf("%s: client_id %q user %q host %q", tc.name, r.clientID, r.query("user"), r.host)
 		}
-		if !headerHasToken(r.Header, "Upgrade", "websocket") || !headerHasToken(r.Header, "Connection", "upgrade") {
-			t.Errorf("%s: headers %v", tc.name, r.Header)
+		if !r.upgradeWebSocket || !r.connectionUpgrade {
+			t.Errorf("%s: %+v", tc.name, r)
 		}
 	}
+}
+
+// TestQueryMatchesURLParseQuery: wsRequest.query reads a parameter as
+// url.ParseQuery(raw).Get(name) does.
+func TestQueryMatchesURLParseQuery(t *testing.T) {
+	for _, raw := range queryCorpus {
+		for _, name := range []string{"user", "session", "since", "token", "a b", ""} {
+			checkQuery(t, raw, name)
+		}
+	}
+}
+
+var queryCorpus = []string{"", "user=bob", "user=bob&user=eve", "session=s1&user=%62ob", "user=a+b", "user=%zz&user=ok",
+	"user;x=1&user=2", "=v&user", "user", "a%20b=1", "a+b=2&user=&user=x", "&&user=1&", "since=%7B%22general%22%3A%5B%22e%22%2C3%5D%7D",
+	"token=abc.def.ghi", "user=%", "us%65r=z", "user=a=b", "x=1;user=2"}
+
+func checkQuery(t *testing.T, raw, name string) {
+	t.Helper()
+	want, _ := url.ParseQuery(raw)
+	r := wsRequest{rawQuery: raw}
+	if got := r.query(name); got != want.Get(name) {
+		t.Errorf("query(%q) of %q = %q, url.ParseQuery says %q", name, raw, got, want.Get(name))
+	}
+}
+
+func FuzzQuery(f *testing.F) {
+	for _, raw := range queryCorpus {
+		f.Add(raw, "user")
+	}
+	f.Fuzz(func(t *testing.T, raw, name string) { checkQuery(t, raw, name) })
 }
 
 // rawRequest sends req on a new connection and returns the status line of

@@ -2,7 +2,6 @@ package server
 
 import (
 	"net"
-	"net/http"
 	"net/url"
 	"path"
 	"strings"
@@ -76,10 +75,10 @@ func (s *Server) sweepRates(now time.Time) {
 	}
 }
 
-func remoteIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
+func remoteIP(remote string) string {
+	host, _, err := net.SplitHostPort(remote)
 	if err != nil {
-		return r.RemoteAddr
+		return remote
 	}
 	return host
 }
@@ -88,17 +87,17 @@ func remoteIP(r *http.Request) string {
 // header (not a browser), the server's own origin, --allowed-origins
 // patterns, and in open mode loopback origins. Every refusal is logged with
 // the reason, so a "handshake 403" can be explained.
-func (s *Server) checkOrigin(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
+func (s *Server) checkOrigin(r *wsRequest) bool {
+	origin := r.origin
 	if origin == "" {
 		return true
 	}
 	u, err := url.Parse(origin)
 	if err != nil || u.Host == "" {
-		s.log.Warn("handshake refused: unparsable Origin header", "origin", origin, "remote", r.RemoteAddr)
+		s.log.Warn("handshake refused: unparsable Origin header", "origin", origin, "remote", r.remote)
 		return false
 	}
-	if strings.EqualFold(u.Host, r.Host) {
+	if strings.EqualFold(u.Host, r.host) {
 		return true
 	}
 	for _, pattern := range s.cfg.AllowedOrigins {
@@ -113,7 +112,7 @@ func (s *Server) checkOrigin(r *http.Request) bool {
 	if s.cfg.AuthSecret == "" {
 		why = "origin not allowed (not this server's origin, not loopback, not in --allowed-origins)"
 	}
-	s.log.Warn("handshake refused: "+why, "origin", origin, "host", r.Host, "remote", r.RemoteAddr)
+	s.log.Warn("handshake refused: "+why, "origin", origin, "host", r.host, "remote", r.remote)
 	return false
 }
 

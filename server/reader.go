@@ -199,7 +199,7 @@ func (c *Conn) handle(cmd protocol.Command) {
 		c.send(protocol.Encode(protocol.TypePong, cmd.ID, protocol.Pong{Echo: cmd.Echo}))
 		return
 	}
-	ctx, cancel := opContext(5 * time.Second)
+	ctx, cancel := c.srv.opContext(5 * time.Second)
 	defer cancel()
 	switch cmd.Type {
 	case protocol.TypeWho:

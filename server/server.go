@@ -38,11 +38,13 @@ import (
 
 // Server is one Tether node.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	eng    engine.Engine
-	hub    *hub
-	nodeID string
+	cfg Config
+	log *slog.Logger
+	eng engine.Engine
+	// immediate: eng is an engine.Immediate, whose calls need no deadline.
+	immediate bool
+	hub       *hub
+	nodeID    string
 
 	ctx    context.Context // cancelled when Shutdown finishes
 	cancel context.CancelFunc
@@ -79,6 +81,7 @@ func New(cfg Config) (*Server, error) {
 	if s.eng == nil {
 		s.eng = memory.New(memory.Config{HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL})
 	}
+	_, s.immediate = s.eng.(engine.Immediate)
 	if s.nodeID == "" {
 		s.nodeID = randomID(6)
 	}
@@ -133,20 +136,19 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 // serveWS is /ws served by net/http (Handler(), TLS): it upgrades one
 // connection and starts its reader.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
-	s.openWS(&handshake{r: r, w: w})
+	s.openWS(&handshake{req: requestFromHTTP(r), w: w})
 }
 
 // openWS upgrades one connection, sets it up and starts its reader.
 func (s *Server) openWS(h *handshake) {
-	r := h.r
+	r := &h.req
 	if s.shuttingDown.Load() {
 		h.fail(http.StatusServiceUnavailable, "server is shutting down; reconnect to another node")
 		return
 	}
-	q := r.URL.Query()
-	user := r.PathValue("client_id")
+	user := r.clientID
 	if user == "" {
-		user = q.Get("user")
+		user = r.query("user")
 	}
 	var claims *auth.Claims
 	var refuse *protocol.Disconnect
@@ -168,7 +170,7 @@ func (s *Server) openWS(h *handshake) {
 			refuse = &d
 		}
 	}
-	ip := remoteIP(r)
+	ip := remoteIP(r.remote)
 	admitted := false
 	if refuse == nil {
 		if refuse = s.admit(ip, user); refuse == nil {
@@ -188,13 +190,13 @@ func (s *Server) openWS(h *handshake) {
 		// cannot read the status of a failed handshake: it would only see
 		// 1006 and retry forever.
 		s.metrics.refused.Add(1)
-		s.log.Warn("connection refused", "remote", r.RemoteAddr, "user", user, "code", int(refuse.Code), "reason", refuse.Reason)
+		s.log.Warn("connection refused", "remote", r.remote, "user", user, "code", int(refuse.Code), "reason", refuse.Reason)
 		raw.write(appendFrame(resp, opClose, closePayload(*refuse)))
 		raw.Conn.Close()
 		return
 	}
 	c := &Conn{
-		id: s.nextID.Add(1), user: user, ip: ip, remote: r.RemoteAddr, opened: time.Now(),
+		id: s.nextID.Add(1), user: user, ip: ip, remote: r.remote, opened: time.Now(),
 		srv: s, raw: raw, rooms: make(map[string]struct{}), claims: claims,
 		corked:  true, // until the welcome is queued first
 		limiter: bucket{rate: s.cfg.RateLimit, burst: float64(s.cfg.RateBurst), tokens: float64(s.cfg.RateBurst)},
@@ -207,7 +209,7 @@ func (s *Server) openWS(h *handshake) {
 	c.touch()
 	s.conns.Add(1)
 	s.metrics.opened.Add(1)
-	if err := s.connected(c, q.Get("session"), parseSince(q.Get("since"))); err != nil {
+	if err := s.connected(c, r.query("session"), parseSince(r.query("since"))); err != nil {
 		c.uncork()
 		var d protocol.Disconnect
 		if errors.As(err, &d) {
@@ -229,9 +231,9 @@ func (s *Server) openWS(h *handshake) {
 // authenticate checks the token of a request in token mode. The token
 // comes from ?token= (browsers cannot set headers on a WebSocket) or an
 // Authorization: Bearer header. It is never logged.
-func (s *Server) authenticate(r *http.Request, named string) (*auth.Claims, *protocol.Disconnect) {
-	tok := r.URL.Query().Get("token")
-	if h := r.Header.Get("Authorization"); tok == "" && len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+func (s *Server) authenticate(r *wsRequest, named string) (*auth.Claims, *protocol.Disconnect) {
+	tok := r.query("token")
+	if h := r.authorization; tok == "" && len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
 		tok = strings.TrimSpace(h[7:])
 	}
 	if tok == "" {
@@ -285,7 +287,7 @@ func parseSince(raw string) map[string]position {
 // replays what the client missed on every stream it gave a position for,
 // and only then lets live deliveries through.
 func (s *Server) connected(c *Conn, sessionID string, since map[string]position) error {
-	ctx, cancel := opContext(10 * time.Second)
+	ctx, cancel := s.opContext(10 * time.Second)
 	defer cancel()
 	var sess *engine.Session
 	if sessionID != "" {
@@ -441,7 +443,7 @@ func (s *Server) disconnected(c *Conn) {
 		code, reason = closing.Code, closing.Reason
 		clean = protocol.PolicyFor(closing.Code) == protocol.Terminal
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := s.opContext(5 * time.Second)
 	switch {
 	case !c.registered:
 	case clean:
@@ -585,9 +587,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // child of it would never see that cancellation, and registering every
 // child with s.ctx cost a lock and a map entry per command on a context
 // shared by all connections.
-func opContext(d time.Duration) (context.Context, context.CancelFunc) {
+//
+// An engine.Immediate engine's calls are not bounded at all.
+func (s *Server) opContext(d time.Duration) (context.Context, context.CancelFunc) {
+	if s.immediate {
+		return context.Background(), noCancel
+	}
 	return context.WithTimeout(context.Background(), d)
 }
+
+func noCancel() {}
 
 // Stats is a snapshot of the server's counters.
 type Stats struct {
@@ -622,7 +631,7 @@ func (s *Server) Stats() Stats {
 }
 
 func (s *Server) handshakeError(h *handshake, status int, reason error, header ...string) {
-	s.log.Info("handshake failed", "remote", h.r.RemoteAddr, "status", status, "err", reason)
+	s.log.Info("handshake failed", "remote", h.req.remote, "status", status, "err", reason)
 	h.fail(status, reason.Error(), header...)
 }
 

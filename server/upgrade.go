@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 )
 
@@ -15,7 +17,7 @@ import (
 // accepted) or, on Serve's fast path, on the connection itself (nc, with
 // early: what the client sent after its request head).
 type handshake struct {
-	r            *http.Request
+	req          wsRequest
 	w            http.ResponseWriter
 	nc           net.Conn
 	early        []byte
@@ -73,24 +75,24 @@ func (h *handshake) take() (net.Conn, []byte, error) {
 // messages are small JSON texts, and per-message deflate would cost every
 // connection a compressor's memory.
 func (s *Server) upgrade(h *handshake) (raw *rawConn, resp, early []byte, err error) {
-	r := h.r
+	r := &h.req
 	fail := func(status int, msg string, header ...string) (*rawConn, []byte, []byte, error) {
 		err := errors.New(msg)
 		s.handshakeError(h, status, err, header...)
 		return nil, nil, nil, err
 	}
-	if !headerHasToken(r.Header, "Connection", "upgrade") {
+	if !r.connectionUpgrade {
 		return fail(http.StatusBadRequest, "not a WebSocket handshake: the Connection header does not contain 'upgrade'")
 	}
-	if !headerHasToken(r.Header, "Upgrade", "websocket") {
+	if !r.upgradeWebSocket {
 		return fail(http.StatusBadRequest, "not a WebSocket handshake: the Upgrade header does not contain 'websocket'")
 	}
-	if v := r.Header.Get("Sec-Websocket-Version"); v != "13" {
-		return fail(http.StatusUpgradeRequired, "unsupported WebSocket version "+quoteOrNone(v)+": this server speaks 13",
+	if r.version != "13" {
+		return fail(http.StatusUpgradeRequired, "unsupported WebSocket version "+quoteOrNone(r.version)+": this server speaks 13",
 			"Sec-WebSocket-Version", "13")
 	}
-	key := r.Header.Get("Sec-Websocket-Key")
-	if k, err := base64.StdEncoding.DecodeString(key); err != nil || len(k) != 16 {
+	key := r.key
+	if !validKey(key) {
 		return fail(http.StatusBadRequest, "Sec-WebSocket-Key is not 16 bytes in base64")
 	}
 	if !s.checkOrigin(r) {
@@ -119,11 +121,71 @@ func appendAcceptKey(b []byte, key string) []byte {
 	return base64.StdEncoding.AppendEncode(b, h.Sum(sum[:0]))
 }
 
+// validKey says whether key is 16 bytes in base64 (24 characters, the
+// last two "=="), without decoding it into a new slice.
+func validKey(key string) bool {
+	if len(key) != 24 {
+		return false
+	}
+	var k [18]byte
+	n, err := base64.StdEncoding.Decode(k[:], []byte(key))
+	return err == nil && n == 16
+}
+
+// wsRequest is what the handshake reads from a WebSocket opening request,
+// whether net/http parsed it (Handler(), TLS; requestFromHTTP) or Serve's
+// fast path did (parseUpgrade, with no http.Request, header map or parsed
+// query: a few substrings of one copy of the head).
+type wsRequest struct {
+	clientID          string // {client_id} of /ws/{client_id}; "" for /ws
+	rawQuery          string
+	host              string
+	remote            string // the peer's host:port
+	connectionUpgrade bool   // Connection lists "upgrade"
+	upgradeWebSocket  bool   // Upgrade lists "websocket"
+	// The first value of each header.
+	version, key, origin, authorization string
+}
+
+func requestFromHTTP(r *http.Request) wsRequest {
+	return wsRequest{
+		clientID: r.PathValue("client_id"), rawQuery: r.URL.RawQuery, host: r.Host, remote: r.RemoteAddr,
+		connectionUpgrade: headerHasToken(r.Header, "Connection", "upgrade"),
+		upgradeWebSocket:  headerHasToken(r.Header, "Upgrade", "websocket"),
+		version:           r.Header.Get("Sec-Websocket-Version"), key: r.Header.Get("Sec-Websocket-Key"),
+		origin: r.Header.Get("Origin"), authorization: r.Header.Get("Authorization"),
+	}
+}
+
+// query returns the first value of the query parameter name, as
+// url.ParseQuery(rawQuery).Get(name) does (pairs with a semicolon or a bad
+// escape are skipped), without building the map.
+func (r *wsRequest) query(name string) string {
+	q := r.rawQuery
+	for q != "" {
+		var pair string
+		pair, q, _ = strings.Cut(q, "&")
+		if pair == "" || strings.Contains(pair, ";") {
+			continue
+		}
+		key, value, _ := strings.Cut(pair, "=")
+		key, err := url.QueryUnescape(key)
+		if err != nil || key != name {
+			continue
+		}
+		if value, err = url.QueryUnescape(value); err != nil {
+			continue
+		}
+		return value
+	}
+	return ""
+}
+
 // headerHasToken says whether a comma-separated header (any of its lines)
 // contains token, case-insensitively.
 func headerHasToken(h http.Header, name, token string) bool {
 	for _, v := range h.Values(name) {
-		if hasToken([]byte(v), token) {
+		if hasToken(v, token) {
 			return true
 		}
 	}

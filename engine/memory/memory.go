@@ -429,6 +429,9 @@ func (e *Engine) PresenceCount(ctx context.Context, set string) (int, error) {
 }
 
 // Ready implements engine.Engine.
+// Immediate marks the engine as engine.Immediate: no call waits for I/O.
+func (e *Engine) Immediate() {}
+
 func (e *Engine) Ready(ctx context.Context) error {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
