@@ -34,8 +34,9 @@ e2e: build
 # Fuzz the decoder, the envelope encoder and the frame header parser for
 # longer than the seed corpus run in gotest.
 fuzz:
-	$(GO) test -run XXX -fuzz FuzzDecode -fuzztime 60s ./protocol
+	$(GO) test -run XXX -fuzz '^FuzzDecode$$' -fuzztime 60s ./protocol
 	$(GO) test -run XXX -fuzz FuzzEnvelope -fuzztime 30s ./protocol
+	$(GO) test -run XXX -fuzz FuzzDecodeFastPath -fuzztime 60s ./protocol
 	$(GO) test -run XXX -fuzz FuzzParseFrameHeader -fuzztime 30s ./server
 	$(GO) test -run XXX -fuzz FuzzQuery -fuzztime 30s ./server
 

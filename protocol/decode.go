@@ -40,6 +40,15 @@ const DefaultMaxText = 4000
 // *Error whose ID is the message's id when the id itself could be read, so
 // the client can match the error to what it sent.
 func Decode(frame []byte, lim Limits) (Command, *Error) {
+	if cmd, err, ok := decodeFast(frame, lim); ok {
+		return cmd, err
+	}
+	return decodeJSON(frame, lim)
+}
+
+// decodeJSON is Decode with encoding/json: the reference for every frame,
+// and the decoder of every frame the fast path (scan.go) does not take.
+func decodeJSON(frame []byte, lim Limits) (Command, *Error) {
 	var cmd Command
 	var env struct {
 		Type    json.RawMessage `json:"type"`
@@ -104,55 +113,67 @@ func Decode(frame []byte, lim Limits) (Command, *Error) {
 			return cmd, errorf(ErrBadPayload, id, "%s", jsonProblem(err))
 		}
 	}
+	var f fields
+	for i, v := range [...]*string{p.Room, p.Text, p.To} {
+		if v != nil {
+			f.setText(i, *v)
+		}
+	}
+	if p.Before != nil {
+		f.before, f.has[fieldBefore] = *p.Before, true
+	}
+	if p.After != nil {
+		f.after, f.has[fieldAfter] = *p.After, true
+	}
+	if p.Limit != nil {
+		f.limit, f.has[fieldLimit] = *p.Limit, true
+	}
+	return finish(cmd, f, lim)
+}
 
+// finish checks the payload's fields for cmd's type and puts them in cmd.
+func finish(cmd Command, p fields, lim Limits) (Command, *Error) {
+	id := cmd.ID
 	switch cmd.Type {
 	case TypeJoin, TypeLeave, TypeWho:
-		if p.Room == nil {
+		if !p.has[fieldRoom] {
 			return cmd, errorf(ErrBadPayload, id, "\"room\" is required")
 		}
-		cmd.Room = *p.Room
+		cmd.Room = p.room
 		if e := ValidateRoom(cmd.Room); e != "" {
 			return cmd, errorf(ErrBadRoom, id, "%s", e)
 		}
 	case TypeChat:
 		cmd.Room = DefaultRoom
-		if p.Room != nil && *p.Room != "" {
-			cmd.Room = *p.Room
+		if p.has[fieldRoom] && p.room != "" {
+			cmd.Room = p.room
 		}
 		if e := ValidateRoom(cmd.Room); e != "" {
 			return cmd, errorf(ErrBadRoom, id, "%s", e)
 		}
-		if err := takeText(&cmd, p.Text, lim, id); err != nil {
+		if err := takeText(&cmd, p, lim); err != nil {
 			return cmd, err
 		}
 	case TypeDirect:
-		if p.To == nil {
+		if !p.has[fieldTo] {
 			return cmd, errorf(ErrBadPayload, id, "\"to\" is required")
 		}
-		cmd.To = *p.To
+		cmd.To = p.to
 		if e := ValidateUser(cmd.To); e != "" {
 			return cmd, errorf(ErrBadUser, id, "%s", e)
 		}
-		if err := takeText(&cmd, p.Text, lim, id); err != nil {
+		if err := takeText(&cmd, p, lim); err != nil {
 			return cmd, err
 		}
 	case TypeHistory:
-		if p.Room == nil {
+		if !p.has[fieldRoom] {
 			return cmd, errorf(ErrBadPayload, id, "\"room\" is required")
 		}
-		cmd.Room = *p.Room
+		cmd.Room = p.room
 		if e := ValidateRoom(cmd.Room); e != "" {
 			return cmd, errorf(ErrBadRoom, id, "%s", e)
 		}
-		if p.Before != nil {
-			cmd.Before = *p.Before
-		}
-		if p.After != nil {
-			cmd.After = *p.After
-		}
-		if p.Limit != nil {
-			cmd.Limit = *p.Limit
-		}
+		cmd.Before, cmd.After, cmd.Limit = p.before, p.after, p.limit
 		if cmd.Limit < 0 {
 			return cmd, errorf(ErrBadPayload, id, "\"limit\" must not be negative")
 		}
@@ -161,13 +182,13 @@ func Decode(frame []byte, lim Limits) (Command, *Error) {
 }
 
 // takeText checks a message's text and puts it in cmd.
-func takeText(cmd *Command, text *string, lim Limits, id string) *Error {
-	if text == nil {
-		return errorf(ErrBadPayload, id, "\"text\" is required")
+func takeText(cmd *Command, p fields, lim Limits) *Error {
+	if !p.has[fieldText] {
+		return errorf(ErrBadPayload, cmd.ID, "\"text\" is required")
 	}
-	cmd.Text = *text
+	cmd.Text = p.text
 	if e := ValidateText(cmd.Text, lim.MaxText); e != "" {
-		return errorf(ErrBadText, id, "%s", e)
+		return errorf(ErrBadText, cmd.ID, "%s", e)
 	}
 	return nil
 }
@@ -245,15 +266,21 @@ func decodeID(raw json.RawMessage) (string, bool) {
 		}
 		s = n.String()
 	}
+	return s, validID(s)
+}
+
+// validID says whether a decoded id is acceptable: at most MaxIDLength
+// bytes and no control characters.
+func validID(s string) bool {
 	if len(s) > MaxIDLength {
-		return "", false
+		return false
 	}
 	for _, r := range s {
 		if r < 0x20 || r == 0x7f {
-			return "", false
+			return false
 		}
 	}
-	return s, true
+	return true
 }
 
 // jsonProblem turns encoding/json's error into a sentence about the client's
