@@ -31,7 +31,7 @@ var headPool = sync.Pool{New: func() any { b := make([]byte, headMax); return &b
 // handshakes take the fast path; any other listener (TLS) is served by
 // net/http alone.
 func (s *Server) Serve(ln net.Listener) error {
-	hs := &http.Server{Handler: s.mux, ReadHeaderTimeout: s.cfg.HeaderTimeout,
+	hs := &http.Server{Handler: s.mux, ReadHeaderTimeout: s.cfg.HeaderTimeout, IdleTimeout: httpIdleTimeout,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	s.httpMu.Lock()
 	s.httpSrv = hs
@@ -66,6 +66,10 @@ func (s *Server) Serve(ln net.Listener) error {
 		handshakers.dispatch(newConn{s, nc, h})
 	}
 }
+
+// httpIdleTimeout ends a kept-alive HTTP connection (chat page, API) that
+// has been idle this long.
+const httpIdleTimeout = 2 * time.Minute
 
 // handshakers read new connections' first requests and set them up, on
 // reused goroutines: a fresh goroutine per connection grew its stack

@@ -206,7 +206,10 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "tether: invalid configuration:", err)
 		return 2
 	}
-	ln, err := net.Listen("tcp", addr)
+	// No TCP keepalive: WebSocket heartbeats find dead peers sooner, and
+	// net/http's idle timeout ends kept-alive HTTP connections; the four
+	// setsockopt calls it takes were a few percent of a connection set-up.
+	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		fmt.Fprintln(stderr, "tether:", err)
 		srv.Shutdown(context.Background())
