@@ -50,27 +50,35 @@ type hub struct {
 
 // cachedMembers is a big room's user list (at most MembersMax), encoded.
 type cachedMembers struct {
-	json []byte
-	n    int
-	at   time.Time
+	json  []byte // the listed users
+	n     int    // how many are listed
+	count int    // the room's size
+	at    time.Time
 }
 
-// bigRoomMembers returns a big room's listed users, from a cache refreshed
+// cachedBigRoom returns a big room's cached members, if they are fresh: read
 // at most once per PresenceInterval (presence in big rooms is coalesced to
-// that interval anyway).
-func (h *hub) bigRoomMembers(ctx context.Context, room string) (cachedMembers, error) {
+// that interval anyway, and every engine call saved counts when thousands
+// of clients join or resume at once).
+func (h *hub) cachedBigRoom(room string) (cachedMembers, bool) {
 	h.membersMu.Lock()
 	m, ok := h.members[room]
 	h.membersMu.Unlock()
-	if ok && time.Since(m.at) < h.srv.cfg.PresenceInterval {
+	return m, ok && time.Since(m.at) < h.srv.cfg.PresenceInterval
+}
+
+// bigRoomMembers returns a big room's size (count, as the caller just read
+// it) and listed users, from the cache or read now.
+func (h *hub) bigRoomMembers(ctx context.Context, room string, count int) (cachedMembers, error) {
+	if m, fresh := h.cachedBigRoom(room); fresh {
 		return m, nil
 	}
 	users, err := h.srv.eng.PresenceMembers(ctx, room, h.srv.cfg.MembersMax)
 	if err != nil {
-		return m, err
+		return cachedMembers{}, err
 	}
 	b, _ := json.Marshal(users)
-	m = cachedMembers{json: b, n: len(users), at: time.Now()}
+	m := cachedMembers{json: b, n: len(users), count: max(count, len(users)), at: time.Now()}
 	h.membersMu.Lock()
 	if h.members == nil {
 		h.members = make(map[string]cachedMembers)
@@ -219,8 +227,9 @@ func chatOf(p *engine.Publication) protocol.Chat {
 }
 
 // register adds a new connection and its user; the user's first holder
-// subscribes to their inbox and puts them online.
-func (h *hub) register(ctx context.Context, c *Conn) error {
+// subscribes to their inbox and puts them online, and gets the number of
+// users online back (-1 for the others: the caller asks the engine).
+func (h *hub) register(ctx context.Context, c *Conn) (online int, err error) {
 	stream := engine.UserStream(c.user)
 	kl := h.keyLock(stream)
 	kl.Lock()
@@ -236,18 +245,19 @@ func (h *hub) register(ctx context.Context, c *Conn) error {
 	h.all[c] = struct{}{}
 	h.mu.Unlock()
 	if !first {
-		return nil
+		return -1, nil
 	}
 	if err := h.srv.eng.Subscribe(ctx, stream); err != nil {
 		h.dropConnOfUser(c, false)
-		return err
+		return 0, err
 	}
-	if _, _, err := h.srv.eng.PresenceAdd(ctx, "", c.user); err != nil {
+	_, online, err = h.srv.eng.PresenceAdd(ctx, "", c.user)
+	if err != nil {
 		h.dropConnOfUser(c, false)
 		h.srv.eng.Unsubscribe(ctx, stream)
-		return err
+		return 0, err
 	}
-	return nil
+	return online, nil
 }
 
 // dropConnOfUser removes c from its user's connections, leaving a ghost in

@@ -310,6 +310,10 @@ func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
 // do not each collect, sort and encode the same list.
 func (c *Conn) sendMembers(ctx context.Context, id, room string, pos roomPos) {
 	eng, cfg := c.srv.eng, &c.srv.cfg
+	if m, fresh := c.srv.hub.cachedBigRoom(room); fresh {
+		c.send(membersFrame(id, room, m, m.count, pos))
+		return
+	}
 	n, err := eng.PresenceCount(ctx, room)
 	if err != nil {
 		c.fail(id, unavailable(err))
@@ -325,7 +329,7 @@ func (c *Conn) sendMembers(ctx context.Context, id, room string, pos roomPos) {
 			Truncated: n > len(users), Epoch: pos.epoch, Top: pos.top}))
 		return
 	}
-	listed, err := c.srv.hub.bigRoomMembers(ctx, room)
+	listed, err := c.srv.hub.bigRoomMembers(ctx, room, n)
 	if err != nil {
 		c.fail(id, unavailable(err))
 		return

@@ -310,7 +310,8 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position)
 	c.mu.Lock()
 	c.resuming = true
 	c.mu.Unlock()
-	if err := s.hub.register(ctx, c); err != nil {
+	online, err := s.hub.register(ctx, c)
+	if err != nil {
 		return err
 	}
 	c.registered = true
@@ -337,7 +338,9 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position)
 	}
 	s.saveSession(ctx, c)
 
-	online, _ := s.eng.PresenceCount(ctx, "")
+	if online < 0 { // not the user's first connection here: not counted by register
+		online, _ = s.eng.PresenceCount(ctx, "")
+	}
 	c.sendFirst(protocol.Encode(protocol.TypeWelcome, "", protocol.Welcome{
 		Protocol: protocol.Version, User: c.user, Session: sess.ID, Resumed: resumed, Online: online, Rooms: joined,
 		Heartbeat: protocol.Heartbeat{Interval: s.cfg.PingInterval.Milliseconds(), Timeout: s.cfg.PongTimeout.Milliseconds()},
