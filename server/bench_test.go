@@ -98,20 +98,23 @@ func BenchmarkWriteBatch(b *testing.B) {
 // handshake (answered with the welcome, in the auto-joined room) and a
 // join of a second room, answered. The client side is a few raw writes and
 // reads, so allocs/op is nearly all the server's. Connections stay open
-// (closed, unmeasured, every 500) so their tear-down is not counted.
+// (closed, unmeasured, every 500) so their tear-down is not counted. The
+// rooms start with 150 members, past PresenceEventsMax as in `tether bench
+// idle`: below it every join is a presence event to every member.
 func BenchmarkConnectionSetUp(b *testing.B) {
 	ts := newTestServer(b, Config{RateLimit: -1})
 	addr := strings.TrimPrefix(ts.ws, "ws://")
 	join := clientFrame(true, opText, []byte(`{"type":"join","id":"j","payload":{"room":"bench"}}`))
 	buf := make([]byte, 64<<10)
 	var open []net.Conn
+	const members = 150
 	closeAll := func() {
 		b.StopTimer()
-		for _, c := range open {
+		for _, c := range open[members:] {
 			c.Close()
 		}
-		open = open[:0]
-		waitUntil(b, "the connections to close", func() bool { return ts.hub.count() == 0 })
+		open = open[:members]
+		waitUntil(b, "the connections to close", func() bool { return ts.hub.count() == members })
 		b.StartTimer()
 	}
 	readTo := func(c net.Conn, want []byte) {
@@ -124,8 +127,7 @@ func BenchmarkConnectionSetUp(b *testing.B) {
 			got = append(got, buf[:n]...)
 		}
 	}
-	b.ReportAllocs()
-	for i := 0; b.Loop(); i++ {
+	setUp := func(i int) {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			b.Fatal(err)
@@ -136,7 +138,14 @@ func BenchmarkConnectionSetUp(b *testing.B) {
 		readTo(c, []byte(`"welcome"`))
 		c.Write(join)
 		readTo(c, []byte(`"id":"j"`))
-		if len(open) == 500 {
+	}
+	for i := 0; i < members; i++ {
+		setUp(-1 - i)
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		setUp(i)
+		if len(open) == members+500 {
 			closeAll()
 		}
 	}
