@@ -67,12 +67,9 @@ func (h *hub) cachedBigRoom(room string) (cachedMembers, bool) {
 	return m, ok && time.Since(m.at) < h.srv.cfg.PresenceInterval
 }
 
-// bigRoomMembers returns a big room's size (count, as the caller just read
-// it) and listed users, from the cache or read now.
-func (h *hub) bigRoomMembers(ctx context.Context, room string, count int) (cachedMembers, error) {
-	if m, fresh := h.cachedBigRoom(room); fresh {
-		return m, nil
-	}
+// loadBigRoom reads a big room's listed users and caches them with its size
+// (count, as the caller just read it), for cachedBigRoom.
+func (h *hub) loadBigRoom(ctx context.Context, room string, count int) (cachedMembers, error) {
 	users, err := h.srv.eng.PresenceMembers(ctx, room, h.srv.cfg.MembersMax)
 	if err != nil {
 		return cachedMembers{}, err

@@ -305,9 +305,9 @@ func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
 // sendMembers sends a room's members; id is the `who` it answers, if any.
 //
 // In a big room (more than PresenceEventsMax users, where presence is
-// coalesced anyway) the listed users come from a per-room cache refreshed
-// at most once per PresenceInterval, encoded once: 10,000 members joining
-// do not each collect, sort and encode the same list.
+// coalesced anyway) the listed users and the count come from a per-room
+// cache refreshed at most once per PresenceInterval, encoded once: 10,000
+// members joining do not each count, collect, sort and encode the same list.
 func (c *Conn) sendMembers(ctx context.Context, id, room string, pos roomPos) {
 	eng, cfg := c.srv.eng, &c.srv.cfg
 	if m, fresh := c.srv.hub.cachedBigRoom(room); fresh {
@@ -329,7 +329,7 @@ func (c *Conn) sendMembers(ctx context.Context, id, room string, pos roomPos) {
 			Truncated: n > len(users), Epoch: pos.epoch, Top: pos.top}))
 		return
 	}
-	listed, err := c.srv.hub.bigRoomMembers(ctx, room, n)
+	listed, err := c.srv.hub.loadBigRoom(ctx, room, n)
 	if err != nil {
 		c.fail(id, unavailable(err))
 		return
