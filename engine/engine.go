@@ -148,6 +148,10 @@ type Engine interface {
 	// nil for an unknown or expired session. DeleteSession forgets the
 	// session and its remembered message ids.
 	SaveSession(ctx context.Context, s *Session, ttl time.Duration) error
+	// SaveSessions saves each of ss as SaveSession would, in as few round
+	// trips as the engine can: a node saves every session it holds when it
+	// stops and when it refreshes them. On error some may have been saved.
+	SaveSessions(ctx context.Context, ss []*Session, ttl time.Duration) error
 	LoadSession(ctx context.Context, id string) (*Session, error)
 	DeleteSession(ctx context.Context, id string) error
 

@@ -76,9 +76,11 @@ type Conn struct {
 	// rooms is guarded by the hub's mutex.
 	rooms map[string]struct{}
 
-	session    string       // the session this connection holds
-	registered bool         // the hub knows it (set by the handshake goroutine before the reader starts)
-	claims     *auth.Claims // token mode: what the token allows; nil in open mode
+	session string // the session this connection holds
+	// savedAtStop is set by Shutdown when it has saved the session.
+	savedAtStop atomic.Bool
+	registered  bool         // the hub knows it (set by the handshake goroutine before the reader starts)
+	claims      *auth.Claims // token mode: what the token allows; nil in open mode
 
 	// resuming is set while a resumed connection replays what it missed;
 	// deliveries meanwhile wait in held, so that nothing published during

@@ -53,6 +53,8 @@ type Server struct {
 
 	nextID       atomic.Uint64
 	shuttingDown atomic.Bool
+	// stopSaveGen is hub.partnerAdds when Shutdown saved every session.
+	stopSaveGen atomic.Uint64
 	// processing is held for reading while a client message is processed;
 	// Shutdown takes it for writing after raising shuttingDown, so that no
 	// message is processed (and acked) once any connection may be closing:
@@ -421,10 +423,29 @@ func (s *Server) saveSession(ctx context.Context, c *Conn) {
 	if c.session == "" {
 		return
 	}
-	sess := &engine.Session{ID: c.session, User: c.user, Rooms: s.hub.roomsOf(c), Partners: s.hub.partnersOf(c.user)}
-	if err := s.eng.SaveSession(ctx, sess, s.cfg.ResumeWindow); err != nil {
+	if err := s.eng.SaveSession(ctx, s.sessionOf(c), s.cfg.ResumeWindow); err != nil {
 		s.log.Warn("session not saved", "user", c.user, "err", err)
 	}
+}
+
+func (s *Server) sessionOf(c *Conn) *engine.Session {
+	return &engine.Session{ID: c.session, User: c.user, Rooms: s.hub.roomsOf(c), Partners: s.hub.partnersOf(c.user)}
+}
+
+// saveSessions saves the sessions of many connections in as few engine
+// round trips as the engine allows, and reports whether all were saved.
+func (s *Server) saveSessions(ctx context.Context, conns []*Conn) bool {
+	ss := make([]*engine.Session, 0, len(conns))
+	for _, c := range conns {
+		if c.session != "" {
+			ss = append(ss, s.sessionOf(c))
+		}
+	}
+	if err := s.eng.SaveSessions(ctx, ss, s.cfg.ResumeWindow); err != nil {
+		s.log.Warn("sessions not saved", "sessions", len(ss), "err", err)
+		return false
+	}
+	return true
 }
 
 // disconnected runs once per connection, when its reader has returned. A
@@ -460,8 +481,13 @@ func (s *Server) disconnected(c *Conn) {
 		// process): users who resume within it never appear to leave (no
 		// leave/join flap in their rooms, no `left` to their partners), and
 		// stopping costs one engine call per connection instead of five.
-		// No ghost outlives this node.
-		s.saveSession(ctx, c)
+		// No ghost outlives this node. Shutdown has saved the sessions it
+		// found in one batch; only a connection it missed saves its own.
+		// (A partner noted since then, by a message from another node,
+		// makes every connection save again.)
+		if !c.savedAtStop.Load() || s.hub.partnerAdds.Load() != s.stopSaveGen.Load() {
+			s.saveSession(ctx, c)
+		}
 		s.hub.forget(c)
 	default:
 		s.saveSession(ctx, c)
@@ -519,9 +545,7 @@ func (s *Server) heartbeat() {
 			s.sweepRates(now)
 			// Live sessions must not expire: refresh them well within the window.
 			conns = s.hub.snapshot(conns[:0])
-			for _, c := range conns {
-				s.saveSession(s.ctx, c)
-			}
+			s.saveSessions(s.ctx, conns)
 			clear(conns)
 		case now := <-t.C:
 			conns = s.hub.snapshot(conns[:0])
@@ -559,6 +583,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	conns := s.hub.snapshot(nil)
 	s.log.Info("shutting down", "connections", len(conns))
+	// Every session is saved before its client is told to reconnect, so
+	// that a resume on another node finds it current, and in batches: one
+	// engine call per connection made stopping a node with many clients
+	// on Redis take seconds. Nothing changes a session from here on (no
+	// command is processed any more).
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	s.stopSaveGen.Store(s.hub.partnerAdds.Load())
+	if s.saveSessions(sctx, conns) {
+		for _, c := range conns {
+			c.savedAtStop.Store(true)
+		}
+	}
+	cancel()
 	for _, c := range conns {
 		c.close(protocol.DisconnectShutdown, closeShutdown)
 	}

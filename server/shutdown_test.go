@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/tether-chat/tether/engine/redis"
 	"github.com/tether-chat/tether/internal/testredis"
 	"github.com/tether-chat/tether/protocol"
@@ -80,4 +81,12 @@ func TestStoppedNodesPresenceExpiresLikeACrashedOnes(t *testing.T) {
 	}
 	bob.expectNone(protocol.TypePresence, isLeave("alice"), 2*ttl)
 	bob.expectNone(protocol.TypeLeft, nil, 0)
+
+	// The session A saved when it stopped was current: it named bob as
+	// alice's partner (noted by a delivery, never saved before the stop),
+	// so when alice leaves for good on B, bob is told.
+	again.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, "bye"), time.Now().Add(time.Second))
+	if left := payloadOf[protocol.Left](t, bob.expect(protocol.TypeLeft, nil)); left.User != "alice" {
+		t.Fatalf("left = %+v, want alice", left)
+	}
 }

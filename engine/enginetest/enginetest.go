@@ -265,6 +265,46 @@ func Run(t *testing.T, f Factory) {
 		}
 	})
 
+	t.Run("SaveSessions", func(t *testing.T) {
+		e, _ := start(t, f, 5)
+		if err := e.SaveSessions(ctx, nil, time.Minute); err != nil {
+			t.Fatalf("no sessions: %v", err)
+		}
+		// More than one batch of any engine that batches (Redis: 512),
+		// one of them replacing a saved session and keeping its ids.
+		e.SaveSession(ctx, &engine.Session{ID: "b7", User: "old"}, time.Minute)
+		if st, _, _ := e.ReserveID(ctx, "b7", "m1"); st != engine.IDNew {
+			t.Fatalf("reserve = %v", st)
+		}
+		e.CompleteID(ctx, "b7", "m1", 9)
+		ss := make([]*engine.Session, 1100)
+		for i := range ss {
+			ss[i] = &engine.Session{ID: fmt.Sprint("b", i), User: fmt.Sprint("u", i), Rooms: []string{"r", fmt.Sprint("r", i)}}
+		}
+		ss[7].Partners = []string{"p"}
+		if err := e.SaveSessions(ctx, ss, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		ss[0].Rooms[0] = "mutated" // the engine keeps its own copy
+		for _, i := range []int{0, 7, 511, 512, 513, 1099} {
+			got, err := e.LoadSession(ctx, fmt.Sprint("b", i))
+			if err != nil || got == nil || got.User != fmt.Sprint("u", i) || fmt.Sprint(got.Rooms) != fmt.Sprintf("[r r%d]", i) {
+				t.Fatalf("session b%d = %+v, %v", i, got, err)
+			}
+		}
+		if got, _ := e.LoadSession(ctx, "b7"); fmt.Sprint(got.Partners) != "[p]" {
+			t.Fatalf("b7's partners = %v", got.Partners)
+		}
+		if st, seq, _ := e.ReserveID(ctx, "b7", "m1"); st != engine.IDDone || seq != 9 {
+			t.Fatalf("ids must survive SaveSessions; got %v, %d", st, seq)
+		}
+		e.SaveSessions(ctx, []*engine.Session{{ID: "brief", User: "x"}}, 50*time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
+		if got, err := e.LoadSession(ctx, "brief"); err != nil || got != nil {
+			t.Fatalf("expired session = %+v, %v", got, err)
+		}
+	})
+
 	t.Run("MessageIDWindow", func(t *testing.T) {
 		e, _ := start(t, f, 5)
 		e.SaveSession(ctx, &engine.Session{ID: "s", User: "u"}, time.Minute)

@@ -258,7 +258,27 @@ func (e *Engine) SaveSession(ctx context.Context, s *engine.Session, ttl time.Du
 	if e.closed {
 		return engine.ErrClosed
 	}
-	cur := e.live(s.ID, time.Now())
+	e.saveLocked(s, time.Now(), ttl)
+	return nil
+}
+
+// SaveSessions implements engine.Engine.
+func (e *Engine) SaveSessions(ctx context.Context, ss []*engine.Session, ttl time.Duration) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return engine.ErrClosed
+	}
+	now := time.Now()
+	for _, s := range ss {
+		e.saveLocked(s, now, ttl)
+	}
+	return nil
+}
+
+// saveLocked stores a copy of s until now+ttl; e.mu must be held.
+func (e *Engine) saveLocked(s *engine.Session, now time.Time, ttl time.Duration) {
+	cur := e.live(s.ID, now)
 	if cur == nil {
 		cur = &session{ids: make(map[string]idEntry)}
 		e.sess[s.ID] = cur
@@ -266,8 +286,7 @@ func (e *Engine) SaveSession(ctx context.Context, s *engine.Session, ttl time.Du
 	cur.s = *s
 	cur.s.Rooms = append([]string(nil), s.Rooms...)
 	cur.s.Partners = append([]string(nil), s.Partners...)
-	cur.expires = time.Now().Add(ttl)
-	return nil
+	cur.expires = now.Add(ttl)
 }
 
 // live returns the unexpired session id; e.mu must be held.

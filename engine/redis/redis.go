@@ -587,6 +587,50 @@ func (e *Engine) SaveSession(ctx context.Context, s *engine.Session, ttl time.Du
 	return saveSessionScript.Run(ctx, e.rdb, e.sessionKeys(s.ID), b, max(ttl.Milliseconds(), 1)).Err()
 }
 
+// sessionBatch is how many sessions SaveSessions sends in one pipeline.
+const sessionBatch = 512
+
+// SaveSessions implements engine.Engine: the saves go in pipelines of
+// sessionBatch, one round trip each instead of one per session.
+func (e *Engine) SaveSessions(ctx context.Context, ss []*engine.Session, ttl time.Duration) error {
+	ms := max(ttl.Milliseconds(), 1)
+	args := make([][]byte, len(ss))
+	for i, s := range ss {
+		b, err := json.Marshal(s)
+		if err != nil {
+			return err
+		}
+		args[i] = b
+	}
+	for len(ss) > 0 {
+		n := min(len(ss), sessionBatch)
+		if err := e.saveBatch(ctx, ss[:n], args[:n], ms); err != nil {
+			return fmt.Errorf("redis sessions: %w", err)
+		}
+		ss, args = ss[n:], args[n:]
+	}
+	return nil
+}
+
+// saveBatch runs saveSessionScript for each session in one pipeline. A
+// Redis that has not seen the script yet (or lost it in a restart) answers
+// NOSCRIPT: the script is loaded and the batch sent once more.
+func (e *Engine) saveBatch(ctx context.Context, ss []*engine.Session, args [][]byte, ttlMs int64) error {
+	for try := 0; ; try++ {
+		pipe := e.rdb.Pipeline()
+		for i, s := range ss {
+			saveSessionScript.EvalSha(ctx, pipe, e.sessionKeys(s.ID), args[i], ttlMs)
+		}
+		_, err := pipe.Exec(ctx)
+		if err == nil || try > 0 || !goredis.HasErrorPrefix(err, "NOSCRIPT") {
+			return err
+		}
+		if err := saveSessionScript.Load(ctx, e.rdb).Err(); err != nil {
+			return err
+		}
+	}
+}
+
 // LoadSession implements engine.Engine.
 func (e *Engine) LoadSession(ctx context.Context, id string) (*engine.Session, error) {
 	b, err := e.rdb.Get(ctx, e.sessionKeys(id)[0]).Bytes()

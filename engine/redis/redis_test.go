@@ -180,3 +180,28 @@ func TestReadyFollowsRedis(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestSaveSessionsLoadsItsScript: the pipelined saves run the script by
+// its hash; a Redis that does not have it (new, restarted, flushed) gets it
+// loaded and the batch sent again.
+func TestSaveSessionsLoadsItsScript(t *testing.T) {
+	srv := testredis.Start(t)
+	ctx := context.Background()
+	e := newEngine(t, srv.URL, 10)
+	defer e.Close()
+	if err := e.rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ss := []*engine.Session{{ID: "a", User: "alice"}, {ID: "b", User: "bob", Rooms: []string{"x"}}}
+	if err := e.SaveSessions(ctx, ss, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ss {
+		if got, err := e.LoadSession(ctx, s.ID); err != nil || got == nil || got.User != s.User {
+			t.Fatalf("session %s = %+v, %v", s.ID, got, err)
+		}
+	}
+	if ttl := e.rdb.PTTL(ctx, e.sessionKeys("b")[0]).Val(); ttl <= 50*time.Second || ttl > time.Minute {
+		t.Fatalf("session TTL = %s, want about a minute", ttl)
+	}
+}
