@@ -6,6 +6,7 @@ import (
 	"hash/maphash"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tether-chat/tether/engine"
@@ -28,13 +29,18 @@ import (
 //	                 the engine calls they cause (Subscribe, presence,
 //	                 presence events), so "first tab in" and "last tab out"
 //	                 decisions and their engine effects never interleave.
+//	presenceLock(room, user)
+//	                 orders one user's presence updates in one room; in a
+//	                 big room a join holds only this one for its engine call.
 //	hub.mu           guards the maps below; held only briefly, never across
 //	                 an engine call. Delivery holds it for reading.
 //	Conn.mu          guards one connection's send queue.
 type hub struct {
 	srv  *Server
 	keys [64]sync.Mutex
-	seed maphash.Seed
+	// presenceKeys are presenceLock's: a user's presence in one room.
+	presenceKeys [64]sync.Mutex
+	seed         maphash.Seed
 
 	mu       sync.RWMutex
 	rooms    map[string]*room
@@ -43,6 +49,9 @@ type hub struct {
 	all      map[*Conn]struct{}
 	dirty    map[string]struct{} // big rooms whose count changed since the last flush
 	ghosts   map[string]*ghost   // session id -> memberships held through the grace period
+	// partnerAdds counts the partners noted, so that Shutdown can tell
+	// whether a session changed after it saved them all.
+	partnerAdds atomic.Uint64
 
 	membersMu sync.Mutex
 	members   map[string]cachedMembers // big rooms' listed users, encoded
@@ -464,6 +473,7 @@ func (h *hub) notePartner(user, other string) {
 		h.partners[user] = m
 	}
 	m[other] = struct{}{}
+	h.partnerAdds.Add(1)
 }
 
 // partnersOf lists a user's private-conversation partners, sorted.
@@ -494,18 +504,32 @@ func (h *hub) join(ctx context.Context, c *Conn, name string) (roomPos, error) {
 		return roomPos{}, &protocol.Error{Code: protocol.ErrForbiddenRoom, Message: "your token does not allow room " + name}
 	}
 	stream := engine.RoomStream(name)
+	if err := h.enter(ctx, c, name, stream); err != nil {
+		return roomPos{}, err
+	}
+	// The position is read after c is in the room and the stream is
+	// subscribed: whatever is published after it reaches c live. It needs
+	// no lock, so joins of one room wait for each other only for the
+	// presence update.
+	return h.position(ctx, stream)
+}
+
+// enter puts c in room name (a no-op if it is in already), subscribing
+// the node to the room's stream for its first member and adding the user
+// to the room's presence for their first tab.
+func (h *hub) enter(ctx context.Context, c *Conn, name, stream string) error {
 	kl := h.keyLock(stream)
 	kl.Lock()
-	defer kl.Unlock()
-
 	h.mu.Lock()
 	if _, in := c.rooms[name]; in {
 		h.mu.Unlock()
-		return h.position(ctx, stream)
+		kl.Unlock()
+		return nil
 	}
 	if len(c.rooms) >= h.srv.cfg.MaxRoomsPerConn {
 		h.mu.Unlock()
-		return roomPos{}, &protocol.Error{Code: protocol.ErrTooManyRooms, Message: "room limit per connection reached; leave a room first"}
+		kl.Unlock()
+		return &protocol.Error{Code: protocol.ErrTooManyRooms, Message: "room limit per connection reached; leave a room first"}
 	}
 	r := h.rooms[name]
 	newRoom := r == nil
@@ -530,28 +554,63 @@ func (h *hub) join(ctx context.Context, c *Conn, name string) (roomPos, error) {
 			delete(c.rooms, name)
 			h.releaseHolderLocked(name, r, c.user)
 			h.mu.Unlock()
-			return roomPos{}, unavailable(err)
+			kl.Unlock()
+			return unavailable(err)
 		}
 	}
-	pos, err := h.position(ctx, stream)
-	if err != nil {
-		return pos, err
-	}
 	if !firstTab {
-		return pos, nil
+		kl.Unlock()
+		return nil
+	}
+	pl := h.presenceLock(name, c.user)
+	pl.Lock()
+	defer pl.Unlock()
+	if h.knownBig(name) {
+		// A big room's joins publish no event of their own (its count is
+		// coalesced), so there is no order among them to keep: the room is
+		// let go before the engine call, and thousands of clients resuming
+		// into one room at once do not queue behind each other's presence
+		// update. The user's presence lock still orders it against their
+		// last tab leaving (afterRelease).
+		kl.Unlock()
+	} else {
+		defer kl.Unlock()
 	}
 	added, n, err := eng.PresenceAdd(ctx, name, c.user)
 	if err != nil {
 		h.srv.log.Warn("presence add failed", "room", name, "user", c.user, "err", err)
-		return pos, nil // the member is in; presence catches up on the next change
+		return nil // the member is in; presence catches up on the next change
 	}
 	if added {
 		h.presenceChanged(ctx, name, c.user, protocol.PresenceJoin, n)
 	}
-	return pos, nil
+	return nil
 }
 
-// position reads a stream's current (epoch, top).
+// presenceLock orders one user's presence updates in one room: their
+// first tab joining and their last tab leaving. It is taken after the
+// room's key lock.
+func (h *hub) presenceLock(room, user string) *sync.Mutex {
+	var hash maphash.Hash
+	hash.SetSeed(h.seed)
+	hash.WriteString(room)
+	hash.WriteByte(0)
+	hash.WriteString(user)
+	return &h.presenceKeys[hash.Sum64()%uint64(len(h.presenceKeys))]
+}
+
+// knownBig reports whether room was past twice PresenceEventsMax users at
+// the last reading of its members (at most PresenceInterval ago): far
+// enough past it that a join cannot bring it back to per-user events.
+func (h *hub) knownBig(room string) bool {
+	max := h.srv.cfg.PresenceEventsMax
+	if max < 0 {
+		return false
+	}
+	m, ok := h.cachedBigRoom(room)
+	return ok && m.count > 2*max
+}
+
 func (h *hub) position(ctx context.Context, stream string) (roomPos, error) {
 	hist, err := h.srv.eng.History(ctx, stream, engine.HistoryQuery{Latest: true, Limit: 1})
 	if err != nil {
@@ -618,6 +677,9 @@ func (h *hub) afterRelease(ctx context.Context, name, user string, lastTab, empt
 	if !lastTab {
 		return
 	}
+	pl := h.presenceLock(name, user)
+	pl.Lock()
+	defer pl.Unlock()
 	removed, n, err := eng.PresenceRemove(ctx, name, user)
 	if err != nil {
 		h.srv.log.Warn("presence remove failed", "room", name, "user", user, "err", err)
