@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
@@ -68,6 +69,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.Frozen, "frozen", 0, "fanout --rate: this many members stop reading after joining (slow-consumer test)")
 	sizes := fs.String("sizes", "100,1000,5000,10000", "sweep: room sizes")
 	svg := fs.String("svg", "", "sweep: write the chart to this file")
+	pprofAddr := fs.String("pprof", "", "serve the load generator's own /debug/pprof on this address while it runs (e.g. 127.0.0.1:6064)")
 	serverArgs := fs.String("server-args", "", "storm: extra arguments for the server it starts (e.g. \"--redis redis://127.0.0.1:6379/0\")")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -84,6 +86,9 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 		o.PIDs = append(o.PIDs, pid)
 	}
 	o.Sources = strings.Split(*sources, ",")
+	if *pprofAddr != "" {
+		go servePprof(*pprofAddr, slog.New(slog.NewTextHandler(stderr, nil)))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	self, _ := os.Executable()

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -427,7 +428,15 @@ func Storm(ctx context.Context, o Options, self string, serverArgs []string) (Re
 	defer func() { srv.Process.Kill(); srv.Wait() }()
 	o.progress("storm: connecting %d clients", o.Conns)
 	clients := make([]*client.Client, o.Conns)
-	var resumed atomic.Int64
+	// After the SIGTERM (restarting), closedAt is when each client left
+	// OPEN and backAt when it had its welcome again (unix nanos), both
+	// taken from its events: the progress lines show how long after the
+	// SIGTERM the clients learned of the restart, and the wait for all of
+	// them reads one counter instead of every client's state.
+	var restarting atomic.Bool
+	var back, resumed, again atomic.Int64
+	closedAt := make([]atomic.Int64, o.Conns)
+	backAt := make([]atomic.Int64, o.Conns)
 	errc := make(chan error, 1)
 	dialEach(ctx, len(clients), func(i int) {
 		d := o.dialer(i)
@@ -442,8 +451,19 @@ func Storm(ctx context.Context, o Options, self string, serverArgs []string) (Re
 		clients[i] = c
 		go func() {
 			for ev := range c.Events() {
-				if ev.Type == protocol.TypeWelcome && ev.Welcome.Resumed {
-					resumed.Add(1)
+				switch {
+				case !restarting.Load():
+				case ev.State != nil && ev.State.Prev == client.StateOpen:
+					closedAt[i].CompareAndSwap(0, time.Now().UnixNano())
+				case ev.Type == protocol.TypeWelcome && closedAt[i].Load() != 0:
+					if !backAt[i].CompareAndSwap(0, time.Now().UnixNano()) {
+						again.Add(1) // its connection ended again
+						continue
+					}
+					if ev.Welcome.Resumed {
+						resumed.Add(1)
+					}
+					back.Add(1)
 				}
 			}
 		}()
@@ -464,6 +484,7 @@ func Storm(ctx context.Context, o Options, self string, serverArgs []string) (Re
 	default:
 	}
 	o.progress("storm: %d connected; restarting the server", o.Conns)
+	restarting.Store(true)
 	stopping := time.Now()
 	srv.Process.Signal(syscall.SIGTERM)
 	srv.Wait()
@@ -473,36 +494,47 @@ func Storm(ctx context.Context, o Options, self string, serverArgs []string) (Re
 	}
 	o.progress("storm: the server stopped in %s and listened again %s later",
 		t0.Sub(stopping).Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
+	closes := make([]float64, 0, o.Conns)
+	for i := range closedAt {
+		if at := closedAt[i].Load(); at != 0 {
+			closes = append(closes, time.Duration(at-stopping.UnixNano()).Seconds())
+		}
+	}
+	if len(closes) > 0 {
+		sort.Float64s(closes)
+		o.progress("storm: %d clients had seen the close by then: after %.2f s (first), %.2f (median), %.2f (last) from the SIGTERM",
+			len(closes), closes[0], closes[len(closes)/2], closes[len(closes)-1])
+	}
 	report := time.Now().Add(2 * time.Second)
-	for {
-		open := 0
-		for _, c := range clients {
-			if c.State() == client.StateOpen && c.Info().LastClose != nil {
-				open++
-			}
-		}
-		if open == o.Conns {
-			break
-		}
+	for back.Load() < int64(o.Conns) {
 		if time.Now().After(report) {
 			// Who is still out, and why: state, attempts, the last close.
 			report = time.Now().Add(2 * time.Second)
 			why := map[string]int{}
-			for _, c := range clients {
-				if info := c.Info(); info.State != client.StateOpen || info.LastClose == nil {
-					code := 0
-					if info.LastClose != nil {
-						code = int(info.LastClose.Code)
-					}
-					why[fmt.Sprintf("%s/attempt %d/close %d", info.State, info.Attempt, code)]++
+			for i, c := range clients {
+				if backAt[i].Load() != 0 {
+					continue
 				}
+				info := c.Info()
+				code := 0
+				if info.LastClose != nil {
+					code = int(info.LastClose.Code)
+				}
+				why[fmt.Sprintf("%s/attempt %d/close %d", info.State, info.Attempt, code)]++
 			}
-			o.progress("storm: %d of %d back after %s; the others: %v", open, o.Conns, time.Since(t0).Round(time.Millisecond), why)
+			o.progress("storm: %d of %d back after %s; the others: %v", back.Load(), o.Conns, time.Since(t0).Round(time.Millisecond), why)
 		}
 		if ctx.Err() != nil {
-			return Result{}, fmt.Errorf("%d of %d clients back before the timeout", open, o.Conns)
+			return Result{}, fmt.Errorf("%d of %d clients back before the timeout", back.Load(), o.Conns)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return Result{Scenario: "storm", Conns: o.Conns, Seconds: time.Since(t0).Seconds(), Resumed: int(resumed.Load())}, nil
+	last := int64(0)
+	for i := range backAt {
+		last = max(last, backAt[i].Load())
+	}
+	if n := again.Load(); n > 0 {
+		o.progress("storm: %d more welcomes after the restart than clients: connections that ended again", n)
+	}
+	return Result{Scenario: "storm", Conns: o.Conns, Seconds: time.Duration(last - t0.UnixNano()).Seconds(), Resumed: int(resumed.Load())}, nil
 }
