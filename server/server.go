@@ -428,6 +428,8 @@ func (s *Server) saveSession(ctx context.Context, c *Conn) {
 	}
 }
 
+// sessionOf is what a resume of c's session needs: its user, rooms and
+// private-conversation partners.
 func (s *Server) sessionOf(c *Conn) *engine.Session {
 	return &engine.Session{ID: c.session, User: c.user, Rooms: s.hub.roomsOf(c), Partners: s.hub.partnersOf(c.user)}
 }
@@ -586,8 +588,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// Every session is saved before its client is told to reconnect, so
 	// that a resume on another node finds it current, and in batches: one
 	// engine call per connection made stopping a node with many clients
-	// on Redis take seconds. Nothing changes a session from here on (no
-	// command is processed any more).
+	// on Redis take seconds. No command is processed from here on, so
+	// only a partner noted by a message from another node can still change
+	// a session (disconnected saves again then).
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	s.stopSaveGen.Store(s.hub.partnerAdds.Load())
 	if s.saveSessions(sctx, conns) {
