@@ -25,6 +25,12 @@ type metrics struct {
 	latency   prometheus.Histogram   // publish to enqueue on this node
 }
 
+// pipeliner is implemented by engines that pipeline commands to a store
+// automatically (the Redis engine).
+type pipeliner interface {
+	PipelineStats() (commands, pipelines uint64)
+}
+
 // historySizer is implemented by engines that can tell how many messages
 // they retain (the memory engine).
 type historySizer interface{ Retained() int }
@@ -69,6 +75,15 @@ func (s *Server) initMetrics() {
 	if hs, ok := s.eng.(historySizer); ok {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_history_retained",
 			Help: "Messages retained in history (in-memory engine)."}, func() float64 { return float64(hs.Retained()) }))
+	}
+	if pl, ok := s.eng.(pipeliner); ok {
+		m.reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tether_engine_commands_total",
+				Help: "Commands sent to Redis through automatic pipelining."},
+				func() float64 { c, _ := pl.PipelineStats(); return float64(c) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tether_engine_pipelines_total",
+				Help: "Round trips those commands took; commands / pipelines is how many shared one."},
+				func() float64 { _, p := pl.PipelineStats(); return float64(p) }))
 	}
 }
 

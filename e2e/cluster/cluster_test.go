@@ -7,11 +7,13 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -297,6 +299,34 @@ func TestClusterRoomsDirectAndPresenceAcrossNodes(t *testing.T) {
 			t.Fatalf("node %d sees %+v, %v", i+1, m, err)
 		}
 	}
+	// Every node sent its Redis commands through its automatic pipelines
+	// and reports them.
+	for i, n := range nodes {
+		cmds, pipes := metric(t, n, "tether_engine_commands_total"), metric(t, n, "tether_engine_pipelines_total")
+		if pipes < 1 || cmds < pipes {
+			t.Fatalf("node %d: %v commands in %v pipelines", i+1, cmds, pipes)
+		}
+	}
+}
+
+// metric reads one unlabelled metric from a node's /metrics.
+func metric(t *testing.T, n *node, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + n.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("/metrics has no %s", name)
+	}
+	v, err := strconv.ParseFloat(string(m[1]), 64)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return v
 }
 
 // TestClusterNodeLossThroughNginx: under a steady stream of chat, one node

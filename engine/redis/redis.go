@@ -63,9 +63,10 @@ type Config struct {
 
 // Engine is the Redis engine.
 type Engine struct {
-	cfg Config
-	rdb *goredis.Client
-	log *slog.Logger
+	cfg  Config
+	rdb  *goredis.Client
+	pipe *autoPipe // every single command goes through it (pipeline.go)
+	log  *slog.Logger
 
 	ps      *goredis.PubSub
 	handler engine.Handler
@@ -142,10 +143,13 @@ func New(cfg Config) (*Engine, error) {
 	opt.ReadTimeout = 3 * time.Second
 	opt.WriteTimeout = 3 * time.Second
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Engine{
+	e := &Engine{
 		cfg: cfg, rdb: goredis.NewClient(opt), log: cfg.Logger, ctx: ctx, cancel: cancel,
 		streams: map[string]*subState{}, holds: map[string]map[string]bool{}, probe: map[string]chan struct{}{},
-	}, nil
+	}
+	e.pipe = newAutoPipe(ctx, e.rdb)
+	e.pipe.start(&e.wg)
+	return e, nil
 }
 
 func (e *Engine) key(parts ...string) string { return e.cfg.Prefix + strings.Join(parts, ":") }
@@ -716,6 +720,7 @@ func (e *Engine) Close() error {
 	e.mu.Lock()
 	e.closed = true
 	e.mu.Unlock()
+	e.pipe.close()
 	e.cancel()
 	if e.ps != nil {
 		e.ps.Close()

@@ -2,8 +2,10 @@ package redis
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -181,17 +183,25 @@ func TestReadyFollowsRedis(t *testing.T) {
 	}
 }
 
+// engineWithoutScripts is an engine on a fresh Redis that has just lost
+// its scripts (as after a Redis restart): every script's first run is
+// answered NOSCRIPT. It is closed at the end of the test.
+func engineWithoutScripts(t *testing.T) (*Engine, context.Context) {
+	srv := testredis.Start(t)
+	ctx := context.Background()
+	e := newEngine(t, srv.URL, 10)
+	t.Cleanup(func() { e.Close() })
+	if err := e.rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	return e, ctx
+}
+
 // TestSaveSessionsLoadsItsScript: the pipelined saves run the script by
 // its hash; a Redis that does not have it (new, restarted, flushed) gets it
 // loaded and the batch sent again.
 func TestSaveSessionsLoadsItsScript(t *testing.T) {
-	srv := testredis.Start(t)
-	ctx := context.Background()
-	e := newEngine(t, srv.URL, 10)
-	defer e.Close()
-	if err := e.rdb.ScriptFlush(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
+	e, ctx := engineWithoutScripts(t)
 	ss := []*engine.Session{{ID: "a", User: "alice"}, {ID: "b", User: "bob", Rooms: []string{"x"}}}
 	if err := e.SaveSessions(ctx, ss, time.Minute); err != nil {
 		t.Fatal(err)
@@ -203,5 +213,98 @@ func TestSaveSessionsLoadsItsScript(t *testing.T) {
 	}
 	if ttl := e.rdb.PTTL(ctx, e.sessionKeys("b")[0]).Val(); ttl <= 50*time.Second || ttl > time.Minute {
 		t.Fatalf("session TTL = %s, want about a minute", ttl)
+	}
+}
+
+// TestConcurrentCommandsSharePipelines: commands of many callers at once
+// go out together (automatic pipelining), and every caller still gets its
+// own result: sessions, message ids, presence and scripts (with a Redis
+// that has just lost its scripts, so that NOSCRIPT is answered in the
+// middle of a pipeline and the script is loaded again).
+func TestConcurrentCommandsSharePipelines(t *testing.T) {
+	e, ctx := engineWithoutScripts(t)
+	const n = 400
+	start := make(chan struct{})
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			id, user := fmt.Sprint("s", i), fmt.Sprint("u", i)
+			if err := e.SaveSession(ctx, &engine.Session{ID: id, User: user, Rooms: []string{fmt.Sprint("r", i)}}, time.Minute); err != nil {
+				errs <- fmt.Errorf("save %s: %w", id, err)
+				return
+			}
+			s, err := e.LoadSession(ctx, id)
+			if err != nil || s == nil || s.User != user || len(s.Rooms) != 1 || s.Rooms[0] != fmt.Sprint("r", i) {
+				errs <- fmt.Errorf("load %s = %+v, %v", id, s, err)
+				return
+			}
+			if st, _, err := e.ReserveID(ctx, id, "m1"); err != nil || st != engine.IDNew {
+				errs <- fmt.Errorf("reserve %s = %v, %v", id, st, err)
+				return
+			}
+			if err := e.CompleteID(ctx, id, "m1", uint64(i+1)); err != nil {
+				errs <- fmt.Errorf("complete %s: %w", id, err)
+				return
+			}
+			if st, seq, err := e.ReserveID(ctx, id, "m1"); err != nil || st != engine.IDDone || seq != uint64(i+1) {
+				errs <- fmt.Errorf("reserve again %s = %v %d, %v", id, st, seq, err)
+				return
+			}
+			if added, _, err := e.PresenceAdd(ctx, "lobby", user); err != nil || !added {
+				errs <- fmt.Errorf("presence %s = %v, %v", user, added, err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got, err := e.PresenceCount(ctx, "lobby"); err != nil || got != n {
+		t.Fatalf("lobby count = %d, %v; want %d", got, err, n)
+	}
+	cmds, pipes := e.PipelineStats()
+	t.Logf("%d commands in %d pipelines", cmds, pipes)
+	if cmds < 6*n || pipes >= cmds/2 {
+		t.Fatalf("%d commands in %d pipelines: concurrent commands did not share round trips", cmds, pipes)
+	}
+}
+
+// TestClosedEngineAnswersEveryCaller: callers in flight when the engine
+// closes and callers after it get an answer (an error or their result),
+// none waits forever; a caller whose context has ended is not kept
+// waiting for Redis either.
+func TestClosedEngineAnswersEveryCaller(t *testing.T) {
+	srv := testredis.Start(t)
+	e := newEngine(t, srv.URL, 10)
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Go(func() { // until the engine refuses
+			for j := 0; ; j++ {
+				if _, err := e.LoadSession(context.Background(), fmt.Sprint("s", i, "-", j)); err != nil {
+					return
+				}
+			}
+		})
+	}
+	time.Sleep(100 * time.Millisecond)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := e.LoadSession(cancelled, "x"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("load with an ended context: %v", err)
+	}
+	e.Close()
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(10 * time.Second):
+		t.Fatal("callers still waiting 10 s after Close")
+	}
+	if _, err := e.LoadSession(context.Background(), "after"); !errors.Is(err, engine.ErrClosed) {
+		t.Fatalf("load after Close: %v, want ErrClosed", err)
 	}
 }
