@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"hash/maphash"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -29,6 +28,8 @@ import (
 //	                 the engine calls they cause (Subscribe, presence,
 //	                 presence events), so "first tab in" and "last tab out"
 //	                 decisions and their engine effects never interleave.
+//	                 One mutex per key (keylock.go): different users and
+//	                 rooms never wait for each other.
 //	presenceLock(room, user)
 //	                 orders one user's presence updates in one room; in a
 //	                 big room a join holds only this one for its engine call.
@@ -37,10 +38,9 @@ import (
 //	Conn.mu          guards one connection's send queue.
 type hub struct {
 	srv  *Server
-	keys [64]sync.Mutex
+	keys *keyLocks // keyLock's: by stream
 	// presenceKeys are presenceLock's: a user's presence in one room.
-	presenceKeys [64]sync.Mutex
-	seed         maphash.Seed
+	presenceKeys *keyLocks
 
 	mu       sync.RWMutex
 	rooms    map[string]*room
@@ -53,8 +53,10 @@ type hub struct {
 	// whether a session changed after it saved them all.
 	partnerAdds atomic.Uint64
 
-	membersMu sync.Mutex
-	members   map[string]cachedMembers // big rooms' listed users, encoded
+	membersMu      sync.Mutex
+	members        map[string]cachedMembers // big rooms' listed users, encoded
+	membersLoading map[string]*membersLoad  // reads of big rooms in flight
+	sizes          map[string]roomSize      // big rooms' sizes, for knownBig
 }
 
 // cachedMembers is a big room's user list (at most MembersMax), encoded.
@@ -77,21 +79,53 @@ func (h *hub) cachedBigRoom(room string) (cachedMembers, bool) {
 }
 
 // loadBigRoom reads a big room's listed users and caches them with its size
-// (count, as the caller just read it), for cachedBigRoom.
+// (count, as the caller just read it), for cachedBigRoom. Callers that
+// come while a read of the room is in flight wait for it and share its
+// result: thousands of clients resuming into a room the node has not
+// listed yet would otherwise each read the whole room from the engine.
 func (h *hub) loadBigRoom(ctx context.Context, room string, count int) (cachedMembers, error) {
-	users, err := h.srv.eng.PresenceMembers(ctx, room, h.srv.cfg.MembersMax)
-	if err != nil {
-		return cachedMembers{}, err
-	}
-	b, _ := json.Marshal(users)
-	m := cachedMembers{json: b, n: len(users), count: max(count, len(users)), at: time.Now()}
 	h.membersMu.Lock()
-	if h.members == nil {
-		h.members = make(map[string]cachedMembers)
+	if l := h.membersLoading[room]; l != nil {
+		h.membersMu.Unlock()
+		select {
+		case <-l.done:
+			return l.m, l.err
+		case <-ctx.Done():
+			return cachedMembers{}, ctx.Err()
+		}
 	}
-	h.members[room] = m
+	if h.membersLoading == nil {
+		h.membersLoading = make(map[string]*membersLoad)
+	}
+	l := &membersLoad{done: make(chan struct{})}
+	h.membersLoading[room] = l
 	h.membersMu.Unlock()
-	return m, nil
+
+	users, err := h.srv.eng.PresenceMembers(ctx, room, h.srv.cfg.MembersMax)
+	if err == nil {
+		b, _ := json.Marshal(users)
+		l.m = cachedMembers{json: b, n: len(users), count: max(count, len(users)), at: time.Now()}
+		h.noteSize(room, l.m.count)
+	}
+	l.err = err
+	h.membersMu.Lock()
+	delete(h.membersLoading, room)
+	if err == nil {
+		if h.members == nil {
+			h.members = make(map[string]cachedMembers)
+		}
+		h.members[room] = l.m
+	}
+	h.membersMu.Unlock()
+	close(l.done)
+	return l.m, l.err
+}
+
+// membersLoad is a read of a big room's members in flight.
+type membersLoad struct {
+	done chan struct{} // closed when m and err are set
+	m    cachedMembers
+	err  error
 }
 
 type room struct {
@@ -113,20 +147,19 @@ type ghost struct {
 
 func newHub(s *Server) *hub {
 	return &hub{
-		srv:      s,
-		seed:     maphash.MakeSeed(),
-		rooms:    make(map[string]*room),
-		users:    make(map[string]*userConns),
-		partners: make(map[string]map[string]struct{}),
-		all:      make(map[*Conn]struct{}),
-		dirty:    make(map[string]struct{}),
-		ghosts:   make(map[string]*ghost),
+		srv:          s,
+		keys:         newKeyLocks(),
+		presenceKeys: newKeyLocks(),
+		rooms:        make(map[string]*room),
+		users:        make(map[string]*userConns),
+		partners:     make(map[string]map[string]struct{}),
+		all:          make(map[*Conn]struct{}),
+		dirty:        make(map[string]struct{}),
+		ghosts:       make(map[string]*ghost),
 	}
 }
 
-func (h *hub) keyLock(stream string) *sync.Mutex {
-	return &h.keys[maphash.String(h.seed, stream)%uint64(len(h.keys))]
-}
+func (h *hub) keyLock(stream string) keyLock { return h.keys.get(stream) }
 
 // deliver is the engine's handler: one publication, encoded once, queued to
 // every local connection of its stream.
@@ -581,6 +614,7 @@ func (h *hub) enter(ctx context.Context, c *Conn, name, stream string) error {
 		h.srv.log.Warn("presence add failed", "room", name, "user", c.user, "err", err)
 		return nil // the member is in; presence catches up on the next change
 	}
+	h.noteSize(name, n)
 	if added {
 		h.presenceChanged(ctx, name, c.user, protocol.PresenceJoin, n)
 	}
@@ -590,25 +624,49 @@ func (h *hub) enter(ctx context.Context, c *Conn, name, stream string) error {
 // presenceLock orders one user's presence updates in one room: their
 // first tab joining and their last tab leaving. It is taken after the
 // room's key lock.
-func (h *hub) presenceLock(room, user string) *sync.Mutex {
-	var hash maphash.Hash
-	hash.SetSeed(h.seed)
-	hash.WriteString(room)
-	hash.WriteByte(0)
-	hash.WriteString(user)
-	return &h.presenceKeys[hash.Sum64()%uint64(len(h.presenceKeys))]
+func (h *hub) presenceLock(room, user string) keyLock {
+	return h.presenceKeys.get(room + "\x00" + user)
 }
 
 // knownBig reports whether room was past twice PresenceEventsMax users at
-// the last reading of its members (at most PresenceInterval ago): far
-// enough past it that a join cannot bring it back to per-user events.
+// the last reading of its size (at most PresenceInterval ago): far enough
+// past it that a join cannot bring it back to per-user events. Every
+// presence update of the room reads its size, so while clients pour into
+// a big room it stays known.
 func (h *hub) knownBig(room string) bool {
 	max := h.srv.cfg.PresenceEventsMax
 	if max < 0 {
 		return false
 	}
-	m, ok := h.cachedBigRoom(room)
-	return ok && m.count > 2*max
+	h.membersMu.Lock()
+	sz, ok := h.sizes[room]
+	h.membersMu.Unlock()
+	return ok && sz.n > 2*max && time.Since(sz.at) < h.srv.cfg.PresenceInterval
+}
+
+// noteSize records a room's size as the engine just told it, for
+// knownBig. Only big rooms' sizes are kept.
+func (h *hub) noteSize(room string, n int) {
+	max := h.srv.cfg.PresenceEventsMax
+	if max < 0 {
+		return
+	}
+	h.membersMu.Lock()
+	if n > max {
+		if h.sizes == nil {
+			h.sizes = make(map[string]roomSize)
+		}
+		h.sizes[room] = roomSize{n: n, at: time.Now()}
+	} else {
+		delete(h.sizes, room)
+	}
+	h.membersMu.Unlock()
+}
+
+// roomSize is a room's size when last read.
+type roomSize struct {
+	n  int
+	at time.Time
 }
 
 func (h *hub) position(ctx context.Context, stream string) (roomPos, error) {
@@ -683,7 +741,10 @@ func (h *hub) afterRelease(ctx context.Context, name, user string, lastTab, empt
 	removed, n, err := eng.PresenceRemove(ctx, name, user)
 	if err != nil {
 		h.srv.log.Warn("presence remove failed", "room", name, "user", user, "err", err)
-	} else if removed {
+		return
+	}
+	h.noteSize(name, n)
+	if removed {
 		h.presenceChanged(ctx, name, user, protocol.PresenceLeave, n)
 	}
 }
@@ -709,6 +770,11 @@ func (h *hub) flushPresence(ctx context.Context) {
 			delete(h.members, room)
 		}
 	}
+	for room, sz := range h.sizes {
+		if time.Since(sz.at) > h.srv.cfg.PresenceInterval {
+			delete(h.sizes, room)
+		}
+	}
 	h.membersMu.Unlock()
 	h.mu.Lock()
 	if len(h.dirty) == 0 {
@@ -727,6 +793,7 @@ func (h *hub) flushPresence(ctx context.Context) {
 			h.srv.log.Warn("presence count failed", "room", r, "err", err)
 			continue
 		}
+		h.noteSize(r, n)
 		h.publishPresence(ctx, r, "", protocol.PresenceCount, n)
 	}
 }

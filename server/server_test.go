@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -9,11 +10,15 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tether-chat/tether/engine"
+	"github.com/tether-chat/tether/engine/memory"
 	"github.com/tether-chat/tether/internal/testnet"
 	"github.com/tether-chat/tether/protocol"
 )
@@ -665,4 +670,70 @@ func TestBigRoomPresenceFollowsTabsExactly(t *testing.T) {
 			}
 		}
 	})
+}
+
+// slowMembers is the in-memory engine with a slow, counted
+// PresenceMembers, as a remote engine listing a big room is.
+type slowMembers struct {
+	engine.Engine
+	delay time.Duration
+	calls atomic.Int64
+}
+
+func (e *slowMembers) PresenceMembers(ctx context.Context, set string, limit int) ([]string, error) {
+	e.calls.Add(1)
+	time.Sleep(e.delay)
+	return e.Engine.PresenceMembers(ctx, set, limit)
+}
+
+// TestBigRoomListingIsReadOnceForManyJoins: clients pouring into a big
+// room whose listing is not cached (a node just restarted) share one read
+// of it instead of each reading the whole room, and each gets the room's
+// listing.
+func TestBigRoomListingIsReadOnceForManyJoins(t *testing.T) {
+	eng := &slowMembers{Engine: memory.New(memory.Config{}), delay: 300 * time.Millisecond}
+	ts := newTestServer(t, Config{Engine: eng, PresenceEventsMax: 2, MembersMax: 3, PresenceInterval: 200 * time.Millisecond})
+	for i := range 5 { // a big room: 5 > 2
+		connect(t, ts, fmt.Sprint("early", i))
+	}
+	time.Sleep(250 * time.Millisecond) // its listing is stale now
+	eng.calls.Store(0)
+	const n = 40
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			ws, _, err := websocket.DefaultDialer.Dial(ts.ws+"/ws/late"+fmt.Sprint(i), nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer ws.Close()
+			ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+			for {
+				var env protocol.Envelope
+				if err := ws.ReadJSON(&env); err != nil {
+					errs <- fmt.Errorf("late%d: %w", i, err)
+					return
+				}
+				if env.Type != protocol.TypeMembers {
+					continue
+				}
+				var m protocol.Members
+				json.Unmarshal(env.Payload, &m)
+				if m.Count < 5 || len(m.Users) != 3 || !m.Truncated {
+					errs <- fmt.Errorf("late%d got members %+v", i, m)
+				}
+				return
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if calls := eng.calls.Load(); calls > n/4 {
+		t.Fatalf("%d joins read the big room's listing %d times", n, calls)
+	}
 }
