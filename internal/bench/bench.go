@@ -134,7 +134,7 @@ func dialEach(ctx context.Context, n int, dial func(i int)) {
 func (o *Options) dialer(i int) *websocket.Dialer {
 	src := o.Sources[i%len(o.Sources)]
 	return &websocket.Dialer{HandshakeTimeout: 10 * time.Second,
-		NetDialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}).DialContext}
+		NetDialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Control: bindNoPort}).DialContext}
 }
 
 func (o *Options) progress(format string, args ...any) {

@@ -322,7 +322,7 @@ func Floor(ctx context.Context, o Options, self string) (Result, error) {
 		}
 	}()
 	for i := 0; i < o.Conns; i++ {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(o.Sources[i%len(o.Sources)])}}
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(o.Sources[i%len(o.Sources)])}, Control: bindNoPort}
 		c, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return Result{}, err
