@@ -70,8 +70,24 @@ type Server struct {
 
 	limits *limiter
 
+	// setups bounds the connection set-ups in progress (see maxSetups);
+	// setupsWaiting counts the connections waiting for a turn.
+	setups        chan struct{}
+	setupsWaiting atomic.Int64
+
 	metrics metrics
 }
+
+// maxSetups is how many connection set-ups (session, presence, joins,
+// replay: with Redis, several round trips each) run at once; past it, new
+// connections wait their turn in arrival order, each already accepted and
+// holding only its socket. When 19,000 clients come back at once, running
+// all their set-ups together made each of them finish late, kept tens of
+// thousands of goroutines runnable, and left the accept loop so far
+// behind that the kernel's listen queue overflowed (and dropped clients
+// retried a second or three later). 256 keeps Redis busy: a set-up is
+// mostly waiting for its replies.
+const maxSetups = 256
 
 // New makes a server from cfg and starts its engine and heartbeat.
 func New(cfg Config) (*Server, error) {
@@ -79,7 +95,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	s := &Server{cfg: cfg, log: cfg.Logger, eng: cfg.Engine, nodeID: cfg.NodeID, heartbeatOff: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, eng: cfg.Engine, nodeID: cfg.NodeID, heartbeatOff: make(chan struct{}),
+		setups: make(chan struct{}, maxSetups)}
 	if s.eng == nil {
 		s.eng = memory.New(memory.Config{HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL})
 	}
@@ -211,7 +228,7 @@ func (s *Server) openWS(h *handshake) {
 	c.touch()
 	s.conns.Add(1)
 	s.metrics.opened.Add(1)
-	if err := s.connected(c, r.query("session"), parseSince(r.query("since"))); err != nil {
+	if err := s.setUp(c, r); err != nil {
 		c.uncork()
 		var d protocol.Disconnect
 		if errors.As(err, &d) {
@@ -228,6 +245,22 @@ func (s *Server) openWS(h *handshake) {
 	// response writer) is garbage as soon as the set-up is done instead of
 	// living as long as the connection.
 	c.startReading(early)
+}
+
+// setUp runs connected when its turn comes (maxSetups).
+func (s *Server) setUp(c *Conn, r *wsRequest) error {
+	select {
+	case s.setups <- struct{}{}:
+	default:
+		s.setupsWaiting.Add(1)
+		s.setups <- struct{}{}
+		s.setupsWaiting.Add(-1)
+	}
+	defer func() { <-s.setups }()
+	if s.shuttingDown.Load() { // it stopped while this one waited
+		return protocol.DisconnectShutdown
+	}
+	return s.connected(c, r.query("session"), parseSince(r.query("since")))
 }
 
 // authenticate checks the token of a request in token mode. The token

@@ -672,6 +672,26 @@ func TestBigRoomPresenceFollowsTabsExactly(t *testing.T) {
 	})
 }
 
+// firstOfType connects as user, from any goroutine, and returns the first
+// frame of type typ the server sends (within 20 s).
+func firstOfType(ts *testServer, user, typ string) (protocol.Envelope, error) {
+	ws, _, err := websocket.DefaultDialer.Dial(ts.ws+"/ws/"+user, nil)
+	if err != nil {
+		return protocol.Envelope{}, fmt.Errorf("%s: %w", user, err)
+	}
+	defer ws.Close()
+	ws.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for {
+		var env protocol.Envelope
+		if err := ws.ReadJSON(&env); err != nil {
+			return env, fmt.Errorf("%s: no %s: %w", user, typ, err)
+		}
+		if env.Type == typ {
+			return env, nil
+		}
+	}
+}
+
 // slowMembers is the in-memory engine with a slow, counted
 // PresenceMembers, as a remote engine listing a big room is.
 type slowMembers struct {
@@ -703,28 +723,15 @@ func TestBigRoomListingIsReadOnceForManyJoins(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			ws, _, err := websocket.DefaultDialer.Dial(ts.ws+"/ws/late"+fmt.Sprint(i), nil)
+			env, err := firstOfType(ts, fmt.Sprint("late", i), protocol.TypeMembers)
 			if err != nil {
 				errs <- err
 				return
 			}
-			defer ws.Close()
-			ws.SetReadDeadline(time.Now().Add(10 * time.Second))
-			for {
-				var env protocol.Envelope
-				if err := ws.ReadJSON(&env); err != nil {
-					errs <- fmt.Errorf("late%d: %w", i, err)
-					return
-				}
-				if env.Type != protocol.TypeMembers {
-					continue
-				}
-				var m protocol.Members
-				json.Unmarshal(env.Payload, &m)
-				if m.Count < 5 || len(m.Users) != 3 || !m.Truncated {
-					errs <- fmt.Errorf("late%d got members %+v", i, m)
-				}
-				return
+			var m protocol.Members
+			json.Unmarshal(env.Payload, &m)
+			if m.Count < 5 || len(m.Users) != 3 || !m.Truncated {
+				errs <- fmt.Errorf("late%d got members %+v", i, m)
 			}
 		})
 	}
@@ -735,5 +742,56 @@ func TestBigRoomListingIsReadOnceForManyJoins(t *testing.T) {
 	}
 	if calls := eng.calls.Load(); calls > n/4 {
 		t.Fatalf("%d joins read the big room's listing %d times", n, calls)
+	}
+}
+
+// slowPresence is the in-memory engine with a slow PresenceAdd that
+// records how many calls were in flight at once.
+type slowPresence struct {
+	engine.Engine
+	delay          time.Duration
+	inFlight, most atomic.Int64
+}
+
+func (e *slowPresence) PresenceAdd(ctx context.Context, set, user string) (bool, int, error) {
+	n := e.inFlight.Add(1)
+	for m := e.most.Load(); n > m && !e.most.CompareAndSwap(m, n); m = e.most.Load() {
+	}
+	time.Sleep(e.delay)
+	e.inFlight.Add(-1)
+	return e.Engine.PresenceAdd(ctx, set, user)
+}
+
+// TestSetUpsTakeTurns: more clients than maxSetups connecting at once are
+// all set up, at most maxSetups at a time, the others waiting their turn
+// (tether_setups_waiting shows them).
+func TestSetUpsTakeTurns(t *testing.T) {
+	eng := &slowPresence{Engine: memory.New(memory.Config{}), delay: 200 * time.Millisecond}
+	ts := newTestServer(t, Config{Engine: eng, AutoJoin: "-"})
+	n := maxSetups + 100
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if _, err := firstOfType(ts, fmt.Sprint("u", i), protocol.TypeWelcome); err != nil {
+				errs <- err
+			}
+		})
+	}
+	sawWaiting := false
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && !sawWaiting; time.Sleep(20 * time.Millisecond) {
+		_, body := get(t, ts.url+"/metrics", nil)
+		sawWaiting = strings.Contains(body, "tether_setups_waiting ") && !strings.Contains(body, "tether_setups_waiting 0\n")
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if most := eng.most.Load(); most > maxSetups || most < maxSetups/2 {
+		t.Fatalf("%d set-ups ran at once, want at most %d (and many)", most, maxSetups)
+	}
+	if !sawWaiting {
+		t.Fatal("/metrics never showed connections waiting for their set-up")
 	}
 }
