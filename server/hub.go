@@ -38,9 +38,9 @@ import (
 //	Conn.mu          guards one connection's send queue.
 type hub struct {
 	srv  *Server
-	keys *keyLocks // keyLock's: by stream
+	keys *keyLocks[string] // keyLock's: by stream
 	// presenceKeys are presenceLock's: a user's presence in one room.
-	presenceKeys *keyLocks
+	presenceKeys *keyLocks[roomUser]
 
 	mu       sync.RWMutex
 	rooms    map[string]*room
@@ -148,8 +148,8 @@ type ghost struct {
 func newHub(s *Server) *hub {
 	return &hub{
 		srv:          s,
-		keys:         newKeyLocks(),
-		presenceKeys: newKeyLocks(),
+		keys:         newKeyLocks(hashString),
+		presenceKeys: newKeyLocks(hashRoomUser),
 		rooms:        make(map[string]*room),
 		users:        make(map[string]*userConns),
 		partners:     make(map[string]map[string]struct{}),
@@ -159,7 +159,7 @@ func newHub(s *Server) *hub {
 	}
 }
 
-func (h *hub) keyLock(stream string) keyLock { return h.keys.get(stream) }
+func (h *hub) keyLock(stream string) keyLock[string] { return h.keys.get(stream) }
 
 // deliver is the engine's handler: one publication, encoded once, queued to
 // every local connection of its stream.
@@ -624,8 +624,8 @@ func (h *hub) enter(ctx context.Context, c *Conn, name, stream string) error {
 // presenceLock orders one user's presence updates in one room: their
 // first tab joining and their last tab leaving. It is taken after the
 // room's key lock.
-func (h *hub) presenceLock(room, user string) keyLock {
-	return h.presenceKeys.get(room + "\x00" + user)
+func (h *hub) presenceLock(room, user string) keyLock[roomUser] {
+	return h.presenceKeys.get(roomUser{room, user})
 }
 
 // knownBig reports whether room was past twice PresenceEventsMax users at

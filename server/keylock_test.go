@@ -11,7 +11,7 @@ import (
 // own goroutine, every one waiting for all the others to hold theirs. With
 // a fixed set of striped mutexes this cannot finish.
 func TestKeyLocksNeverShareAMutex(t *testing.T) {
-	k := newKeyLocks()
+	k := newKeyLocks(hashString)
 	const n = 1000
 	var held, release sync.WaitGroup
 	held.Add(n)
@@ -41,7 +41,7 @@ func TestKeyLocksNeverShareAMutex(t *testing.T) {
 // TestKeyLockExcludes: one key's holders take turns, and the key's mutex
 // is gone once nobody holds or waits for it.
 func TestKeyLockExcludes(t *testing.T) {
-	k := newKeyLocks()
+	k := newKeyLocks(hashString)
 	inside, most := 0, 0
 	var mu sync.Mutex // guards most (inside is guarded by the key lock)
 	var wg sync.WaitGroup
@@ -66,7 +66,7 @@ func TestKeyLockExcludes(t *testing.T) {
 	checkNoKeysLeft(t, k)
 }
 
-func checkNoKeysLeft(t *testing.T, k *keyLocks) {
+func checkNoKeysLeft(t *testing.T, k *keyLocks[string]) {
 	t.Helper()
 	for i := range k.shards {
 		if n := len(k.shards[i].m); n != 0 {
