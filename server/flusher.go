@@ -42,14 +42,17 @@ func newFlusher(ctx context.Context, delay time.Duration, delayed *atomic.Int64)
 
 // startOrPark starts the writers of the connections in *later (whose
 // writer role the caller took) that were not written within the delay, and
-// parks the others until the next flush.
-func (f *flusher) startOrPark(later *[]*Conn) {
+// parks the others until the next flush. With all, every connection is
+// parked: for deliveries that nobody waits for (a big room's periodic
+// count), so that they share a write with whatever else comes within the
+// delay (the counts of the member's other big rooms, flushed together).
+func (f *flusher) startOrPark(later *[]*Conn, all bool) {
 	now := time.Now().UnixNano()
 	conns := *later
 	n := 0
 	var parked []*Conn
 	for _, c := range conns {
-		if now-c.lastWrite.Load() < f.delay && c.park() {
+		if (all || now-c.lastWrite.Load() < f.delay) && c.park() {
 			parked = append(parked, c)
 		} else {
 			conns[n] = c

@@ -129,3 +129,45 @@ func TestWriteDelayBurstDoesNotOverflowTheQueue(t *testing.T) {
 		t.Fatalf("stats %+v: want delays and no slow consumer", s)
 	}
 }
+
+// TestBigRoomCountsShareAWrite: the periodic count events of big rooms are
+// always parked for the write delay, so a member of two big rooms gets both
+// counts of one flush in one write, even on a quiet connection.
+func TestBigRoomCountsShareAWrite(t *testing.T) {
+	const delay = 100 * time.Millisecond
+	ts := newTestServer(t, Config{AutoJoin: "-", WriteDelay: delay})
+	var members []*client
+	for i := range 4 {
+		c := connect(t, ts, fmt.Sprint("m", i))
+		for _, room := range []string{"a", "b"} {
+			c.send(protocol.TypeJoin, "j"+room, inRoom(room))
+			c.expect(protocol.TypeAck, isAck("j"+room))
+		}
+		members = append(members, c)
+	}
+	time.Sleep(3 * delay)       // every connection quiet: a chat would go out at once
+	for _, m := range members { // the joins' presence events
+		for _, more := m.drained(); more; _, more = m.drained() {
+		}
+	}
+	before := ts.Stats()
+	ctx := context.Background()
+	ts.hub.publishPresence(ctx, "a", "", protocol.PresenceCount, 4)
+	ts.hub.publishPresence(ctx, "b", "", protocol.PresenceCount, 4)
+	for _, m := range members {
+		for _, room := range []string{"a", "b"} {
+			p := payloadOf[protocol.Presence](t, m.expect(protocol.TypePresence, func(e protocol.Envelope) bool {
+				return payloadOf[protocol.Presence](t, e).Action == protocol.PresenceCount
+			}))
+			if p.Room != room || p.Count != 4 {
+				t.Fatalf("%s: count event %+v, want room %s's", m.user, p, room)
+			}
+		}
+	}
+	after := ts.Stats()
+	delivered, writes := after.Delivered-before.Delivered, after.Writes-before.Writes
+	if delivered != 2*int64(len(members)) || writes != int64(len(members)) {
+		t.Fatalf("%d count frames in %d writes; want %d in %d (both rooms' counts in one write per member)",
+			delivered, writes, 2*len(members), len(members))
+	}
+}

@@ -201,7 +201,7 @@ func (h *hub) deliver(p *engine.Publication) {
 	}
 	h.mu.RUnlock()
 	if f := h.srv.flusher; f != nil && kind == "room" {
-		f.startOrPark(later)
+		f.startOrPark(later, p.Type == protocol.TypePresence && p.Action == protocol.PresenceCount)
 		return
 	}
 	startWriters(later)
