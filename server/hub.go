@@ -57,6 +57,7 @@ type hub struct {
 	members        map[string]cachedMembers // big rooms' listed users, encoded
 	membersLoading map[string]*membersLoad  // reads of big rooms in flight
 	sizes          map[string]roomSize      // big rooms' sizes, for knownBig
+	bigRooms       atomic.Int32             // len(sizes), read without membersMu
 }
 
 // cachedMembers is a big room's user list (at most MembersMax), encoded.
@@ -635,7 +636,7 @@ func (h *hub) presenceLock(room, user string) keyLock[roomUser] {
 // a big room it stays known.
 func (h *hub) knownBig(room string) bool {
 	max := h.srv.cfg.PresenceEventsMax
-	if max < 0 {
+	if max < 0 || h.bigRooms.Load() == 0 {
 		return false
 	}
 	h.membersMu.Lock()
@@ -645,10 +646,11 @@ func (h *hub) knownBig(room string) bool {
 }
 
 // noteSize records a room's size as the engine just told it, for
-// knownBig. Only big rooms' sizes are kept.
+// knownBig. Only big rooms' sizes are kept: a node whose rooms are all
+// small takes no lock here on a join.
 func (h *hub) noteSize(room string, n int) {
 	max := h.srv.cfg.PresenceEventsMax
-	if max < 0 {
+	if max < 0 || n <= max && h.bigRooms.Load() == 0 {
 		return
 	}
 	h.membersMu.Lock()
@@ -660,6 +662,7 @@ func (h *hub) noteSize(room string, n int) {
 	} else {
 		delete(h.sizes, room)
 	}
+	h.bigRooms.Store(int32(len(h.sizes)))
 	h.membersMu.Unlock()
 }
 
@@ -775,6 +778,7 @@ func (h *hub) flushPresence(ctx context.Context) {
 			delete(h.sizes, room)
 		}
 	}
+	h.bigRooms.Store(int32(len(h.sizes)))
 	h.membersMu.Unlock()
 	h.mu.Lock()
 	if len(h.dirty) == 0 {

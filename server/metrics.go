@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -57,7 +58,7 @@ func (s *Server) initMetrics() {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_connections",
 			Help: "Connections open now."}, func() float64 { return float64(s.hub.count()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_setups_waiting",
-			Help: "New connections waiting for their set-up to start (at most 256 run at once)."},
+			Help: fmt.Sprintf("New connections waiting for their set-up to start (at most %d run at once).", maxSetups)},
 			func() float64 { return float64(s.setupsWaiting.Load()) }),
 		counter("tether_connections_opened_total", "Connections accepted (after the WebSocket upgrade).", &m.opened),
 		counter("tether_connections_refused_total", "Connections refused after the upgrade (credentials, session, limits).", &m.refused),
