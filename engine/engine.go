@@ -1,9 +1,9 @@
 // Package engine defines what the hub needs from the layer that orders,
 // stores and fans out messages: sequence numbers and epochs per stream,
-// bounded history, delivery to every node subscribed to a stream, and
-// presence sets.
+// bounded history, idempotent publishing, delivery to every node
+// subscribed to a stream without gaps, presence sets and sessions.
 //
-// It is a leaf package: implementations (engine/memory, later engine/redis)
+// It is a leaf package: implementations (engine/memory, engine/redis)
 // import it and protocol, never the server. Every method is safe for
 // concurrent use.
 package engine
@@ -51,7 +51,8 @@ type Publication struct {
 	// stream's history is lost (a memory engine restarted, a Redis key
 	// evicted), so a client holding (epoch, seq) from before can tell that
 	// its position no longer means anything, instead of silently missing
-	// messages or receiving unrelated ones under reused numbers.
+	// messages or receiving unrelated ones under reused numbers. A stream
+	// that never published has no epoch yet: its position is ("", 0).
 	Epoch string `json:"e,omitempty"`
 
 	Type     string `json:"t"`           // protocol message type: chat, direct, presence, left
@@ -73,17 +74,40 @@ type Publication struct {
 	Node string `json:"n,omitempty"`
 }
 
-// Handler receives the publications of the streams a node subscribed to,
-// in sequence order per stream. It must not block and must not call back
-// into the engine: it runs on the engine's delivery path, possibly under the
-// stream's lock.
-type Handler func(p *Publication)
+// Handler receives what an engine delivers to this node.
+type Handler interface {
+	// Deliver hands over one publication of a subscribed stream. For each
+	// stream the calls come one at a time and, within an epoch, in
+	// sequence order without a gap: after seq n comes n+1 (ephemeral
+	// publications, Seq 0, come anywhere in between). When the engine
+	// cannot keep that promise for a stream it calls Lost instead of
+	// skipping. Deliver must not block and must not call back into the
+	// engine.
+	Deliver(p *Publication)
+	// Lost says that this node may have missed publications of a
+	// subscribed stream that the engine could not fill in from history
+	// (the history no longer reaches back, or the stream's epoch
+	// changed). Deliveries go on from the stream's current position; the
+	// node's readers of the stream must recover what they missed on their
+	// own (a client resumes from its position and is told whether the
+	// history still covered it). Lost must not block.
+	Lost(stream string)
+}
 
 // PublishOptions tune one Publish.
 type PublishOptions struct {
 	// Ephemeral publications are delivered but not numbered or retained
 	// (presence changes, "partner left" notices).
 	Ephemeral bool
+	// Key makes a retained publish idempotent. The first Publish of a
+	// stream with a Key records its result (seq, epoch) in the same atomic
+	// step that assigns the sequence and retains the message; for KeyTTL
+	// afterwards every Publish to that stream with that Key publishes
+	// nothing and returns the recorded result — whether it is a retry of a
+	// call whose reply was lost, a client's re-send, or the same message
+	// arriving on another node while the first attempt is in flight. No
+	// mark is left between attempts, so none can outlive its owner.
+	Key string
 }
 
 // HistoryQuery selects retained publications of one stream.
@@ -98,7 +122,9 @@ type HistoryQuery struct {
 
 // History is a page of a stream's retained publications, oldest first.
 type History struct {
-	Pubs  []*Publication
+	Pubs []*Publication
+	// Epoch is the stream's epoch; "" for a stream that never published
+	// (or whose history and position expired).
 	Epoch string
 	// Top is the stream's latest sequence (0 for an empty stream).
 	Top uint64
@@ -106,6 +132,17 @@ type History struct {
 	// retained). A client that saw up to seq S has missed nothing it can
 	// still get iff S+1 >= Oldest.
 	Oldest uint64
+}
+
+// Covers reports whether the history still holds every publication after
+// position (epoch, seq): the same epoch and nothing trimmed past it. The
+// position ("", 0) — nothing seen of a stream that had not published yet —
+// is covered by any epoch whose history still starts at seq 1.
+func (h History) Covers(epoch string, seq uint64) bool {
+	if epoch == "" && seq == 0 {
+		return h.Oldest <= 1
+	}
+	return epoch == h.Epoch && seq+1 >= h.Oldest && seq <= h.Top
 }
 
 // Engine is what the hub runs on.
@@ -116,24 +153,43 @@ type Engine interface {
 
 	// Publish assigns p the stream's next sequence and its epoch, retains it
 	// in history (both unless opts.Ephemeral) and delivers it to every node
-	// subscribed to p.Stream. Deliveries of one stream happen in sequence
-	// order. On error nothing was published.
-	Publish(ctx context.Context, p *Publication, opts PublishOptions) error
+	// subscribed to p.Stream. With opts.Key it is idempotent (see
+	// PublishOptions.Key): dup reports that the key was recorded before,
+	// nothing was published and p carries the recorded Seq and Epoch.
+	//
+	// An error that wraps ErrUnavailable means the outcome is unknown: the
+	// store may have run the publish before its reply was lost. Publishing
+	// again with the same Key tells which, and publishes at most once.
+	// Without a Key such a publish is never retried by the engine.
+	Publish(ctx context.Context, p *Publication, opts PublishOptions) (dup bool, err error)
+
+	// Recorded returns what an earlier Publish with key recorded for
+	// stream, while the record is kept (ok false otherwise). The server
+	// asks it when a re-sent message is refused (the recipient went
+	// offline, the sender left the room) to tell whether its first attempt
+	// got through.
+	Recorded(ctx context.Context, stream, key string) (seq uint64, epoch string, ok bool, err error)
 
 	// Subscribe and Unsubscribe start and stop delivery of a stream to this
 	// node. The hub calls Subscribe when the first local connection needs the
 	// stream and Unsubscribe when the last one is gone; calls are not
-	// reference counted by the engine.
+	// reference counted by the engine. Subscribe returns once every later
+	// publication of the stream will reach this node.
 	Subscribe(ctx context.Context, stream string) error
 	Unsubscribe(ctx context.Context, stream string) error
 
-	// History returns retained publications of a stream.
+	// History returns retained publications of a stream. It never creates
+	// anything: reading a stream that does not exist returns its empty
+	// position ("", 0).
 	History(ctx context.Context, stream string, q HistoryQuery) (History, error)
 
 	// PresenceAdd puts user in the named set (a room, or "" for the users
 	// online anywhere) and reports whether they were newly added and the
 	// set's size afterwards. The hub calls it when the user's first local
 	// connection enters the set; PresenceRemove when the last one leaves.
+	// A user held by several nodes stays in the set until the last of them
+	// removes them (removed reports that), so a leave is announced only
+	// when the user is gone from every node.
 	PresenceAdd(ctx context.Context, set, user string) (added bool, count int, err error)
 	PresenceRemove(ctx context.Context, set, user string) (removed bool, count int, err error)
 	// PresenceMembers lists up to limit members of a set, sorted (all of
@@ -146,7 +202,7 @@ type Engine interface {
 	// SaveSession stores a session's state for ttl (a resume can happen on
 	// any node); saving again replaces it and its expiry. LoadSession returns
 	// nil for an unknown or expired session. DeleteSession forgets the
-	// session and its remembered message ids.
+	// session.
 	SaveSession(ctx context.Context, s *Session, ttl time.Duration) error
 	// SaveSessions saves each of ss as SaveSession would, in as few round
 	// trips as the engine can: a node saves every session it holds when it
@@ -155,18 +211,9 @@ type Engine interface {
 	LoadSession(ctx context.Context, id string) (*Session, error)
 	DeleteSession(ctx context.Context, id string) error
 
-	// ReserveID starts processing the client message id of a session. It
-	// returns IDNew the first time (the caller processes the message, then
-	// calls CompleteID, or ReleaseID if it failed), IDDone with the
-	// recorded sequence when the id was already processed (the caller acks
-	// without processing again), or IDInFlight while another attempt is
-	// processing it. A session remembers its most recent ids (a bounded
-	// window) for as long as the session lives.
-	ReserveID(ctx context.Context, session, id string) (IDState, uint64, error)
-	CompleteID(ctx context.Context, session, id string, seq uint64) error
-	ReleaseID(ctx context.Context, session, id string) error
-
-	// Ready reports whether the engine can take traffic now.
+	// Ready reports whether the engine can take traffic now. It answers
+	// from what the engine already knows (its own end-to-end checks) and
+	// never waits on the store: readiness must not stall with it.
 	Ready(ctx context.Context) error
 
 	// Close stops delivery and releases resources.
@@ -190,14 +237,27 @@ type Session struct {
 	Partners []string `json:"partners,omitempty"`
 }
 
-// IDState is the answer of ReserveID.
-type IDState int
-
-const (
-	IDNew      IDState = iota // never seen: process it
-	IDDone                    // processed before: ack again with the recorded seq
-	IDInFlight                // being processed right now
+// Errors an engine returns.
+var (
+	// ErrClosed is returned by an engine after Close.
+	ErrClosed = errors.New("engine: closed")
+	// ErrUnavailable is wrapped by every error that comes from the store
+	// not answering (down, stalled, a connection reset): a retry later
+	// may succeed. The error's text says what happened, for the log; it
+	// is not for clients.
+	ErrUnavailable = errors.New("engine: store unavailable")
 )
 
-// ErrClosed is returned by an engine after Close.
-var ErrClosed = errors.New("engine: closed")
+// Stats are an engine's counters of its own work and fault handling, for
+// the node's metrics; engines that keep them implement StatsReporter.
+type Stats struct {
+	Commands           uint64 // commands sent to the store
+	PublishRetries     uint64 // idempotent publishes run again after the store did not answer
+	SubscriptionResets uint64 // pub/sub connections replaced (broken, or found dead by the end-to-end probe)
+	ProbeFailures      uint64 // end-to-end probes that did not come back in time
+	GapFills           uint64 // gaps in a stream's deliveries filled from history
+	StreamsLost        uint64 // gaps that history no longer covered (Handler.Lost)
+}
+
+// StatsReporter is implemented by engines that keep Stats.
+type StatsReporter interface{ Stats() Stats }

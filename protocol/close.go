@@ -20,6 +20,7 @@ const (
 	CloseRestart        CloseCode = 1012 // server restarting (graceful shutdown): reconnect with jitter
 	CloseTryAgainLater  CloseCode = 1013 // server overloaded: reconnect with backoff
 	CloseHeartbeat      CloseCode = 4000 // no frame within the heartbeat timeout: reconnect
+	CloseResync         CloseCode = 4010 // a stream's deliveries have a gap: reconnect and resume (recovery fills it or says it cannot)
 	CloseSlowConsumer   CloseCode = 4008 // send queue overflowed: reconnect (resume recovers what was missed)
 	CloseRateLimited    CloseCode = 4029 // kept flooding after rate_limited errors: reconnect after a delay
 	CloseUnauthorized   CloseCode = 4401 // missing, forged or expired credentials: do not reconnect with them
@@ -87,6 +88,7 @@ var (
 	DisconnectTooBig       = Disconnect{CloseTooBig, "message too big"}
 	DisconnectInternal     = Disconnect{CloseInternal, "internal error"}
 	DisconnectSessionUser  = Disconnect{CloseSessionInvalid, "session belongs to another user"}
+	DisconnectResync       = Disconnect{CloseResync, "missed messages: resume to recover them"}
 )
 
 // Unauthorized is the close for a connection without valid credentials;

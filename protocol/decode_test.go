@@ -123,6 +123,7 @@ func TestPolicyFor(t *testing.T) {
 		{CloseUnauthorized, Terminal},
 		{CloseForbidden, Terminal},
 		{CloseSessionInvalid, Reconnect},
+		{CloseResync, Reconnect},
 		{1005, Reconnect},
 		{4999, Reconnect},
 	} {

@@ -35,12 +35,24 @@ type Welcome struct {
 	// ?session= when reconnecting to resume. Resumed says that this
 	// connection resumed the session it presented: rooms and private
 	// conversations are back, and missed messages follow.
-	Session   string    `json:"session"`
-	Resumed   bool      `json:"resumed"`
-	Online    int       `json:"online"` // users online on the server (not sockets)
-	Rooms     []string  `json:"rooms"`  // rooms the connection is in (the auto-joined room)
+	Session string   `json:"session"`
+	Resumed bool     `json:"resumed"`
+	Online  int      `json:"online"` // users online on the server (not sockets)
+	Rooms   []string `json:"rooms"`  // rooms the connection is in (the auto-joined room)
+	// Inbox is the position of the user's private inbox, read once this
+	// connection receives the inbox's messages: a client that has
+	// received no private message yet resumes the inbox from here, so a
+	// first private message sent while it is away is recovered too.
+	Inbox     Position  `json:"inbox"`
 	Heartbeat Heartbeat `json:"heartbeat"`
 	MaxText   int       `json:"max_text"` // longest text accepted, in characters
+}
+
+// Position is where a stream stands: its epoch and latest sequence. A
+// stream that never published is at ("", 0).
+type Position struct {
+	Epoch string `json:"epoch"`
+	Top   uint64 `json:"top"`
 }
 
 // Chat is a room message as delivered.

@@ -23,7 +23,10 @@ type publishRequest struct {
 	User string `json:"user"` // a user's private inbox
 	Text string `json:"text"`
 	From string `json:"from"` // shown as the sender; "system" by default
-	ID   string `json:"id"`   // optional message id, passed to clients for their de-duplication
+	// ID is an optional message id: passed to clients, and the publish's
+	// idempotency key, so that a backend that retries a request whose
+	// answer it did not get publishes the message once.
+	ID string `json:"id"`
 }
 
 type publishResponse struct {
@@ -110,7 +113,11 @@ func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	if err := s.publish(ctx, p, engine.PublishOptions{}); err != nil {
+	key := ""
+	if req.ID != "" {
+		key = "api:" + req.ID
+	}
+	if err := s.publish(ctx, p, key); err != nil {
 		var pe *protocol.Error
 		if errors.As(err, &pe) {
 			err = errors.New(pe.Message)
@@ -134,7 +141,7 @@ func (s *Server) apiPresence(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	users, err := s.eng.PresenceMembers(ctx, room, 0)
 	if err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, apiError{err.Error()})
+		writeJSON(w, http.StatusServiceUnavailable, apiError{s.engineFailed("api presence", err).Message})
 		return
 	}
 	writeJSON(w, http.StatusOK, presenceResponse{Room: room, Users: users, Count: len(users)})

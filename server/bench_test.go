@@ -37,7 +37,7 @@ func BenchmarkDeliverToRoom(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; b.Loop(); i++ {
-				srv.hub.deliver(p)
+				srv.hub.Deliver(p)
 				if i%64 == 63 {
 					b.StopTimer()
 					for _, c := range conns {

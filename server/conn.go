@@ -368,6 +368,14 @@ func (c *Conn) startWriter() {
 	}
 }
 
+// startWriterSafely is startWriter for a goroutine that writes to many
+// connections (a large fan-out's batch): a panic closes this connection
+// only, and the batch goes on.
+func (c *Conn) startWriterSafely() {
+	defer c.srv.recoverPanic("writing", c)
+	c.startWriter()
+}
+
 // closeMode says what happens to frames already queued when a close starts.
 type closeMode int
 
@@ -426,6 +434,7 @@ func (c *Conn) closeReason() *protocol.Disconnect {
 // far into as few write() calls as possible, and exits when the queue is
 // empty.
 func (c *Conn) flush() {
+	defer c.srv.recoverPanic("writing", c)
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	for {

@@ -162,9 +162,14 @@ func newHub(s *Server) *hub {
 
 func (h *hub) keyLock(stream string) keyLock[string] { return h.keys.get(stream) }
 
-// deliver is the engine's handler: one publication, encoded once, queued to
-// every local connection of its stream.
-func (h *hub) deliver(p *engine.Publication) {
+// The hub is the engine's handler (engine.Handler).
+var _ engine.Handler = (*hub)(nil)
+
+// Deliver is the engine's delivery of one publication: encoded once,
+// queued to every local connection of its stream. A panic here (a bug) is
+// logged and counted; the engine goes on delivering.
+func (h *hub) Deliver(p *engine.Publication) {
+	defer h.srv.recoverPanic("delivery", nil)
 	kind, name, ok := engine.ParseStream(p.Stream)
 	if !ok {
 		return
@@ -208,6 +213,32 @@ func (h *hub) deliver(p *engine.Publication) {
 	startWriters(later)
 }
 
+// Lost is the engine telling that this node may have missed publications
+// of stream which history no longer covers. Every local reader of the
+// stream is closed with 4010: it resumes, and the resume's recovery
+// replays what history still holds or says plainly that it cannot
+// (recovered: false). Nobody keeps reading past a silent gap.
+func (h *hub) Lost(stream string) {
+	kind, name, ok := engine.ParseStream(stream)
+	if !ok {
+		return
+	}
+	h.mu.RLock()
+	var conns []*Conn
+	if kind == "room" {
+		if r := h.rooms[name]; r != nil {
+			conns = append(conns, r.conns...)
+		}
+	} else if u := h.users[name]; u != nil {
+		conns = append(conns, u.conns...)
+	}
+	h.mu.RUnlock()
+	h.srv.log.Warn("missed messages the history no longer covers: its connections resume", "stream", stream, "connections", len(conns))
+	for _, c := range conns {
+		c.close(protocol.DisconnectResync, closeDrain)
+	}
+}
+
 // writersPool holds the lists of connections whose writers a delivery
 // starts once it has released the hub's lock.
 var writersPool = sync.Pool{New: func() any { s := make([]*Conn, 0, 64); return &s }}
@@ -224,7 +255,7 @@ func startWriters(later *[]*Conn) {
 	conns := *later
 	if len(conns) <= writersPerGoroutine/4 {
 		for _, c := range conns {
-			c.startWriter()
+			c.startWriterSafely()
 		}
 	} else {
 		// Large fan-out: batches of writersPerGoroutine, each goroutine
@@ -235,7 +266,7 @@ func startWriters(later *[]*Conn) {
 			rest = rest[n:]
 			go func() {
 				for _, c := range batch {
-					c.startWriter()
+					c.startWriterSafely()
 				}
 			}()
 		}
@@ -331,20 +362,29 @@ func (h *hub) userGoneLocked(user string, u *userConns) bool {
 	return true
 }
 
-// userGone takes a user with no holder left offline and tells their
-// private-conversation partners with a `left` notice. The user's key lock
-// must be held.
+// userGone takes a user with no holder left on this node offline here
+// and, if that was the last node holding them, tells their
+// private-conversation partners with a `left` notice: a user who resumed
+// on another node is still online, and nobody is told they left. The
+// user's key lock must be held.
 func (h *hub) userGone(ctx context.Context, user string) {
 	eng := h.srv.eng
 	eng.Unsubscribe(ctx, engine.UserStream(user))
-	eng.PresenceRemove(ctx, "", user)
+	removed, _, err := eng.PresenceRemove(ctx, "", user)
 	h.mu.Lock()
 	partners := h.partners[user]
 	delete(h.partners, user)
 	h.mu.Unlock()
+	if err != nil {
+		h.srv.log.Warn("presence remove failed; no left notice", "user", user, "err", err)
+		return
+	}
+	if !removed {
+		return // online on another node
+	}
 	for p := range partners {
 		left := &engine.Publication{Stream: engine.UserStream(p), Type: protocol.TypeLeft, User: user, TS: time.Now().UnixMilli()}
-		if err := eng.Publish(ctx, left, engine.PublishOptions{Ephemeral: true}); err != nil {
+		if _, err := eng.Publish(ctx, left, engine.PublishOptions{Ephemeral: true}); err != nil {
 			h.srv.log.Warn("left notice not published", "user", user, "partner", p, "err", err)
 		}
 	}
@@ -416,7 +456,12 @@ func (h *hub) detach(ctx context.Context, c *Conn, session string) {
 		h.mu.Lock()
 	}
 	h.ghosts[session] = g
-	g.timer = time.AfterFunc(h.srv.cfg.PresenceGrace, func() { h.releaseGhost(context.Background(), session) })
+	g.timer = time.AfterFunc(h.srv.cfg.PresenceGrace, func() {
+		defer h.srv.recoverPanic("presence grace", nil)
+		ctx, cancel := h.srv.opContext(10 * time.Second)
+		defer cancel()
+		h.releaseGhost(ctx, session)
+	})
 	h.mu.Unlock()
 }
 
@@ -581,6 +626,7 @@ func (h *hub) enter(ctx context.Context, c *Conn, name, stream string) error {
 	eng := h.srv.eng
 	if newRoom {
 		if err := eng.Subscribe(ctx, stream); err != nil {
+			perr := h.srv.engineFailed("subscribe", err)
 			h.mu.Lock()
 			if i, in := r.index[c]; in {
 				r.removeConn(c, i)
@@ -589,7 +635,7 @@ func (h *hub) enter(ctx context.Context, c *Conn, name, stream string) error {
 			h.releaseHolderLocked(name, r, c.user)
 			h.mu.Unlock()
 			kl.Unlock()
-			return unavailable(err)
+			return perr
 		}
 	}
 	if !firstTab {
@@ -675,12 +721,13 @@ type roomSize struct {
 func (h *hub) position(ctx context.Context, stream string) (roomPos, error) {
 	hist, err := h.srv.eng.History(ctx, stream, engine.HistoryQuery{Latest: true, Limit: 1})
 	if err != nil {
-		return roomPos{}, unavailable(err)
+		return roomPos{}, h.srv.engineFailed("position", err)
 	}
 	return roomPos{epoch: hist.Epoch, top: hist.Top}, nil
 }
 
-// leave takes c out of room.
+// leave takes c out of room. Leaving a room c is not in does nothing (a
+// re-sent leave whose first attempt went through).
 func (h *hub) leave(ctx context.Context, c *Conn, name string) error {
 	kl := h.keyLock(engine.RoomStream(name))
 	kl.Lock()
@@ -694,7 +741,7 @@ func (h *hub) leave(ctx context.Context, c *Conn, name string) error {
 	}
 	if !in {
 		h.mu.Unlock()
-		return notMember(name)
+		return nil
 	}
 	r.removeConn(c, i)
 	delete(c.rooms, name)
@@ -805,7 +852,7 @@ func (h *hub) flushPresence(ctx context.Context) {
 func (h *hub) publishPresence(ctx context.Context, room, user, action string, count int) {
 	p := &engine.Publication{Stream: engine.RoomStream(room), Type: protocol.TypePresence, Room: room,
 		User: user, Action: action, Count: count, TS: time.Now().UnixMilli()}
-	if err := h.srv.eng.Publish(ctx, p, engine.PublishOptions{Ephemeral: true}); err != nil {
+	if _, err := h.srv.eng.Publish(ctx, p, engine.PublishOptions{Ephemeral: true}); err != nil {
 		h.srv.log.Warn("presence event not published", "room", room, "user", user, "err", err)
 	}
 }
@@ -818,32 +865,34 @@ func (h *hub) isMember(c *Conn, room string) bool {
 }
 
 // direct publishes a private message to the recipient's inbox and a copy to
-// the sender's inbox for their other tabs. It returns the sequence the
-// message got in the recipient's inbox.
-func (h *hub) direct(ctx context.Context, c *Conn, to, text, id string) (uint64, error) {
+// the sender's inbox for their other tabs, both idempotent by the
+// message's id. It returns the publication in the recipient's inbox (with
+// its seq), also when refusing it (the caller checks a refused re-send
+// against the record of its first attempt).
+func (h *hub) direct(ctx context.Context, c *Conn, to, text, id string) (*engine.Publication, error) {
 	eng := h.srv.eng
+	p := &engine.Publication{Stream: engine.UserStream(to), Type: protocol.TypeDirect, From: c.user, To: to,
+		Text: text, ClientID: id, TS: time.Now().UnixMilli(), SkipConn: c.id, Node: h.srv.nodeID}
 	online, err := eng.PresenceHas(ctx, "", to)
 	if err != nil {
-		return 0, unavailable(err)
+		return p, h.srv.engineFailed("presence", err)
 	}
 	if !online {
-		return 0, &protocol.Error{Code: protocol.ErrUserOffline, Message: "user " + to + " is not online"}
+		return p, &protocol.Error{Code: protocol.ErrUserOffline, Message: "user " + to + " is not online"}
 	}
-	now := time.Now().UnixMilli()
-	p := &engine.Publication{Stream: engine.UserStream(to), Type: protocol.TypeDirect, From: c.user, To: to,
-		Text: text, ClientID: id, TS: now, SkipConn: c.id, Node: h.srv.nodeID}
-	if err := h.srv.publish(ctx, p, engine.PublishOptions{}); err != nil {
-		return 0, err
+	if err := h.srv.publish(ctx, p, c.key(id)); err != nil {
+		return p, err
 	}
 	if to != c.user {
 		cp := *p
 		cp.Stream, cp.Seq, cp.Epoch = engine.UserStream(c.user), 0, ""
-		if err := h.srv.publish(ctx, &cp, engine.PublishOptions{}); err != nil {
-			// The recipient has it; only the sender's other tabs miss the copy.
+		if err := h.srv.publish(ctx, &cp, c.key(id)); err != nil {
+			// The recipient has it; only the sender's other tabs miss the
+			// copy (a re-send of the message would publish it).
 			h.srv.log.Warn("direct copy to sender not published", "user", c.user, "err", err)
 		}
 	}
-	return p.Seq, nil
+	return p, nil
 }
 
 // snapshot returns every connection, for the heartbeat and shutdown.

@@ -10,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tether-chat/tether/engine"
 )
 
 // metrics are the node's counters. The hot ones are plain atomics (also
@@ -18,18 +20,13 @@ import (
 type metrics struct {
 	opened, closed, refused, received, delivered, errors, rateLimited, slowConsumers, engineErrors atomic.Int64
 	resumes, recoveries, recoveriesFailed, duplicates, queueDrops, socketFull, writes, delayed     atomic.Int64
+	panics                                                                                         atomic.Int64
 
 	reg       *prometheus.Registry
 	closedBy  *prometheus.CounterVec // by close code
 	inByType  *prometheus.CounterVec // client messages by type
 	outByType *prometheus.CounterVec // publications fanned out by this node, by type
 	latency   prometheus.Histogram   // publish to enqueue on this node
-}
-
-// pipeliner is implemented by engines that pipeline commands to a store
-// automatically (the Redis engine).
-type pipeliner interface {
-	PipelineStats() (commands, pipelines uint64)
 }
 
 // historySizer is implemented by engines that can tell how many messages
@@ -75,19 +72,31 @@ func (s *Server) initMetrics() {
 		counter("tether_recoveries_total", "Streams replayed from a client's position on (re)connect.", &m.recoveries),
 		counter("tether_recoveries_failed_total", "Streams whose position could not be served (recovered: false).", &m.recoveriesFailed),
 		counter("tether_duplicates_total", "Re-sent client messages acknowledged without being processed again.", &m.duplicates),
+		counter("tether_panics_total", "Panics recovered (a bug): each closed the connection it happened on with 1011; the stack is in the log.", &m.panics),
 	)
 	if hs, ok := s.eng.(historySizer); ok {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_history_retained",
 			Help: "Messages retained in history (in-memory engine)."}, func() float64 { return float64(hs.Retained()) }))
 	}
-	if pl, ok := s.eng.(pipeliner); ok {
+	if sr, ok := s.eng.(engine.StatsReporter); ok {
+		stat := func(name, help string, get func(engine.Stats) uint64) prometheus.Collector {
+			return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+				func() float64 { return float64(get(sr.Stats())) })
+		}
 		m.reg.MustRegister(
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tether_engine_commands_total",
-				Help: "Commands sent to Redis through automatic pipelining."},
-				func() float64 { c, _ := pl.PipelineStats(); return float64(c) }),
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tether_engine_pipelines_total",
-				Help: "Round trips those commands took; commands / pipelines is how many shared one."},
-				func() float64 { _, p := pl.PipelineStats(); return float64(p) }))
+			stat("tether_engine_commands_total", "Commands the engine sent to its store (Redis).",
+				func(s engine.Stats) uint64 { return s.Commands }),
+			stat("tether_engine_publish_retries_total", "Idempotent publishes run again after the store did not answer (safe: a run whose reply was lost is found recorded).",
+				func(s engine.Stats) uint64 { return s.PublishRetries }),
+			stat("tether_engine_subscription_resets_total", "Pub/sub connections replaced: broken, or found silent by the end-to-end probe.",
+				func(s engine.Stats) uint64 { return s.SubscriptionResets }),
+			stat("tether_engine_probe_failures_total", "End-to-end probes (publish through the store, receive on this node's subscription) that did not come back in time.",
+				func(s engine.Stats) uint64 { return s.ProbeFailures }),
+			stat("tether_engine_gap_fills_total", "Gaps in a stream's deliveries filled from history.",
+				func(s engine.Stats) uint64 { return s.GapFills }),
+			stat("tether_engine_streams_lost_total", "Gaps history no longer covered: the stream's connections were told to resume (close 4010).",
+				func(s engine.Stats) uint64 { return s.StreamsLost }),
+		)
 	}
 }
 

@@ -31,6 +31,12 @@ func (c *Conn) onData(p []byte) {
 	if rd.done {
 		return
 	}
+	defer func() {
+		if r := recover(); r != nil {
+			rd.done, rd.pending, rd.msg, rd.msgOp = true, nil, nil, 0 // the rest is discarded until the socket closes
+			c.srv.panicked("reading", r, c)
+		}
+	}()
 	defer c.flushLater() // one write for every reply to what p held
 	carried := len(rd.pending) > 0
 	if carried {
@@ -138,9 +144,6 @@ func (c *Conn) onMessage(op byte, data []byte) {
 		c.close(protocol.DisconnectInvalidUTF8, closeDrain)
 		return
 	}
-	if c.srv.shuttingDown.Load() {
-		return // not processed, not acked: the client re-sends it after reconnecting
-	}
 	cmd, perr := protocol.Decode(data, protocol.Limits{MaxText: c.srv.cfg.MaxText})
 	if perr != nil {
 		c.srv.metrics.inByType.WithLabelValues("invalid").Inc()
@@ -161,6 +164,12 @@ func (c *Conn) onMessage(op byte, data []byte) {
 	c.srv.processing.RLock()
 	defer c.srv.processing.RUnlock()
 	if c.srv.shuttingDown.Load() {
+		// Not processed: said so, so that the id is answered; the client
+		// re-sends it after reconnecting (the close, 1012, follows).
+		if cmd.ID != "" {
+			c.sendError(&protocol.Error{Code: protocol.ErrUnavailable, ID: cmd.ID,
+				Message: "this node is restarting; the message was not processed: send it again after reconnecting"})
+		}
 		return
 	}
 	c.handle(cmd)
@@ -187,100 +196,113 @@ func (c *Conn) allow() bool {
 	return false
 }
 
+// testHookHandle, when set by a test, runs first in every handle: the
+// way a test makes a command's handling fail (panic) on purpose.
+var testHookHandle func(c *Conn, cmd protocol.Command)
+
 // handle carries out one valid command. Every command with an id is
-// answered with exactly one ack (pong for ping) or error naming that id.
+// answered with exactly one reply naming it: an ack (pong for ping,
+// members for who, history for history) or an error.
 //
-// join, leave, chat and direct are deduplicated by id within the session:
-// a message re-sent after a reconnect (its ack was lost with the old
-// connection) is acked again with the sequence it got the first time, and
-// not processed twice.
+// chat and direct are idempotent by id within the session: the engine
+// records (session, id) → result in the same atomic step that publishes
+// (engine.PublishOptions.Key), so a re-send — after a lost ack, on any
+// node, even while the first attempt is still in flight elsewhere — is
+// acked with the first attempt's seq and publishes nothing. join and
+// leave are idempotent by nature: joining a room twice or leaving a room
+// one is not in changes nothing and is acked.
 func (c *Conn) handle(cmd protocol.Command) {
+	if testHookHandle != nil {
+		testHookHandle(c, cmd)
+	}
 	if cmd.Type == protocol.TypePing {
 		c.send(protocol.Encode(protocol.TypePong, cmd.ID, protocol.Pong{Echo: cmd.Echo}))
 		return
 	}
 	ctx, cancel := c.srv.opContext(5 * time.Second)
 	defer cancel()
-	switch cmd.Type {
-	case protocol.TypeWho:
-		hist, err := c.srv.eng.History(ctx, engine.RoomStream(cmd.Room), engine.HistoryQuery{Latest: true, Limit: 1})
-		if err != nil {
-			c.fail(cmd.ID, unavailable(err))
-			return
-		}
-		c.sendMembers(ctx, cmd.ID, cmd.Room, roomPos{epoch: hist.Epoch, top: hist.Top})
-		return
-	case protocol.TypeHistory:
-		c.history(ctx, cmd)
-		return
-	}
-
-	eng := c.srv.eng
-	if cmd.ID != "" {
-		st, seq, err := eng.ReserveID(ctx, c.session, cmd.ID)
-		if err != nil {
-			c.fail(cmd.ID, unavailable(err))
-			return
-		}
-		switch st {
-		case engine.IDDone:
-			c.srv.metrics.duplicates.Add(1)
-			c.ack(cmd.ID, seq)
-			return
-		case engine.IDInFlight:
-			c.srv.metrics.duplicates.Add(1)
-			return // the attempt in flight answers
-		}
-	}
-	seq, pos, err := c.process(ctx, cmd)
-	if err != nil {
-		if cmd.ID != "" {
-			eng.ReleaseID(ctx, c.session, cmd.ID)
-		}
-		c.fail(cmd.ID, err)
-		return
-	}
-	if cmd.ID != "" {
-		eng.CompleteID(ctx, c.session, cmd.ID, seq)
-	}
-	c.ack(cmd.ID, seq)
-	if cmd.Type == protocol.TypeJoin {
-		c.sendMembers(ctx, "", cmd.Room, pos)
-	}
-}
-
-// process carries out join, leave, chat and direct. It returns the
-// sequence a chat or direct message got, and for join the room's position.
-func (c *Conn) process(ctx context.Context, cmd protocol.Command) (uint64, roomPos, error) {
 	h := c.srv.hub
 	switch cmd.Type {
+	case protocol.TypeWho:
+		c.who(ctx, cmd)
+	case protocol.TypeHistory:
+		c.history(ctx, cmd)
 	case protocol.TypeJoin:
 		pos, err := h.join(ctx, c, cmd.Room)
 		if err != nil {
-			return 0, pos, err
+			c.fail(cmd.ID, err)
+			return
 		}
 		c.srv.saveSession(ctx, c)
-		return 0, pos, nil
+		c.ack(cmd.ID, 0)
+		c.sendMembers(ctx, "", cmd.Room, pos)
 	case protocol.TypeLeave:
 		if err := h.leave(ctx, c, cmd.Room); err != nil {
-			return 0, roomPos{}, err
+			c.fail(cmd.ID, err)
+			return
 		}
 		c.srv.saveSession(ctx, c)
+		c.ack(cmd.ID, 0)
 	case protocol.TypeChat:
-		if !h.isMember(c, cmd.Room) {
-			return 0, roomPos{}, notMember(cmd.Room)
-		}
 		p := &engine.Publication{Stream: engine.RoomStream(cmd.Room), Type: protocol.TypeChat,
 			Room: cmd.Room, From: c.user, Text: cmd.Text, ClientID: cmd.ID, TS: time.Now().UnixMilli()}
-		if err := c.srv.publish(ctx, p, engine.PublishOptions{}); err != nil {
-			return 0, roomPos{}, err
+		var err error
+		if !h.isMember(c, cmd.Room) {
+			err = notMember(cmd.Room)
+		} else {
+			err = c.srv.publish(ctx, p, c.key(cmd.ID))
 		}
-		return p.Seq, roomPos{}, nil
+		c.answer(ctx, cmd.ID, p, err)
 	case protocol.TypeDirect:
-		seq, err := h.direct(ctx, c, cmd.To, cmd.Text, cmd.ID)
-		return seq, roomPos{}, err
+		p, err := h.direct(ctx, c, cmd.To, cmd.Text, cmd.ID)
+		c.answer(ctx, cmd.ID, p, err)
 	}
-	return 0, roomPos{}, nil
+}
+
+// key is the idempotency key of a client message: its id within the
+// session. A message without an id cannot be re-sent, so it needs none.
+func (c *Conn) key(id string) string {
+	if id == "" {
+		return ""
+	}
+	return c.session + ":" + id
+}
+
+// answer acks a chat or direct message with the seq p got, or fails it.
+// A refusal that a re-send can meet after its first attempt got through
+// (the sender left the room meanwhile, the recipient went offline) is
+// checked against the engine's record of the id first: if the first
+// attempt was published, the re-send is acked with its seq, not told
+// something that is no longer true.
+func (c *Conn) answer(ctx context.Context, id string, p *engine.Publication, err error) {
+	var pe *protocol.Error
+	if err != nil && id != "" && errors.As(err, &pe) && (pe.Code == protocol.ErrNotMember || pe.Code == protocol.ErrUserOffline) {
+		if seq, _, ok, rerr := c.srv.eng.Recorded(ctx, p.Stream, c.key(id)); rerr == nil && ok {
+			c.srv.metrics.duplicates.Add(1)
+			c.ack(id, seq)
+			return
+		}
+	}
+	if err != nil {
+		c.fail(id, err)
+		return
+	}
+	c.ack(id, p.Seq)
+}
+
+// who answers a `who` with the room's members; like history, it is for
+// members of the room.
+func (c *Conn) who(ctx context.Context, cmd protocol.Command) {
+	if !c.srv.hub.isMember(c, cmd.Room) {
+		c.fail(cmd.ID, notMember(cmd.Room))
+		return
+	}
+	pos, err := c.srv.hub.position(ctx, engine.RoomStream(cmd.Room))
+	if err != nil {
+		c.fail(cmd.ID, err)
+		return
+	}
+	c.sendMembers(ctx, cmd.ID, cmd.Room, pos)
 }
 
 func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
@@ -291,7 +313,7 @@ func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
 	q := engine.HistoryQuery{After: cmd.After, Before: cmd.Before, Limit: cmd.Limit, Latest: cmd.After == 0}
 	hist, err := c.srv.eng.History(ctx, engine.RoomStream(cmd.Room), q)
 	if err != nil {
-		c.fail(cmd.ID, unavailable(err))
+		c.fail(cmd.ID, c.srv.engineFailed("history", err))
 		return
 	}
 	page := protocol.HistoryPage{Room: cmd.Room, Epoch: hist.Epoch, Top: hist.Top, Oldest: hist.Oldest,
@@ -316,13 +338,13 @@ func (c *Conn) sendMembers(ctx context.Context, id, room string, pos roomPos) {
 	}
 	n, err := eng.PresenceCount(ctx, room)
 	if err != nil {
-		c.fail(id, unavailable(err))
+		c.fail(id, c.srv.engineFailed("members", err))
 		return
 	}
 	if max := cfg.PresenceEventsMax; max < 0 || n <= max {
 		users, err := eng.PresenceMembers(ctx, room, cfg.MembersMax)
 		if err != nil {
-			c.fail(id, unavailable(err))
+			c.fail(id, c.srv.engineFailed("members", err))
 			return
 		}
 		c.send(protocol.Encode(protocol.TypeMembers, id, protocol.Members{Room: room, Users: users, Count: max2(n, len(users)),
@@ -331,7 +353,7 @@ func (c *Conn) sendMembers(ctx context.Context, id, room string, pos roomPos) {
 	}
 	listed, err := c.srv.hub.loadBigRoom(ctx, room, n)
 	if err != nil {
-		c.fail(id, unavailable(err))
+		c.fail(id, c.srv.engineFailed("members", err))
 		return
 	}
 	c.send(membersFrame(id, room, listed, n, pos))
@@ -390,13 +412,13 @@ func (c *Conn) sendError(e *protocol.Error) {
 	c.send(protocol.Encode(protocol.TypeError, e.ID, e))
 }
 
-// fail answers message id with err, which is a *protocol.Error or becomes
-// an internal error.
+// fail answers message id with err: a *protocol.Error as it is, an
+// engine's ErrUnavailable as `unavailable`, anything else as an internal
+// error. The client never sees the engine's own words (they are logged).
 func (c *Conn) fail(id string, err error) {
 	var pe *protocol.Error
 	if !errors.As(err, &pe) {
-		c.srv.log.Error("handling message failed", "user", c.user, "conn", c.id, "err", err)
-		pe = &protocol.Error{Code: protocol.ErrInternal, Message: "internal error; the message was not processed"}
+		pe = c.srv.engineFailed("", err)
 	}
 	e := *pe
 	e.ID = id
@@ -407,8 +429,29 @@ func notMember(room string) *protocol.Error {
 	return &protocol.Error{Code: protocol.ErrNotMember, Message: "join room " + room + " first"}
 }
 
-func unavailable(err error) *protocol.Error {
-	return &protocol.Error{Code: protocol.ErrUnavailable, Message: "engine unavailable, try again: " + err.Error()}
+// errUnavailable is what a client is told when the engine did not answer
+// in time. It is retryable, and honest about what is known: a message may
+// have gone out before the answer was lost, and sending it again with the
+// same id delivers it once either way.
+var errUnavailable = protocol.Error{Code: protocol.ErrUnavailable,
+	Message: "the message store did not answer in time, so this was not confirmed: send it again with the same id (it will be delivered once)"}
+
+// errInternal answers a message whose handling failed for a reason that
+// is not the store's.
+var errInternal = protocol.Error{Code: protocol.ErrInternal, Message: "internal error; the message was not processed"}
+
+// engineFailed logs an engine error (what for: "history", "publish", …)
+// and returns the protocol error a client gets for it.
+func (s *Server) engineFailed(what string, err error) *protocol.Error {
+	if errors.Is(err, engine.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		s.metrics.engineErrors.Add(1)
+		s.log.Warn("engine unavailable", "op", what, "err", err)
+		e := errUnavailable
+		return &e
+	}
+	s.log.Error("handling a message failed", "op", what, "err", err)
+	e := errInternal
+	return &e
 }
 
 // bucket is a token bucket; rate <= 0 means unlimited.

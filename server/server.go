@@ -46,8 +46,9 @@ type Server struct {
 	hub       *hub
 	nodeID    string
 
-	ctx    context.Context // cancelled when Shutdown finishes
-	cancel context.CancelFunc
+	ctx       context.Context // cancelled when Shutdown finishes
+	cancel    context.CancelFunc
+	upkeepOff chan struct{}
 
 	mux *http.ServeMux
 
@@ -89,6 +90,14 @@ type Server struct {
 // mostly waiting for its replies.
 const maxSetups = 256
 
+// KeyTTL is how long an engine must remember a client message's id (its
+// idempotency key) for a server with this resume window: a message is
+// re-sent at the latest one resume window after the server noticed the
+// drop, which can itself come a heartbeat timeout after the message was
+// sent. Twice the window covers both with room to spare (4 min by
+// default). cmd/tether gives the Redis engine the same.
+func KeyTTL(resumeWindow time.Duration) time.Duration { return 2 * resumeWindow }
+
 // New makes a server from cfg and starts its engine and heartbeat.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
@@ -96,9 +105,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg = cfg.withDefaults()
 	s := &Server{cfg: cfg, log: cfg.Logger, eng: cfg.Engine, nodeID: cfg.NodeID, heartbeatOff: make(chan struct{}),
-		setups: make(chan struct{}, maxSetups)}
+		upkeepOff: make(chan struct{}), setups: make(chan struct{}, maxSetups)}
 	if s.eng == nil {
-		s.eng = memory.New(memory.Config{HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL})
+		s.eng = memory.New(memory.Config{HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL, KeyTTL: KeyTTL(cfg.ResumeWindow)})
 	}
 	_, s.immediate = s.eng.(engine.Immediate)
 	if s.nodeID == "" {
@@ -108,11 +117,12 @@ func New(cfg Config) (*Server, error) {
 	s.limits = newLimiter()
 	s.hub = newHub(s)
 	s.initMetrics()
-	if err := s.eng.Start(s.ctx, s.hub.deliver); err != nil {
+	if err := s.eng.Start(s.ctx, s.hub); err != nil {
 		return nil, err
 	}
 	s.routes()
 	go s.heartbeat()
+	go s.upkeep()
 	if cfg.WriteDelay > 0 {
 		s.flusher = newFlusher(s.ctx, cfg.WriteDelay, &s.metrics.delayed)
 	}
@@ -247,8 +257,9 @@ func (s *Server) openWS(h *handshake) {
 	c.startReading(early)
 }
 
-// setUp runs connected when its turn comes (maxSetups).
-func (s *Server) setUp(c *Conn, r *wsRequest) error {
+// setUp runs connected when its turn comes (maxSetups). A panic in it
+// fails this set-up (close 1011), nothing else.
+func (s *Server) setUp(c *Conn, r *wsRequest) (err error) {
 	select {
 	case s.setups <- struct{}{}:
 	default:
@@ -257,6 +268,12 @@ func (s *Server) setUp(c *Conn, r *wsRequest) error {
 		s.setupsWaiting.Add(-1)
 	}
 	defer func() { <-s.setups }()
+	defer func() {
+		if r := recover(); r != nil {
+			s.panicked("set-up", r, nil)
+			err = protocol.DisconnectInternal
+		}
+	}()
 	if s.shuttingDown.Load() { // it stopped while this one waited
 		return protocol.DisconnectShutdown
 	}
@@ -350,6 +367,13 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position)
 		return err
 	}
 	c.registered = true
+	// The inbox's position, read now that the inbox's deliveries reach
+	// this connection: a client that has received no private message yet
+	// resumes the inbox from here.
+	inbox, err := s.hub.position(ctx, engine.UserStream(c.user))
+	if err != nil {
+		return err
+	}
 	if s.shuttingDown.Load() {
 		return protocol.DisconnectShutdown
 	}
@@ -378,6 +402,7 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position)
 	}
 	c.sendFirst(protocol.Encode(protocol.TypeWelcome, "", protocol.Welcome{
 		Protocol: protocol.Version, User: c.user, Session: sess.ID, Resumed: resumed, Online: online, Rooms: joined,
+		Inbox:     protocol.Position{Epoch: inbox.epoch, Top: inbox.top},
 		Heartbeat: protocol.Heartbeat{Interval: s.cfg.PingInterval.Milliseconds(), Timeout: s.cfg.PongTimeout.Milliseconds()},
 		MaxText:   s.cfg.MaxText,
 	}))
@@ -424,7 +449,7 @@ func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position,
 		return
 	}
 	rec.Epoch, rec.Top = hist.Epoch, hist.Top
-	rec.Recovered = pos.epoch == hist.Epoch && pos.seq+1 >= hist.Oldest && pos.seq <= hist.Top
+	rec.Recovered = hist.Covers(pos.epoch, pos.seq)
 	if rec.Recovered {
 		last := pos.seq
 		for len(hist.Pubs) > 0 {
@@ -543,12 +568,15 @@ func (s *Server) disconnected(c *Conn) {
 	s.conns.Done()
 }
 
-// publish hands a publication to the engine, mapping failures to the error
-// the client sees.
-func (s *Server) publish(ctx context.Context, p *engine.Publication, opts engine.PublishOptions) error {
-	if err := s.eng.Publish(ctx, p, opts); err != nil {
-		s.metrics.engineErrors.Add(1)
-		return unavailable(err)
+// publish hands a retained publication to the engine, idempotent by key
+// (see Conn.key), mapping a failure to the error the client sees.
+func (s *Server) publish(ctx context.Context, p *engine.Publication, key string) error {
+	dup, err := s.eng.Publish(ctx, p, engine.PublishOptions{Key: key})
+	if err != nil {
+		return s.engineFailed("publish", err)
+	}
+	if dup {
+		s.metrics.duplicates.Add(1) // a re-send, or a retry that found its first attempt done
 	}
 	return nil
 }
@@ -556,32 +584,20 @@ func (s *Server) publish(ctx context.Context, p *engine.Publication, opts engine
 // heartbeat is the one goroutine that keeps every connection honest: it
 // pings connections that have been silent for PingInterval and closes those
 // silent for PingInterval+PongTimeout. It reads only timestamps the readers
-// store, so a backlog on the send side never makes a live client look dead.
-// It also sends big rooms their coalesced presence counts and keeps live
-// sessions from expiring.
+// store, so a backlog on the send side never makes a live client look
+// dead, and it never calls the engine: a stalled store does not stop the
+// pings or the closes (upkeep does the engine's part).
 func (s *Server) heartbeat() {
 	defer close(s.heartbeatOff)
 	interval, timeout := s.cfg.PingInterval, s.cfg.PongTimeout
 	tick := min(time.Second, interval/2, timeout/4)
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	presence := time.NewTicker(s.cfg.PresenceInterval)
-	defer presence.Stop()
-	sessions := time.NewTicker(s.cfg.ResumeWindow / 3)
-	defer sessions.Stop()
 	var conns []*Conn
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-presence.C:
-			s.hub.flushPresence(s.ctx)
-		case now := <-sessions.C:
-			s.sweepRates(now)
-			// Live sessions must not expire: refresh them well within the window.
-			conns = s.hub.snapshot(conns[:0])
-			s.saveSessions(s.ctx, conns)
-			clear(conns)
 		case now := <-t.C:
 			conns = s.hub.snapshot(conns[:0])
 			for _, c := range conns {
@@ -595,6 +611,37 @@ func (s *Server) heartbeat() {
 					c.ping()
 				}
 			}
+			clear(conns)
+		}
+	}
+}
+
+// upkeep does the periodic work that needs the engine, each round with a
+// deadline of its own: big rooms' coalesced presence counts, and keeping
+// live sessions from expiring. It also forgets idle per-address rate
+// limits.
+func (s *Server) upkeep() {
+	defer close(s.upkeepOff)
+	presence := time.NewTicker(s.cfg.PresenceInterval)
+	defer presence.Stop()
+	sessions := time.NewTicker(s.cfg.ResumeWindow / 3)
+	defer sessions.Stop()
+	var conns []*Conn
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-presence.C:
+			ctx, cancel := s.opContext(s.cfg.PresenceInterval)
+			s.hub.flushPresence(ctx)
+			cancel()
+		case now := <-sessions.C:
+			s.sweepRates(now)
+			// Live sessions must not expire: refresh them well within the window.
+			conns = s.hub.snapshot(conns[:0])
+			ctx, cancel := s.opContext(s.cfg.ResumeWindow / 3)
+			s.saveSessions(ctx, conns)
+			cancel()
 			clear(conns)
 		}
 	}
@@ -649,6 +696,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.cancel()
 	<-s.heartbeatOff
+	<-s.upkeepOff
 	if s.flusher != nil {
 		<-s.flusher.done
 	}

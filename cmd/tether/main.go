@@ -192,7 +192,8 @@ func serve(args []string, stderr io.Writer) int {
 			cfg.NodeID = randomNodeID()
 		}
 		eng, err := redis.New(redis.Config{URL: rc.url, Prefix: rc.prefix, NodeID: cfg.NodeID,
-			HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL, PresenceTTL: rc.presenceTTL, Logger: logger})
+			HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL, KeyTTL: server.KeyTTL(cfg.ResumeWindow),
+			PresenceTTL: rc.presenceTTL, Logger: logger})
 		if err != nil {
 			fmt.Fprintln(stderr, "tether: --redis:", err)
 			return 2

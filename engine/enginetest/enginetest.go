@@ -13,34 +13,65 @@ import (
 	"github.com/tether-chat/tether/engine"
 )
 
-// Factory returns a fresh, empty engine whose history retains at least
-// historySize publications per stream. The suite starts and closes it.
-type Factory func(t *testing.T, historySize int) engine.Engine
+// Options size an engine made for one test.
+type Options struct {
+	// HistorySize: the engine retains at least this many publications per
+	// stream.
+	HistorySize int
+	// KeyTTL: how long idempotent publishes are remembered; zero means the
+	// engine's default.
+	KeyTTL time.Duration
+}
 
-// collector records deliveries per stream.
-type collector struct {
+// Factory returns a fresh, empty engine made with o. The suite starts and
+// closes it.
+type Factory func(t *testing.T, o Options) engine.Engine
+
+// Collector is an engine.Handler that records deliveries per stream and
+// the streams reported lost. Engines' own fault tests use it too.
+type Collector struct {
 	mu   sync.Mutex
 	got  map[string][]*engine.Publication
-	cond *sync.Cond
+	lost map[string]int
 }
 
-func newCollector() *collector {
-	c := &collector{got: make(map[string][]*engine.Publication)}
-	c.cond = sync.NewCond(&c.mu)
-	return c
+// NewCollector returns an empty Collector.
+func NewCollector() *Collector {
+	return &Collector{got: make(map[string][]*engine.Publication), lost: make(map[string]int)}
 }
 
-func (c *collector) handle(p *engine.Publication) {
+// Deliver implements engine.Handler.
+func (c *Collector) Deliver(p *engine.Publication) {
 	c.mu.Lock()
 	c.got[p.Stream] = append(c.got[p.Stream], p)
 	c.mu.Unlock()
-	c.cond.Broadcast()
 }
 
-// wait returns the deliveries of stream once there are n of them, or fails.
-func (c *collector) wait(t *testing.T, stream string, n int) []*engine.Publication {
+// Lost implements engine.Handler.
+func (c *Collector) Lost(stream string) {
+	c.mu.Lock()
+	c.lost[stream]++
+	c.mu.Unlock()
+}
+
+// LostCount reports how often stream was reported lost.
+func (c *Collector) LostCount(stream string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lost[stream]
+}
+
+// Got returns the deliveries of stream so far.
+func (c *Collector) Got(stream string) []*engine.Publication {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*engine.Publication(nil), c.got[stream]...)
+}
+
+// Wait returns the deliveries of stream once there are n of them, or fails.
+func (c *Collector) Wait(t testing.TB, stream string, n int) []*engine.Publication {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for len(c.got[stream]) < n {
@@ -54,27 +85,49 @@ func (c *collector) wait(t *testing.T, stream string, n int) []*engine.Publicati
 	return append([]*engine.Publication(nil), c.got[stream]...)
 }
 
-func (c *collector) count(stream string) int {
+func (c *Collector) count(stream string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.got[stream])
 }
 
-func start(t *testing.T, f Factory, size int) (engine.Engine, *collector) {
+func start(t *testing.T, f Factory, size int) (engine.Engine, *Collector) {
 	t.Helper()
-	e := f(t, size)
-	c := newCollector()
-	if err := e.Start(context.Background(), c.handle); err != nil {
+	return startWith(t, f, Options{HistorySize: size})
+}
+
+func startWith(t *testing.T, f Factory, o Options) (engine.Engine, *Collector) {
+	t.Helper()
+	e := f(t, o)
+	c := NewCollector()
+	if err := e.Start(context.Background(), c); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
 	t.Cleanup(func() { e.Close() })
+	WaitReady(t, e)
 	return e, c
+}
+
+// WaitReady waits until the engine reports ready, or fails.
+func WaitReady(t testing.TB, e engine.Engine) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := e.Ready(context.Background())
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("engine not ready: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func publish(t *testing.T, e engine.Engine, stream, text string) *engine.Publication {
 	t.Helper()
 	p := &engine.Publication{Stream: stream, Type: "chat", Text: text, TS: time.Now().UnixMilli()}
-	if err := e.Publish(context.Background(), p, engine.PublishOptions{}); err != nil {
+	if _, err := e.Publish(context.Background(), p, engine.PublishOptions{}); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
 	return p
@@ -114,7 +167,7 @@ func Run(t *testing.T, f Factory) {
 			}()
 		}
 		wg.Wait()
-		got := c.wait(t, "room:on", 200)
+		got := c.Wait(t, "room:on", 200)
 		for i, p := range got {
 			if p.Seq != uint64(i+1) {
 				t.Fatalf("delivery %d has seq %d: deliveries must be in sequence order", i, p.Seq)
@@ -138,10 +191,10 @@ func Run(t *testing.T, f Factory) {
 		e.Subscribe(ctx, "room:p")
 		publish(t, e, "room:p", "kept")
 		p := &engine.Publication{Stream: "room:p", Type: "presence", User: "u", Action: "join", Count: 1}
-		if err := e.Publish(ctx, p, engine.PublishOptions{Ephemeral: true}); err != nil {
+		if _, err := e.Publish(ctx, p, engine.PublishOptions{Ephemeral: true}); err != nil {
 			t.Fatal(err)
 		}
-		got := c.wait(t, "room:p", 2)
+		got := c.Wait(t, "room:p", 2)
 		if got[1].Type != "presence" || got[1].Seq != 0 {
 			t.Fatalf("ephemeral delivery = %+v", got[1])
 		}
@@ -186,13 +239,35 @@ func Run(t *testing.T, f Factory) {
 				t.Errorf("History(%+v) = %v, want %v", tc.q, seqs(h.Pubs), tc.want)
 			}
 		}
+	})
+
+	t.Run("ReadingANewStreamCreatesNothing", func(t *testing.T) {
+		e, c := start(t, f, 5)
 		empty, err := e.History(ctx, "room:none", engine.HistoryQuery{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if empty.Top != 0 || empty.Oldest != 1 || len(empty.Pubs) != 0 || empty.Epoch == "" {
-			t.Fatalf("empty stream history = %+v", empty)
+		if empty.Top != 0 || empty.Oldest != 1 || len(empty.Pubs) != 0 || empty.Epoch != "" {
+			t.Fatalf("a stream that never published reads as %+v; want epoch \"\", top 0, oldest 1", empty)
 		}
+		if seq, _, ok, err := e.Recorded(ctx, "room:none", "k"); err != nil || ok || seq != 0 {
+			t.Fatalf("Recorded on a new stream = %d, %v, %v", seq, ok, err)
+		}
+		// A reader that saw nothing of it holds ("", 0): once the stream
+		// publishes, that position is covered from seq 1 on.
+		e.Subscribe(ctx, "room:none")
+		first := publish(t, e, "room:none", "first")
+		if first.Seq != 1 || first.Epoch == "" {
+			t.Fatalf("first publication = seq %d epoch %q", first.Seq, first.Epoch)
+		}
+		h, err := e.History(ctx, "room:none", engine.HistoryQuery{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !h.Covers("", 0) || h.Covers("other", 0) || !h.Covers(first.Epoch, 0) || len(h.Pubs) != 1 {
+			t.Fatalf("history %+v: must cover (\"\", 0) and (epoch, 0), not another epoch", h)
+		}
+		c.Wait(t, "room:none", 1)
 	})
 
 	t.Run("Presence", func(t *testing.T) {
@@ -271,12 +346,8 @@ func Run(t *testing.T, f Factory) {
 			t.Fatalf("no sessions: %v", err)
 		}
 		// More than one batch of any engine that batches (Redis: 512),
-		// one of them replacing a saved session and keeping its ids.
+		// one of them replacing a saved session.
 		e.SaveSession(ctx, &engine.Session{ID: "b7", User: "old"}, time.Minute)
-		if st, _, _ := e.ReserveID(ctx, "b7", "m1"); st != engine.IDNew {
-			t.Fatalf("reserve = %v", st)
-		}
-		e.CompleteID(ctx, "b7", "m1", 9)
 		ss := make([]*engine.Session, 1100)
 		for i := range ss {
 			ss[i] = &engine.Session{ID: fmt.Sprint("b", i), User: fmt.Sprint("u", i), Rooms: []string{"r", fmt.Sprint("r", i)}}
@@ -295,9 +366,6 @@ func Run(t *testing.T, f Factory) {
 		if got, _ := e.LoadSession(ctx, "b7"); fmt.Sprint(got.Partners) != "[p]" {
 			t.Fatalf("b7's partners = %v", got.Partners)
 		}
-		if st, seq, _ := e.ReserveID(ctx, "b7", "m1"); st != engine.IDDone || seq != 9 {
-			t.Fatalf("ids must survive SaveSessions; got %v, %d", st, seq)
-		}
 		e.SaveSessions(ctx, []*engine.Session{{ID: "brief", User: "x"}}, 50*time.Millisecond)
 		time.Sleep(100 * time.Millisecond)
 		if got, err := e.LoadSession(ctx, "brief"); err != nil || got != nil {
@@ -305,47 +373,123 @@ func Run(t *testing.T, f Factory) {
 		}
 	})
 
-	t.Run("MessageIDWindow", func(t *testing.T) {
-		e, _ := start(t, f, 5)
-		e.SaveSession(ctx, &engine.Session{ID: "s", User: "u"}, time.Minute)
-		st, _, err := e.ReserveID(ctx, "s", "m1")
-		if err != nil || st != engine.IDNew {
-			t.Fatalf("first reserve = %v, %v", st, err)
+	t.Run("IdempotentPublish", func(t *testing.T) {
+		e, c := start(t, f, 10)
+		e.Subscribe(ctx, "room:i")
+		e.Subscribe(ctx, "user:bob")
+		msg := func(stream, text string) *engine.Publication {
+			return &engine.Publication{Stream: stream, Type: "chat", Text: text, ClientID: "m1", TS: time.Now().UnixMilli()}
 		}
-		if st, _, _ := e.ReserveID(ctx, "s", "m1"); st != engine.IDInFlight {
-			t.Fatalf("reserve while in flight = %v", st)
+		publish(t, e, "room:i", "before")
+		first := msg("room:i", "hello")
+		dup, err := e.Publish(ctx, first, engine.PublishOptions{Key: "sess-1:m1"})
+		if err != nil || dup || first.Seq != 2 {
+			t.Fatalf("first publish with a key: dup=%v seq=%d err=%v; want a new publication at seq 2", dup, first.Seq, err)
 		}
-		e.CompleteID(ctx, "s", "m1", 42)
-		if st, seq, _ := e.ReserveID(ctx, "s", "m1"); st != engine.IDDone || seq != 42 {
-			t.Fatalf("reserve after complete = %v, %d; want done, 42", st, seq)
+		publish(t, e, "room:i", "after")
+		// The same key again (a retry, a re-send, another node): nothing
+		// new, the first result back.
+		for range 3 {
+			again := msg("room:i", "hello")
+			dup, err := e.Publish(ctx, again, engine.PublishOptions{Key: "sess-1:m1"})
+			if err != nil || !dup || again.Seq != first.Seq || again.Epoch != first.Epoch {
+				t.Fatalf("publish again with the key: dup=%v seq=%d epoch=%q err=%v; want dup of seq %d epoch %q",
+					dup, again.Seq, again.Epoch, err, first.Seq, first.Epoch)
+			}
 		}
-		e.ReserveID(ctx, "s", "m2")
-		e.ReleaseID(ctx, "s", "m2") // processing failed: a retry is new again
-		if st, _, _ := e.ReserveID(ctx, "s", "m2"); st != engine.IDNew {
-			t.Fatalf("reserve after release = %v", st)
+		if seq, epoch, ok, err := e.Recorded(ctx, "room:i", "sess-1:m1"); err != nil || !ok || seq != first.Seq || epoch != first.Epoch {
+			t.Fatalf("Recorded = %d %q %v %v; want %d %q", seq, epoch, ok, err, first.Seq, first.Epoch)
 		}
-		if st, _, _ := e.ReserveID(ctx, "other", "m1"); st != engine.IDNew {
-			t.Fatalf("ids are per session; got %v", st)
+		if _, _, ok, _ := e.Recorded(ctx, "room:i", "sess-1:m2"); ok {
+			t.Fatal("Recorded found a key never published")
 		}
-		e.SaveSession(ctx, &engine.Session{ID: "s", User: "u", Rooms: []string{"r"}}, time.Minute)
-		if st, _, _ := e.ReserveID(ctx, "s", "m1"); st != engine.IDDone {
-			t.Fatalf("ids must survive a session save; got %v", st)
+		// Keys are per stream: the same key on another stream is new there.
+		other := msg("user:bob", "hello")
+		if dup, err := e.Publish(ctx, other, engine.PublishOptions{Key: "sess-1:m1"}); err != nil || dup || other.Seq != 1 {
+			t.Fatalf("the key on another stream: dup=%v seq=%d err=%v", dup, other.Seq, err)
 		}
-		e.DeleteSession(ctx, "s")
-		e.SaveSession(ctx, &engine.Session{ID: "s", User: "u"}, time.Minute)
-		if st, _, _ := e.ReserveID(ctx, "s", "m1"); st != engine.IDNew {
-			t.Fatalf("ids must go with the deleted session; got %v", st)
+		h, _ := e.History(ctx, "room:i", engine.HistoryQuery{})
+		if fmt.Sprint(seqs(h.Pubs)) != "[1 2 3]" || h.Top != 3 {
+			t.Fatalf("history %v top %d: a duplicate must retain nothing", seqs(h.Pubs), h.Top)
+		}
+		got := c.Wait(t, "room:i", 3)
+		time.Sleep(50 * time.Millisecond)
+		if n := c.count("room:i"); n != 3 || got[1].Text != "hello" {
+			t.Fatalf("%d deliveries: a duplicate must deliver nothing", n)
+		}
+	})
+
+	t.Run("IdempotentPublishRacingAttempts", func(t *testing.T) {
+		// Attempts of one message racing each other, as when a re-send
+		// reaches another node while the first attempt is in flight: one
+		// publishes, every other gets its result.
+		e, c := start(t, f, 100)
+		e.Subscribe(ctx, "room:race")
+		const keys, attempts = 20, 8
+		var wg sync.WaitGroup
+		type result struct {
+			dup bool
+			seq uint64
+			err error
+		}
+		results := make([][]result, keys)
+		for k := range keys {
+			results[k] = make([]result, attempts)
+			for a := range attempts {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					p := &engine.Publication{Stream: "room:race", Type: "chat", Text: fmt.Sprint(k), TS: time.Now().UnixMilli()}
+					dup, err := e.Publish(ctx, p, engine.PublishOptions{Key: fmt.Sprint("s:", k)})
+					results[k][a] = result{dup, p.Seq, err}
+				}()
+			}
+		}
+		wg.Wait()
+		for k, rs := range results {
+			fresh := 0
+			for _, r := range rs {
+				if r.err != nil {
+					t.Fatal(r.err)
+				}
+				if !r.dup {
+					fresh++
+				}
+				if r.seq != rs[0].seq {
+					t.Fatalf("key %d: attempts got seqs %v; all must get the one recorded", k, rs)
+				}
+			}
+			if fresh != 1 {
+				t.Fatalf("key %d: %d attempts published; want exactly 1", k, fresh)
+			}
+		}
+		c.Wait(t, "room:race", keys)
+		time.Sleep(50 * time.Millisecond)
+		if n := c.count("room:race"); n != keys {
+			t.Fatalf("%d deliveries for %d keys", n, keys)
+		}
+	})
+
+	t.Run("KeysExpire", func(t *testing.T) {
+		e, _ := startWith(t, f, Options{HistorySize: 10, KeyTTL: 100 * time.Millisecond})
+		p := &engine.Publication{Stream: "room:k", Type: "chat", TS: time.Now().UnixMilli()}
+		e.Publish(ctx, p, engine.PublishOptions{Key: "s:1"})
+		time.Sleep(250 * time.Millisecond)
+		if _, _, ok, _ := e.Recorded(ctx, "room:k", "s:1"); ok {
+			t.Fatal("a key is still recorded after KeyTTL")
+		}
+		again := &engine.Publication{Stream: "room:k", Type: "chat", TS: time.Now().UnixMilli()}
+		if dup, err := e.Publish(ctx, again, engine.PublishOptions{Key: "s:1"}); err != nil || dup || again.Seq != 2 {
+			t.Fatalf("after KeyTTL the key is new: dup=%v seq=%d err=%v", dup, again.Seq, err)
 		}
 	})
 
 	t.Run("ReadyAndClose", func(t *testing.T) {
-		e := f(t, 5)
-		if err := e.Start(ctx, func(*engine.Publication) {}); err != nil {
+		e := f(t, Options{HistorySize: 5})
+		if err := e.Start(ctx, NewCollector()); err != nil {
 			t.Fatal(err)
 		}
-		if err := e.Ready(ctx); err != nil {
-			t.Fatalf("Ready = %v", err)
-		}
+		WaitReady(t, e)
 		if err := e.Close(); err != nil {
 			t.Fatal(err)
 		}
@@ -353,7 +497,7 @@ func Run(t *testing.T, f Factory) {
 			t.Fatal("Ready after Close = nil")
 		}
 		p := &engine.Publication{Stream: "room:x", Type: "chat"}
-		if err := e.Publish(ctx, p, engine.PublishOptions{}); err == nil {
+		if _, err := e.Publish(ctx, p, engine.PublishOptions{}); err == nil {
 			t.Fatal("Publish after Close succeeded")
 		}
 	})

@@ -24,9 +24,9 @@ type Config struct {
 	// DefaultLimit bounds a History page when the query gives none.
 	// Zero means 100.
 	DefaultLimit int
-	// IDWindow is how many recent client message ids a session remembers.
-	// Zero means 1000.
-	IDWindow int
+	// KeyTTL is how long an idempotent publish's result is remembered
+	// (engine.PublishOptions.Key). Zero means 4 minutes.
+	KeyTTL time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -39,8 +39,8 @@ func (c Config) withDefaults() Config {
 	if c.DefaultLimit <= 0 {
 		c.DefaultLimit = 100
 	}
-	if c.IDWindow <= 0 {
-		c.IDWindow = 1000
+	if c.KeyTTL <= 0 {
+		c.KeyTTL = 4 * time.Minute
 	}
 	return c
 }
@@ -50,7 +50,7 @@ type Engine struct {
 	cfg Config
 
 	mu      sync.RWMutex
-	handler engine.Handler
+	handler engine.Handler // nil before Start
 	streams map[string]*stream
 	subs    map[string]bool
 	sets    map[string]map[string]struct{}
@@ -67,13 +67,6 @@ var _ engine.Engine = (*Engine)(nil)
 type session struct {
 	s       engine.Session
 	expires time.Time
-	ids     map[string]idEntry
-	order   []string // ids oldest first, for the bounded window
-}
-
-type idEntry struct {
-	done bool
-	seq  uint64
 }
 
 type stream struct {
@@ -81,6 +74,15 @@ type stream struct {
 	epoch string
 	top   uint64
 	hist  window // retained, oldest first; at most HistorySize
+	// keys are the results of idempotent publishes (PublishOptions.Key),
+	// kept for KeyTTL; keyOrder lists them oldest first for expiry.
+	keys     map[string]uint64
+	keyOrder []keyed
+}
+
+type keyed struct {
+	key     string
+	expires time.Time
 }
 
 // New returns an engine; call Start before use.
@@ -108,12 +110,13 @@ func (e *Engine) Start(ctx context.Context, h engine.Handler) error {
 }
 
 // Publish implements engine.Engine. The stream's lock is held while the
-// handler runs, which is what orders deliveries by sequence.
-func (e *Engine) Publish(ctx context.Context, p *engine.Publication, opts engine.PublishOptions) error {
+// handler runs, which is what orders deliveries by sequence: no gap is
+// possible, so the handler's Lost is never called.
+func (e *Engine) Publish(ctx context.Context, p *engine.Publication, opts engine.PublishOptions) (bool, error) {
 	e.mu.RLock()
 	if e.closed {
 		e.mu.RUnlock()
-		return engine.ErrClosed
+		return false, engine.ErrClosed
 	}
 	h, subscribed := e.handler, e.subs[p.Stream]
 	e.mu.RUnlock()
@@ -121,22 +124,70 @@ func (e *Engine) Publish(ctx context.Context, p *engine.Publication, opts engine
 	if opts.Ephemeral {
 		p.Seq, p.Epoch = 0, ""
 		if subscribed && h != nil {
-			h(p)
+			h.Deliver(p)
 		}
-		return nil
+		return false, nil
 	}
 	s := e.stream(p.Stream)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	now := time.Now()
+	if opts.Key != "" {
+		e.expireKeys(s, now)
+		if seq, ok := s.keys[opts.Key]; ok {
+			p.Seq, p.Epoch = seq, s.epoch
+			return true, nil
+		}
+	}
 	s.top++
 	p.Seq, p.Epoch = s.top, s.epoch
 	s.hist.push(p, e.cfg.HistorySize)
-	if subscribed && h != nil {
-		h(p)
+	if opts.Key != "" {
+		if s.keys == nil {
+			s.keys = make(map[string]uint64)
+		}
+		s.keys[opts.Key] = p.Seq
+		s.keyOrder = append(s.keyOrder, keyed{opts.Key, now.Add(e.cfg.KeyTTL)})
 	}
-	return nil
+	if subscribed && h != nil {
+		h.Deliver(p)
+	}
+	return false, nil
 }
 
+// expireKeys forgets idempotency records older than KeyTTL; s.mu must be
+// held.
+func (e *Engine) expireKeys(s *stream, now time.Time) {
+	n := 0
+	for n < len(s.keyOrder) && now.After(s.keyOrder[n].expires) {
+		delete(s.keys, s.keyOrder[n].key)
+		n++
+	}
+	if n > 0 {
+		s.keyOrder = append(s.keyOrder[:0], s.keyOrder[n:]...)
+	}
+}
+
+// Recorded implements engine.Engine.
+func (e *Engine) Recorded(ctx context.Context, name, key string) (uint64, string, bool, error) {
+	e.mu.RLock()
+	s := e.streams[name]
+	e.mu.RUnlock()
+	if s == nil {
+		return 0, "", false, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e.expireKeys(s, time.Now())
+	seq, ok := s.keys[key]
+	if !ok {
+		return 0, "", false, nil
+	}
+	return seq, s.epoch, true, nil
+}
+
+// stream returns the named stream, creating it (with a new epoch) if it
+// does not exist; only publishing creates a stream.
 func (e *Engine) stream(name string) *stream {
 	e.mu.RLock()
 	s := e.streams[name]
@@ -172,9 +223,15 @@ func (e *Engine) Unsubscribe(ctx context.Context, name string) error {
 	return nil
 }
 
-// History implements engine.Engine.
+// History implements engine.Engine. A stream that does not exist is not
+// created: its position is ("", 0).
 func (e *Engine) History(ctx context.Context, name string, q engine.HistoryQuery) (engine.History, error) {
-	s := e.stream(name)
+	e.mu.RLock()
+	s := e.streams[name]
+	e.mu.RUnlock()
+	if s == nil {
+		return engine.History{Oldest: 1}, nil
+	}
 	limit := q.Limit
 	if limit <= 0 || limit > e.cfg.DefaultLimit {
 		limit = e.cfg.DefaultLimit
@@ -240,7 +297,8 @@ func (e *Engine) sweep() {
 			for name, s := range e.streams {
 				s.mu.Lock()
 				e.expire(s, now)
-				idle := len(s.hist.all()) == 0 && !e.subs[name]
+				e.expireKeys(s, now)
+				idle := len(s.hist.all()) == 0 && len(s.keys) == 0 && !e.subs[name]
 				s.mu.Unlock()
 				if idle {
 					delete(e.streams, name)
@@ -251,7 +309,7 @@ func (e *Engine) sweep() {
 	}
 }
 
-// SaveSession implements engine.Engine. The remembered ids survive a save.
+// SaveSession implements engine.Engine.
 func (e *Engine) SaveSession(ctx context.Context, s *engine.Session, ttl time.Duration) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -280,7 +338,7 @@ func (e *Engine) SaveSessions(ctx context.Context, ss []*engine.Session, ttl tim
 func (e *Engine) saveLocked(s *engine.Session, now time.Time, ttl time.Duration) {
 	cur := e.live(s.ID, now)
 	if cur == nil {
-		cur = &session{ids: make(map[string]idEntry)}
+		cur = &session{}
 		e.sess[s.ID] = cur
 	}
 	cur.s = *s
@@ -320,52 +378,11 @@ func (e *Engine) DeleteSession(ctx context.Context, id string) error {
 	return nil
 }
 
-// ReserveID implements engine.Engine. Ids of an unknown session are always
-// new: without a session there is nothing to deduplicate against.
-func (e *Engine) ReserveID(ctx context.Context, sid, id string) (engine.IDState, uint64, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	s := e.live(sid, time.Now())
-	if s == nil {
-		return engine.IDNew, 0, nil
-	}
-	if ent, ok := s.ids[id]; ok {
-		if ent.done {
-			return engine.IDDone, ent.seq, nil
-		}
-		return engine.IDInFlight, 0, nil
-	}
-	s.ids[id] = idEntry{}
-	s.order = append(s.order, id)
-	if len(s.order) > e.cfg.IDWindow {
-		delete(s.ids, s.order[0])
-		s.order = s.order[1:]
-	}
-	return engine.IDNew, 0, nil
-}
-
-// CompleteID implements engine.Engine.
-func (e *Engine) CompleteID(ctx context.Context, sid, id string, seq uint64) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if s := e.live(sid, time.Now()); s != nil {
-		if _, ok := s.ids[id]; ok {
-			s.ids[id] = idEntry{done: true, seq: seq}
-		}
-	}
-	return nil
-}
-
-// ReleaseID implements engine.Engine.
-func (e *Engine) ReleaseID(ctx context.Context, sid, id string) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if s := e.live(sid, time.Now()); s != nil {
-		if ent, ok := s.ids[id]; ok && !ent.done {
-			delete(s.ids, id) // its place in order expires with the window
-		}
-	}
-	return nil
+// streamCount is the number of streams the engine keeps.
+func (e *Engine) streamCount() int {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return len(e.streams)
 }
 
 // Retained is the number of messages in history, over all streams.
@@ -447,10 +464,10 @@ func (e *Engine) PresenceCount(ctx context.Context, set string) (int, error) {
 	return len(e.sets[set]), nil
 }
 
-// Ready implements engine.Engine.
 // Immediate marks the engine as engine.Immediate: no call waits for I/O.
 func (e *Engine) Immediate() {}
 
+// Ready implements engine.Engine.
 func (e *Engine) Ready(ctx context.Context) error {
 	e.mu.RLock()
 	defer e.mu.RUnlock()

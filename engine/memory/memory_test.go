@@ -2,6 +2,7 @@ package memory
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -10,14 +11,14 @@ import (
 )
 
 func TestContract(t *testing.T) {
-	enginetest.Run(t, func(t *testing.T, size int) engine.Engine {
-		return New(Config{HistorySize: size})
+	enginetest.Run(t, func(t *testing.T, o enginetest.Options) engine.Engine {
+		return New(Config{HistorySize: o.HistorySize, KeyTTL: o.KeyTTL})
 	})
 }
 
 func TestHistoryExpiresByAge(t *testing.T) {
 	e := New(Config{HistorySize: 10, HistoryTTL: time.Minute})
-	e.Start(context.Background(), nil)
+	e.Start(context.Background(), enginetest.NewCollector())
 	defer e.Close()
 	ctx := context.Background()
 	old := &engine.Publication{Stream: "room:a", Type: "chat", TS: time.Now().Add(-2 * time.Minute).UnixMilli()}
@@ -45,19 +46,31 @@ func TestNewEngineStartsNewEpoch(t *testing.T) {
 	}
 }
 
-func TestMessageIDWindowIsBounded(t *testing.T) {
+// TestReadsCreateNoStream: reading a stream that never published (history,
+// a key's record) leaves nothing behind; only a publish creates a stream,
+// and the sweep forgets a stream once its history and keys have expired.
+func TestReadsCreateNoStream(t *testing.T) {
 	ctx := context.Background()
-	e := New(Config{IDWindow: 3})
-	e.SaveSession(ctx, &engine.Session{ID: "s", User: "u"}, time.Minute)
-	for i, id := range []string{"a", "b", "c", "d"} {
-		e.ReserveID(ctx, "s", id)
-		e.CompleteID(ctx, "s", id, uint64(i+1))
+	e := New(Config{HistoryTTL: 40 * time.Millisecond, KeyTTL: 40 * time.Millisecond})
+	e.Start(ctx, enginetest.NewCollector())
+	defer e.Close()
+	for i := range 1000 {
+		e.History(ctx, fmt.Sprint("room:r", i), engine.HistoryQuery{})
+		e.Recorded(ctx, fmt.Sprint("room:r", i), "k")
 	}
-	if st, _, _ := e.ReserveID(ctx, "s", "a"); st != engine.IDNew {
-		t.Fatalf("oldest id should have left the window; got %v", st)
+	if n := e.streamCount(); n != 0 {
+		t.Fatalf("%d streams after reading 1000 that never published; want 0", n)
 	}
-	if st, seq, _ := e.ReserveID(ctx, "s", "d"); st != engine.IDDone || seq != 4 {
-		t.Fatalf("newest id = %v %d", st, seq)
+	e.Publish(ctx, &engine.Publication{Stream: "room:x", Type: "chat", TS: time.Now().UnixMilli()}, engine.PublishOptions{Key: "s:1"})
+	if n := e.streamCount(); n != 1 {
+		t.Fatalf("%d streams after one publish", n)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for e.streamCount() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("an expired stream was never forgotten")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,49 +18,82 @@ import (
 
 var prefixes atomic.Int64
 
-func newEngine(t *testing.T, url string, size int) *Engine {
-	e, err := New(Config{URL: url, Prefix: fmt.Sprintf("t%d:", prefixes.Add(1)), HistorySize: size,
-		PresenceTTL: 300 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+// cfgFor is a test engine's configuration: its own key prefix (several
+// tests share one redis-server), a short presence TTL and quiet logs
+// (TETHER_TEST_LOG=1 shows them).
+func cfgFor(url string, size int) Config {
+	log := slog.New(slog.DiscardHandler)
+	if os.Getenv("TETHER_TEST_LOG") != "" {
+		log = slog.Default()
+	}
+	return Config{URL: url, Prefix: fmt.Sprintf("t%d:", prefixes.Add(1)), HistorySize: size,
+		PresenceTTL: 300 * time.Millisecond, Logger: log}
+}
+
+func newEngineWith(t *testing.T, cfg Config) *Engine {
+	t.Helper()
+	e, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { e.Close() })
 	return e
+}
+
+func newEngine(t *testing.T, url string, size int) *Engine {
+	return newEngineWith(t, cfgFor(url, size))
+}
+
+// started starts e with a Collector and waits until it is ready.
+func started(t *testing.T, e *Engine) *enginetest.Collector {
+	t.Helper()
+	c := enginetest.NewCollector()
+	if err := e.Start(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	enginetest.WaitReady(t, e)
+	return c
+}
+
+// peer is a second node of e's cluster (same prefix).
+func peer(t *testing.T, e *Engine, url string) *Engine {
+	cfg := e.cfg
+	cfg.URL, cfg.NodeID = url, ""
+	return newEngineWith(t, cfg)
+}
+
+func chat(stream, text string) *engine.Publication {
+	return &engine.Publication{Stream: stream, Type: "chat", Text: text, TS: time.Now().UnixMilli()}
 }
 
 // TestContract runs the same suite as the memory engine.
 func TestContract(t *testing.T) {
 	srv := testredis.Start(t)
-	enginetest.Run(t, func(t *testing.T, size int) engine.Engine { return newEngine(t, srv.URL, size) })
+	enginetest.Run(t, func(t *testing.T, o enginetest.Options) engine.Engine {
+		cfg := cfgFor(srv.URL, o.HistorySize)
+		cfg.KeyTTL = o.KeyTTL
+		return newEngineWith(t, cfg)
+	})
 }
 
 func TestTwoNodesShareStreamsAndPresence(t *testing.T) {
 	srv := testredis.Start(t)
 	ctx := context.Background()
 	a := newEngine(t, srv.URL, 50)
-	b := newEngine(t, srv.URL, 50)
-	b.cfg.Prefix = a.cfg.Prefix // one cluster
-	b.cfg.NodeID = "b"
-	got := make(chan *engine.Publication, 10)
-	a.Start(ctx, nil)
-	b.Start(ctx, func(p *engine.Publication) { got <- p })
-	defer a.Close()
-	defer b.Close()
+	b := peer(t, a, srv.URL)
+	started(t, a)
+	got := started(t, b)
 	if err := b.Subscribe(ctx, "room:x"); err != nil {
 		t.Fatal(err)
 	}
-	p := &engine.Publication{Stream: "room:x", Type: "chat", Text: "from a", TS: time.Now().UnixMilli()}
-	if err := a.Publish(ctx, p, engine.PublishOptions{}); err != nil {
+	p := chat("room:x", "from a")
+	if _, err := a.Publish(ctx, p, engine.PublishOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case q := <-got:
-		if q.Text != "from a" || q.Seq != 1 || q.Epoch != p.Epoch {
-			t.Fatalf("b got %+v", q)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("publication did not cross nodes")
+	if q := got.Wait(t, "room:x", 1)[0]; q.Text != "from a" || q.Seq != 1 || q.Epoch != p.Epoch {
+		t.Fatalf("b got %+v", q)
 	}
-	// The same user on both nodes is one user.
+	// The same user on both nodes is one user: a leave only when both let go.
 	if added, n, _ := a.PresenceAdd(ctx, "x", "alice"); !added || n != 1 {
 		t.Fatalf("a add: %v %d", added, n)
 	}
@@ -74,162 +108,133 @@ func TestTwoNodesShareStreamsAndPresence(t *testing.T) {
 	}
 }
 
-// TestDeadNodeHoldsExpire: a node that stops refreshing (it died) has its
-// users removed after the presence TTL, and the leave is published.
+// TestDeadNodeHoldsExpire: a node that stops renewing its liveness (it
+// died, or was stopped) has its users removed after the presence TTL, and
+// the leave is published; a user the live node holds too stays.
 func TestDeadNodeHoldsExpire(t *testing.T) {
 	srv := testredis.Start(t)
 	ctx := context.Background()
 	dead := newEngine(t, srv.URL, 10)
-	live := newEngine(t, srv.URL, 10)
-	live.cfg.Prefix = dead.cfg.Prefix
-	dead.cfg.NodeID, live.cfg.NodeID = "dead", "live"
-	events := make(chan *engine.Publication, 10)
-	live.Start(ctx, func(p *engine.Publication) { events <- p })
-	defer live.Close()
+	live := peer(t, dead, srv.URL)
+	started(t, dead)
+	events := started(t, live)
 	live.Subscribe(ctx, "room:lobby")
-	dead.PresenceAdd(ctx, "lobby", "ghost") // never started: never refreshes
+	dead.PresenceAdd(ctx, "lobby", "ghost")
+	dead.PresenceAdd(ctx, "lobby", "both")
+	live.PresenceAdd(ctx, "lobby", "both")
 	live.PresenceAdd(ctx, "lobby", "carol")
-	select {
-	case p := <-events:
-		if p.Type != "presence" || p.User != "ghost" || p.Action != "leave" || p.Count != 1 {
-			t.Fatalf("event = %+v", p)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no leave for the dead node's user")
+	dead.Close() // stops renewing; its holds stay in Redis until swept
+	p := events.Wait(t, "room:lobby", 1)[0]
+	if p.Type != "presence" || p.User != "ghost" || p.Action != "leave" || p.Count != 2 {
+		t.Fatalf("event = %+v; want ghost's leave, 2 left", p)
 	}
-	if has, _ := live.PresenceHas(ctx, "lobby", "carol"); !has {
-		t.Fatal("the live node's user expired: its refresh does not work")
+	time.Sleep(time.Second) // several sweeps
+	if n := len(events.Got("room:lobby")); n != 1 {
+		t.Fatalf("%d presence events; only ghost left", n)
+	}
+	for _, u := range []string{"carol", "both"} {
+		if has, _ := live.PresenceHas(ctx, "lobby", u); !has {
+			t.Fatalf("%s expired with the dead node though the live one holds them", u)
+		}
 	}
 }
 
-// TestGapFilledAfterRedisRestart: the pub/sub connection breaks (Redis
-// restarts); what is published after it is back but before this node
-// resubscribed is replayed from history, in order, without duplicates.
+// TestPubSubReconnectFillsTheGap: the pub/sub connection breaks; what is
+// published while this node resubscribes is filled in from history, in
+// order, without duplicates.
 func TestPubSubReconnectFillsTheGap(t *testing.T) {
 	srv := testredis.Start(t)
 	ctx := context.Background()
 	pub := newEngine(t, srv.URL, 100)
-	sub := newEngine(t, srv.URL, 100)
-	sub.cfg.Prefix = pub.cfg.Prefix
-	got := make(chan uint64, 100)
-	sub.Start(ctx, func(p *engine.Publication) { got <- p.Seq })
-	pub.Start(ctx, nil)
-	defer sub.Close()
-	defer pub.Close()
+	sub := peer(t, pub, srv.URL)
+	started(t, pub)
+	got := started(t, sub)
 	if err := sub.Subscribe(ctx, "room:g"); err != nil {
 		t.Fatal(err)
 	}
 	send := func(n int) {
-		for i := 0; i < n; i++ {
-			p := &engine.Publication{Stream: "room:g", Type: "chat", TS: time.Now().UnixMilli()}
-			if err := pub.Publish(ctx, p, engine.PublishOptions{}); err != nil {
+		for range n {
+			if _, err := pub.Publish(ctx, chat("room:g", ""), engine.PublishOptions{}); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
 	send(3)
-	// Break only the subscriber's pub/sub connection: kill it from Redis.
-	pub.rdb.ClientKillByFilter(ctx, "TYPE", "pubsub")
+	got.Wait(t, "room:g", 3)
+	// Break only the pub/sub connections: kill them from Redis.
+	kill := pub.client.B().Arbitrary("CLIENT", "KILL", "TYPE", "pubsub").Build()
+	if err := pub.client.Do(ctx, kill).Error(); err != nil {
+		t.Fatal(err)
+	}
 	send(5) // published while the subscriber is reconnecting
-	want := uint64(1)
-	deadline := time.After(10 * time.Second)
-	for want <= 8 {
-		select {
-		case seq := <-got:
-			if seq != want {
-				t.Fatalf("got seq %d, want %d", seq, want)
-			}
-			want++
-		case <-deadline:
-			t.Fatalf("stopped at seq %d of 8", want-1)
-		}
-	}
+	got.Wait(t, "room:g", 8)
 	send(1)
-	if seq := <-got; seq != 9 {
-		t.Fatalf("live after the fill: seq %d", seq)
+	all := got.Wait(t, "room:g", 9)
+	time.Sleep(200 * time.Millisecond)
+	all = got.Got("room:g")
+	if seqsOf(all) != "[1 2 3 4 5 6 7 8 9]" {
+		t.Fatalf("deliveries %v: want 1..9, each once, in order", seqsOf(all))
 	}
-	select {
-	case seq := <-got:
-		t.Fatalf("duplicate delivery of seq %d", seq)
-	case <-time.After(200 * time.Millisecond):
+	if s := sub.Stats(); s.SubscriptionResets == 0 {
+		t.Fatalf("stats %+v: the reconnect was not counted", s)
 	}
+}
+
+func seqsOf(ps []*engine.Publication) string {
+	seqs := make([]uint64, len(ps))
+	for i, p := range ps {
+		seqs[i] = p.Seq
+	}
+	return fmt.Sprint(seqs)
 }
 
 func TestReadyFollowsRedis(t *testing.T) {
 	srv := testredis.Start(t)
 	e := newEngine(t, srv.URL, 10)
-	e.Start(context.Background(), nil)
-	defer e.Close()
+	started(t, e)
 	ctx := context.Background()
+	srv.Stop()
 	deadline := time.Now().Add(5 * time.Second)
-	for e.Ready(ctx) != nil {
+	for e.Ready(ctx) == nil {
 		if time.Now().After(deadline) {
-			t.Fatalf("not ready with Redis up: %v", e.Ready(ctx))
+			t.Fatal("still ready 5 s after Redis went down")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	srv.Restart(t, 0)
+	enginetest.WaitReady(t, e)
+}
+
+// TestRedisDownAtStart: a node whose Redis is not up yet starts, is not
+// ready, and becomes ready when Redis comes up.
+func TestRedisDownAtStart(t *testing.T) {
+	srv := testredis.Start(t)
 	srv.Stop()
-	time.Sleep(1100 * time.Millisecond) // past the cached success
-	if err := e.Ready(ctx); err == nil {
+	e := newEngine(t, srv.URL, 10)
+	e.Start(context.Background(), enginetest.NewCollector())
+	time.Sleep(300 * time.Millisecond)
+	if err := e.Ready(context.Background()); err == nil {
 		t.Fatal("ready with Redis down")
 	}
 	srv.Restart(t, 0)
-	deadline = time.Now().Add(10 * time.Second)
-	for e.Ready(ctx) != nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready again after Redis came back: %v", e.Ready(ctx))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	enginetest.WaitReady(t, e)
 }
 
-// engineWithoutScripts is an engine on a fresh Redis that has just lost
-// its scripts (as after a Redis restart): every script's first run is
-// answered NOSCRIPT. It is closed at the end of the test.
-func engineWithoutScripts(t *testing.T) (*Engine, context.Context) {
+// TestConcurrentCallersAndScriptFlush: many callers at once, each with its
+// own result, while Redis loses its scripts (as after a restart) in the
+// middle: rueidis runs EVAL when EVALSHA is answered NOSCRIPT.
+func TestConcurrentCallersAndScriptFlush(t *testing.T) {
 	srv := testredis.Start(t)
 	ctx := context.Background()
-	e := newEngine(t, srv.URL, 10)
-	t.Cleanup(func() { e.Close() })
-	if err := e.rdb.ScriptFlush(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
-	return e, ctx
-}
-
-// TestSaveSessionsLoadsItsScript: the pipelined saves run the script by
-// its hash; a Redis that does not have it (new, restarted, flushed) gets it
-// loaded and the batch sent again.
-func TestSaveSessionsLoadsItsScript(t *testing.T) {
-	e, ctx := engineWithoutScripts(t)
-	ss := []*engine.Session{{ID: "a", User: "alice"}, {ID: "b", User: "bob", Rooms: []string{"x"}}}
-	if err := e.SaveSessions(ctx, ss, time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range ss {
-		if got, err := e.LoadSession(ctx, s.ID); err != nil || got == nil || got.User != s.User {
-			t.Fatalf("session %s = %+v, %v", s.ID, got, err)
-		}
-	}
-	if ttl := e.rdb.PTTL(ctx, e.sessionKeys("b")[0]).Val(); ttl <= 50*time.Second || ttl > time.Minute {
-		t.Fatalf("session TTL = %s, want about a minute", ttl)
-	}
-}
-
-// TestConcurrentCommandsSharePipelines: commands of many callers at once
-// go out together (automatic pipelining), and every caller still gets its
-// own result: sessions, message ids, presence and scripts (with a Redis
-// that has just lost its scripts, so that NOSCRIPT is answered in the
-// middle of a pipeline and the script is loaded again).
-func TestConcurrentCommandsSharePipelines(t *testing.T) {
-	e, ctx := engineWithoutScripts(t)
+	e := newEngine(t, srv.URL, 1000)
+	started(t, e)
 	const n = 400
-	start := make(chan struct{})
+	startGate := make(chan struct{})
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			<-start
+			<-startGate
 			id, user := fmt.Sprint("s", i), fmt.Sprint("u", i)
 			if err := e.SaveSession(ctx, &engine.Session{ID: id, User: user, Rooms: []string{fmt.Sprint("r", i)}}, time.Minute); err != nil {
 				errs <- fmt.Errorf("save %s: %w", id, err)
@@ -240,16 +245,14 @@ func TestConcurrentCommandsSharePipelines(t *testing.T) {
 				errs <- fmt.Errorf("load %s = %+v, %v", id, s, err)
 				return
 			}
-			if st, _, err := e.ReserveID(ctx, id, "m1"); err != nil || st != engine.IDNew {
-				errs <- fmt.Errorf("reserve %s = %v, %v", id, st, err)
+			p := chat("room:busy", user)
+			if dup, err := e.Publish(ctx, p, engine.PublishOptions{Key: id}); err != nil || dup || p.Seq == 0 {
+				errs <- fmt.Errorf("publish %s = %v %d, %v", id, dup, p.Seq, err)
 				return
 			}
-			if err := e.CompleteID(ctx, id, "m1", uint64(i+1)); err != nil {
-				errs <- fmt.Errorf("complete %s: %w", id, err)
-				return
-			}
-			if st, seq, err := e.ReserveID(ctx, id, "m1"); err != nil || st != engine.IDDone || seq != uint64(i+1) {
-				errs <- fmt.Errorf("reserve again %s = %v %d, %v", id, st, seq, err)
+			q := chat("room:busy", user)
+			if dup, err := e.Publish(ctx, q, engine.PublishOptions{Key: id}); err != nil || !dup || q.Seq != p.Seq {
+				errs <- fmt.Errorf("publish %s again = %v %d, %v; want dup of %d", id, dup, q.Seq, err, p.Seq)
 				return
 			}
 			if added, _, err := e.PresenceAdd(ctx, "lobby", user); err != nil || !added {
@@ -257,7 +260,9 @@ func TestConcurrentCommandsSharePipelines(t *testing.T) {
 			}
 		})
 	}
-	close(start)
+	close(startGate)
+	time.Sleep(2 * time.Millisecond)
+	e.client.Do(ctx, e.client.B().ScriptFlush().Build())
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -266,20 +271,18 @@ func TestConcurrentCommandsSharePipelines(t *testing.T) {
 	if got, err := e.PresenceCount(ctx, "lobby"); err != nil || got != n {
 		t.Fatalf("lobby count = %d, %v; want %d", got, err, n)
 	}
-	cmds, pipes := e.PipelineStats()
-	t.Logf("%d commands in %d pipelines", cmds, pipes)
-	if cmds < 6*n || pipes >= cmds/2 {
-		t.Fatalf("%d commands in %d pipelines: concurrent commands did not share round trips", cmds, pipes)
+	if h, _ := e.History(ctx, "room:busy", engine.HistoryQuery{Limit: 1}); h.Top != n {
+		t.Fatalf("room top = %d; want %d (one per key)", h.Top, n)
 	}
 }
 
 // TestClosedEngineAnswersEveryCaller: callers in flight when the engine
-// closes and callers after it get an answer (an error or their result),
-// none waits forever; a caller whose context has ended is not kept
-// waiting for Redis either.
+// closes and callers after it get an answer, none waits forever; a caller
+// whose context has ended is not kept waiting for Redis either.
 func TestClosedEngineAnswersEveryCaller(t *testing.T) {
 	srv := testredis.Start(t)
 	e := newEngine(t, srv.URL, 10)
+	started(t, e)
 	var wg sync.WaitGroup
 	for i := range 50 {
 		wg.Go(func() { // until the engine refuses
@@ -293,7 +296,7 @@ func TestClosedEngineAnswersEveryCaller(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := e.LoadSession(cancelled, "x"); !errors.Is(err, context.Canceled) {
+	if _, err := e.LoadSession(cancelled, "x"); !errors.Is(err, context.Canceled) && !errors.Is(err, engine.ErrUnavailable) {
 		t.Fatalf("load with an ended context: %v", err)
 	}
 	e.Close()
@@ -307,4 +310,102 @@ func TestClosedEngineAnswersEveryCaller(t *testing.T) {
 	if _, err := e.LoadSession(context.Background(), "after"); !errors.Is(err, engine.ErrClosed) {
 		t.Fatalf("load after Close: %v, want ErrClosed", err)
 	}
+}
+
+// TestReadsCreateNoKeys: reading streams, records, presence and sessions
+// that do not exist writes nothing to Redis.
+func TestReadsCreateNoKeys(t *testing.T) {
+	srv := testredis.Start(t)
+	ctx := context.Background()
+	e := newEngine(t, srv.URL, 10)
+	started(t, e)
+	before := dbsize(t, e)
+	for i := range 200 {
+		name := fmt.Sprint("r", i)
+		e.History(ctx, engine.RoomStream(name), engine.HistoryQuery{})
+		e.History(ctx, engine.UserStream(name), engine.HistoryQuery{Latest: true, Limit: 1})
+		e.Recorded(ctx, engine.RoomStream(name), "k")
+		e.PresenceMembers(ctx, name, 10)
+		e.PresenceCount(ctx, name)
+		e.PresenceHas(ctx, name, "u")
+		e.LoadSession(ctx, name)
+	}
+	if after := dbsize(t, e); after != before {
+		t.Fatalf("%d keys before reading 200 unknown rooms, %d after: reads must create nothing", before, after)
+	}
+}
+
+func dbsize(t *testing.T, e *Engine) int64 {
+	t.Helper()
+	n, err := e.client.Do(context.Background(), e.client.B().Dbsize().Build()).AsInt64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestEveryKeyIsBounded: after a workload of every kind (publishes with
+// and without keys, presence on several nodes, one of which dies,
+// sessions), every key left in Redis either has a TTL or is presence that
+// a live node holds; once the live node's users leave and the dead one is
+// swept, no presence key is left at all.
+func TestEveryKeyIsBounded(t *testing.T) {
+	srv := testredis.Start(t)
+	ctx := context.Background()
+	a := newEngine(t, srv.URL, 5)
+	b := peer(t, a, srv.URL)
+	started(t, a)
+	started(t, b)
+	for i := range 20 {
+		a.Publish(ctx, chat("room:r", ""), engine.PublishOptions{Key: fmt.Sprint("s:", i)})
+		a.Publish(ctx, chat(engine.UserStream("bob"), ""), engine.PublishOptions{})
+		a.Publish(ctx, chat("room:r", ""), engine.PublishOptions{Ephemeral: true})
+	}
+	a.SaveSession(ctx, &engine.Session{ID: "s1", User: "alice"}, time.Minute)
+	for _, u := range []string{"alice", "bob"} {
+		a.PresenceAdd(ctx, "", u)
+		a.PresenceAdd(ctx, "r", u)
+		b.PresenceAdd(ctx, "r", u)
+	}
+	b.Close() // dies holding alice and bob in r
+	time.Sleep(time.Second)
+	keys := scanKeys(t, a)
+	unbounded := map[string]bool{}
+	for _, k := range keys {
+		ttl, err := a.client.Do(ctx, a.client.B().Pttl().Key(k).Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ttl <= 0 {
+			unbounded[k] = true
+		}
+	}
+	p := a.cfg.Prefix
+	want := map[string]bool{p + "pr:{}:users": true, p + "pr:{r}:users": true, p + "pr:node:" + a.instance: true, p + "pr:nodes": true}
+	if fmt.Sprint(unbounded) != fmt.Sprint(want) {
+		t.Fatalf("keys without a TTL: %v; want only the live node's presence %v", unbounded, want)
+	}
+	for _, u := range []string{"alice", "bob"} {
+		a.PresenceRemove(ctx, "", u)
+		a.PresenceRemove(ctx, "r", u)
+	}
+	a.Close()
+	c := peer(t, a, srv.URL)
+	started(t, c) // sweeps a once its liveness runs out
+	time.Sleep(time.Second)
+	for _, k := range scanKeys(t, c) {
+		ttl, _ := c.client.Do(ctx, c.client.B().Pttl().Key(k).Build()).AsInt64()
+		if ttl <= 0 && k != p+"pr:nodes" {
+			t.Errorf("key %s has no TTL after every user left", k)
+		}
+	}
+}
+
+func scanKeys(t *testing.T, e *Engine) []string {
+	t.Helper()
+	keys, err := e.client.Do(context.Background(), e.client.B().Keys().Pattern(e.cfg.Prefix+"*").Build()).AsStrSlice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
 }

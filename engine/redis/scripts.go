@@ -1,17 +1,35 @@
 package redis
 
-import goredis "github.com/redis/go-redis/v9"
+import "github.com/redis/rueidis"
+
+// The engine's Lua scripts. Each one is a single atomic step in Redis, so
+// a node that dies between two of them leaves nothing half-done, and each
+// is safe to run again: running it twice (a reply lost, then a retry; a
+// client's re-send; the same message on another node) has the effect of
+// running it once. rueidis sends them as EVALSHA and falls back to EVAL
+// when Redis does not know the script yet (after a restart), and never
+// retries a write on its own.
 
 // publishScript assigns a stream's next sequence, retains the message in
-// the stream's bounded history and publishes it, atomically: one round
-// trip per message, and the order of PUBLISH is the order of sequences.
+// the stream's bounded history, publishes it and, when the publish has an
+// idempotency key, records the result under that key: all in one step.
+// A key already recorded returns its result and does nothing else, so a
+// publish with a key happens at most once however often it is run.
 //
 // KEYS[1] meta hash (seq, epoch)   KEYS[2] history zset (score = seq)
+// KEYS[3] (optional) the key's record "seq:epoch", same hash slot
 // ARGV[1] channel  ARGV[2] message JSON without seq/epoch ("{...}")
 // ARGV[3] epoch to use if the stream has none  ARGV[4] history size
-// ARGV[5] history TTL ms  ARGV[6] meta TTL ms
-// Returns {seq, epoch}.
-var publishScript = goredis.NewScript(`
+// ARGV[5] history TTL ms  ARGV[6] meta TTL ms  ARGV[7] key record TTL ms
+// Returns {seq, epoch, dup (0/1)}.
+var publishScript = rueidis.NewLuaScript(`
+if #KEYS == 3 then
+  local rec = redis.call('GET', KEYS[3])
+  if rec then
+    local sep = string.find(rec, ':', 1, true)
+    return {tonumber(string.sub(rec, 1, sep - 1)), string.sub(rec, sep + 1), 1}
+  end
+end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[3]
@@ -24,106 +42,101 @@ redis.call('ZADD', KEYS[2], seq, msg)
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[4]) + 1))
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('PUBLISH', ARGV[1], msg)
-return {seq, epoch}
-`)
-
-// presenceAddScript records that node holds user in a presence set.
-//
-// KEYS[1] zset of "user\x00node" (score = expiry ms)  KEYS[2] hash user -> holders
-// KEYS[3] set of all presence sets
-// ARGV[1] member  ARGV[2] user  ARGV[3] expiry ms  ARGV[4] set name
-// Returns {added (0/1), count}.
-var presenceAddScript = goredis.NewScript(`
-redis.call('SADD', KEYS[3], ARGV[4])
-local new = redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-local added = 0
-if new == 1 then
-  if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then added = 1 end
+if #KEYS == 3 then
+  redis.call('SET', KEYS[3], seq .. ':' .. epoch, 'PX', ARGV[7])
 end
-return {added, redis.call('HLEN', KEYS[2])}
+return {seq, epoch, 0}
 `)
 
-// presenceRemoveScript drops node's hold of user.
+// presenceAddScript records that this node instance holds user in a
+// presence set, and renews the instance's liveness (so no hold can exist
+// without a liveness entry that expires if the instance dies). Running it
+// twice is running it once: the instance's holds are a set.
 //
-// KEYS as presenceAddScript; ARGV[1] member  ARGV[2] user
-// Returns {removed (0/1), count}.
-var presenceRemoveScript = goredis.NewScript(`
+// KEYS[1] hash user -> number of holding instances, of the presence set
+// KEYS[2] set of this instance's holds ("set\0user")
+// KEYS[3] zset instance -> liveness expiry ms
+// ARGV[1] user  ARGV[2] set name  ARGV[3] instance  ARGV[4] expiry ms
+// Returns {added (0/1: no instance held the user before), count}.
+var presenceAddScript = rueidis.NewLuaScript(`
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+local added = 0
+if redis.call('SADD', KEYS[2], ARGV[2] .. '\0' .. ARGV[1]) == 1 then
+  if redis.call('HINCRBY', KEYS[1], ARGV[1], 1) == 1 then added = 1 end
+end
+return {added, redis.call('HLEN', KEYS[1])}
+`)
+
+// renewScript extends an instance's liveness and says whether a sweep
+// took the instance for dead (and released its holds) since the instance
+// last put them back: the marker stays until the instance has asserted
+// its holds again and deleted it, so a lost reply loses no such news.
+//
+// KEYS[1] zset instance -> liveness expiry ms  KEYS[2] the instance's swept marker
+// ARGV[1] expiry ms  ARGV[2] instance
+// Returns 1 when the instance was swept.
+var renewScript = rueidis.NewLuaScript(`
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('EXISTS', KEYS[2])
+`)
+
+// presenceRemoveScript drops this node instance's hold of user; the user
+// leaves the set when no node holds them any more.
+//
+// KEYS[1], KEYS[2] as presenceAddScript; ARGV[1] user  ARGV[2] set name
+// Returns {removed (0/1: no instance holds the user now), count}.
+var presenceRemoveScript = rueidis.NewLuaScript(`
 local removed = 0
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then
-    redis.call('HDEL', KEYS[2], ARGV[2])
+if redis.call('SREM', KEYS[2], ARGV[2] .. '\0' .. ARGV[1]) == 1 then
+  if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
+    redis.call('HDEL', KEYS[1], ARGV[1])
     removed = 1
   end
 end
-return {removed, redis.call('HLEN', KEYS[2])}
+return {removed, redis.call('HLEN', KEYS[1])}
 `)
 
-// presenceSweepScript removes holds whose node stopped refreshing them (a
-// node that died) and returns the users who are gone from the set, then
-// the set's size.
+// presenceSweepScript releases, a batch at a time, the holds of a node
+// instance that stopped renewing its liveness (it died, or was stopped).
+// First it claims one dead instance: its liveness entry is removed and
+// its holds set renamed to a unique "gone" key listed in KEYS[2], so that
+// if the instance was only stalled and comes back, it finds itself
+// unknown and asserts its holds afresh instead of sharing a set with the
+// sweep. Then it releases up to ARGV[3] holds of a gone key. Any node may
+// run it at any time; a sweeper that dies half-way leaves the gone key
+// listed for the next one.
 //
-// KEYS as presenceAddScript; ARGV[1] now ms
-var presenceSweepScript = goredis.NewScript(`
-local gone = {}
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-for _, member in ipairs(expired) do
-  redis.call('ZREM', KEYS[1], member)
-  local user = string.match(member, '^(.-)%z')
-  if user and redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
-    redis.call('HDEL', KEYS[2], user)
-    table.insert(gone, user)
+// KEYS[1] zset instance -> liveness expiry ms  KEYS[2] set of gone keys
+// ARGV[1] now ms  ARGV[2] key prefix  ARGV[3] batch  ARGV[4] random suffix
+// ARGV[5] TTL ms of the swept marker (renewScript) left for the instance
+// Returns {} when there is nothing to do, else {"-", set1, user1, count1,
+// set2, …}: the users who left a set (no node holds them any more), with
+// the set's size after.
+var presenceSweepScript = rueidis.NewLuaScript(`
+local gone = redis.call('SRANDMEMBER', KEYS[2])
+if not gone then
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
+  if #dead == 0 then return {} end
+  redis.call('ZREM', KEYS[1], dead[1])
+  redis.call('SET', ARGV[2] .. 'pr:swept:' .. dead[1], '1', 'PX', ARGV[5])
+  local holds = ARGV[2] .. 'pr:node:' .. dead[1]
+  if redis.call('EXISTS', holds) == 0 then return {'-'} end
+  gone = ARGV[2] .. 'pr:gone:' .. dead[1] .. ':' .. ARGV[4]
+  redis.call('RENAME', holds, gone)
+  redis.call('SADD', KEYS[2], gone)
+end
+local out = {'-'}
+for _, h in ipairs(redis.call('SPOP', gone, ARGV[3])) do
+  local sep = string.find(h, '\0', 1, true)
+  local set, user = string.sub(h, 1, sep - 1), string.sub(h, sep + 1)
+  local users = ARGV[2] .. 'pr:{' .. set .. '}:users'
+  if redis.call('HINCRBY', users, user, -1) <= 0 then
+    redis.call('HDEL', users, user)
+    table.insert(out, set)
+    table.insert(out, user)
+    table.insert(out, tostring(redis.call('HLEN', users)))
   end
 end
-table.insert(gone, tostring(redis.call('HLEN', KEYS[2])))
-return gone
-`)
-
-// reserveScript starts processing a client message id of a session.
-//
-// KEYS[1] session key  KEYS[2] ids hash  KEYS[3] ids order list
-// ARGV[1] id  ARGV[2] window
-// Returns {state, seq}: 0 new, 1 done, 2 in flight.
-var reserveScript = goredis.NewScript(`
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl <= 0 then return {0, 0} end
-local v = redis.call('HGET', KEYS[2], ARGV[1])
-if v then
-  if v == 'p' then return {2, 0} end
-  return {1, tonumber(v)}
-end
-redis.call('HSET', KEYS[2], ARGV[1], 'p')
-redis.call('RPUSH', KEYS[3], ARGV[1])
-if redis.call('LLEN', KEYS[3]) > tonumber(ARGV[2]) then
-  redis.call('HDEL', KEYS[2], redis.call('LPOP', KEYS[3]))
-end
-redis.call('PEXPIRE', KEYS[2], ttl)
-redis.call('PEXPIRE', KEYS[3], ttl)
-return {0, 0}
-`)
-
-// completeScript records the sequence a processed id got.
-var completeScript = goredis.NewScript(`
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-end
-return 1
-`)
-
-// releaseScript forgets an id whose processing failed.
-var releaseScript = goredis.NewScript(`
-if redis.call('HGET', KEYS[1], ARGV[1]) == 'p' then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
-return 1
-`)
-
-// saveSessionScript stores a session and extends its remembered ids.
-//
-// KEYS[1] session key  KEYS[2] ids hash  KEYS[3] ids order
-// ARGV[1] session JSON  ARGV[2] ttl ms
-var saveSessionScript = goredis.NewScript(`
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('PEXPIRE', KEYS[3], ARGV[2])
-return 1
+if redis.call('SCARD', gone) == 0 then redis.call('SREM', KEYS[2], gone) end
+return out
 `)
