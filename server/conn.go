@@ -47,6 +47,12 @@ type Conn struct {
 	// and the reader touch them.
 	lastSeen atomic.Int64
 	pinged   atomic.Int64
+	// busy is set while the connection's reader (or its set-up) waits on
+	// the engine: the client's pongs sit unread meanwhile, so the
+	// heartbeat does not hold that silence against it (it closes the
+	// connection only once the reader has caught up and still found
+	// nothing).
+	busy atomic.Bool
 
 	mu      sync.Mutex
 	queue   []outFrame

@@ -172,6 +172,8 @@ func (c *Conn) onMessage(op byte, data []byte) {
 		}
 		return
 	}
+	c.busy.Store(true)
+	defer c.busy.Store(false)
 	c.handle(cmd)
 }
 

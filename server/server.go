@@ -277,6 +277,8 @@ func (s *Server) setUp(c *Conn, r *wsRequest) (err error) {
 	if s.shuttingDown.Load() { // it stopped while this one waited
 		return protocol.DisconnectShutdown
 	}
+	c.busy.Store(true)
+	defer c.busy.Store(false)
 	return s.connected(c, r.query("session"), parseSince(r.query("since")))
 }
 
@@ -586,7 +588,9 @@ func (s *Server) publish(ctx context.Context, p *engine.Publication, key string)
 // silent for PingInterval+PongTimeout. It reads only timestamps the readers
 // store, so a backlog on the send side never makes a live client look
 // dead, and it never calls the engine: a stalled store does not stop the
-// pings or the closes (upkeep does the engine's part).
+// pings or the closes (upkeep does the engine's part). A connection whose
+// reader is waiting on the engine (Conn.busy) has not read its client's
+// pongs: it is pinged but not closed until its reader has caught up.
 func (s *Server) heartbeat() {
 	defer close(s.heartbeatOff)
 	interval, timeout := s.cfg.PingInterval, s.cfg.PongTimeout
@@ -604,7 +608,7 @@ func (s *Server) heartbeat() {
 				seen := c.lastSeen.Load()
 				silent := time.Duration(now.UnixNano() - seen)
 				switch {
-				case silent >= interval+timeout:
+				case silent >= interval+timeout && !c.busy.Load():
 					c.close(protocol.DisconnectHeartbeat, closeDrop)
 				case silent >= interval && c.pinged.Load() < seen:
 					c.pinged.Store(now.UnixNano())

@@ -545,7 +545,7 @@ func (s *subscriber) ready() error {
 	if last == 0 {
 		return errors.New("redis: not reached yet")
 	}
-	if ago := time.Since(time.Unix(0, last)); ago > s.e.cfg.ProbeInterval+s.e.cfg.ProbeTimeout+500*time.Millisecond {
+	if ago := time.Since(time.Unix(0, last)); ago > s.e.cfg.ProbeInterval+s.e.cfg.ProbeTimeout {
 		return fmt.Errorf("redis: no end-to-end probe has come back for %s", ago.Round(100*time.Millisecond))
 	}
 	return nil
