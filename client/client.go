@@ -724,6 +724,13 @@ func (c *Client) connectOnce() CloseInfo {
 	c.conn = conn
 	c.user, c.session = w.User, w.Session
 	c.lastMsg = wallNow()
+	if _, ok := c.positions["inbox"]; !ok {
+		// The inbox's position at this connection's start: a first
+		// private message sent while the client is away is recovered from
+		// it. (A client that has a position keeps it: the welcome of a
+		// resume is already past what the replay brings.)
+		c.positions["inbox"] = pos{w.Inbox.Epoch, w.Inbox.Top}
+	}
 	for _, r := range w.Rooms {
 		if !contains(c.rooms, r) {
 			c.rooms = append(c.rooms, r)
@@ -759,6 +766,7 @@ func (c *Client) connectOnce() CloseInfo {
 	hbDone := make(chan struct{})
 	var timedOut bool
 	var hbMu sync.Mutex
+	gap := &gapState{}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -788,7 +796,7 @@ func (c *Client) connectOnce() CloseInfo {
 			break
 		}
 		c.touch()
-		c.handle(conn, b)
+		c.handle(conn, b, gap)
 	}
 	stable.Stop()
 	close(hbDone)
@@ -804,6 +812,9 @@ func (c *Client) connectOnce() CloseInfo {
 		end = CloseInfo{Code: protocol.CloseHeartbeat, Reason: "heartbeat timeout", At: time.Now()}
 	}
 	hbMu.Unlock()
+	if gap.found {
+		end = CloseInfo{Code: protocol.CloseResync, Reason: gap.why, At: time.Now()}
+	}
 	return end
 }
 
@@ -855,8 +866,25 @@ func (c *Client) outboxJoinsLocked(room string) bool {
 	return false
 }
 
+// gapState is set by the reader when a stream's sequence skipped: the
+// connection is being closed (4010) to resume, and nothing after the gap
+// is delivered from it.
+type gapState struct {
+	found, closed bool
+	why           string
+}
+
 // handle dispatches one server message.
-func (c *Client) handle(conn *websocket.Conn, b []byte) {
+func (c *Client) handle(conn *websocket.Conn, b []byte, gap *gapState) {
+	defer func() {
+		if gap.found && !gap.closed {
+			gap.closed = true
+			c.writeMu.Lock()
+			conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(int(protocol.CloseResync), "missed messages"), time.Now().Add(time.Second))
+			c.writeMu.Unlock()
+			conn.Close()
+		}
+	}()
 	var env protocol.Envelope
 	if json.Unmarshal(b, &env) != nil {
 		c.logf("[error] server sent a frame that is not JSON")
@@ -876,12 +904,12 @@ func (c *Client) handle(conn *websocket.Conn, b []byte) {
 		}
 	case protocol.TypeChat:
 		var m protocol.Chat
-		if json.Unmarshal(env.Payload, &m) == nil && !c.duplicate("room:"+m.Room, m.From, m.ID, m.Seq, m.Epoch) {
+		if json.Unmarshal(env.Payload, &m) == nil && c.accept(gap, "room:"+m.Room, m.From, m.ID, m.Seq, m.Epoch) {
 			c.emit(Event{Type: env.Type, Chat: &m})
 		}
 	case protocol.TypeDirect:
 		var m protocol.Direct
-		if json.Unmarshal(env.Payload, &m) == nil && !c.duplicate("inbox", m.From, m.ID, m.Seq, m.Epoch) {
+		if json.Unmarshal(env.Payload, &m) == nil && c.accept(gap, "inbox", m.From, m.ID, m.Seq, m.Epoch) {
 			c.emit(Event{Type: env.Type, Direct: &m})
 		}
 	case protocol.TypeMembers:
@@ -933,15 +961,36 @@ func (c *Client) handle(conn *websocket.Conn, b []byte) {
 	}
 }
 
-// duplicate reports whether a message was already delivered: by
-// (stream, seq) within an epoch, and by (stream, sender, client id) for a
-// message that a server without its session state processed twice.
-func (c *Client) duplicate(stream, from, id string, seq uint64, epoch string) bool {
+// accept decides whether a message is delivered to the application. Each
+// stream's messages must come in sequence: after (epoch, n) comes
+// (epoch, n+1). One already delivered (a replay overlapping a live
+// delivery) is dropped. One further ahead, or of another epoch, means a
+// gap: nothing from this connection is delivered any more, and the
+// connection is closed with 4010 to resume from the last position, whose
+// replay fills the gap (or says recovered: false). Messages are also
+// deduplicated by (stream, sender, client id): the last line of defence.
+func (c *Client) accept(gap *gapState, stream, from, id string, seq uint64, epoch string) bool {
+	if gap.found {
+		return false
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if p, ok := c.positions[stream]; ok && p.Epoch == epoch && seq <= p.Seq {
-		c.logf("[dedupe] dropped %s seq=%d", stream, seq)
-		return true
+	p, known := c.positions[stream]
+	if !known && len(stream) > 5 {
+		p, known = c.joinedAt[stream[len("room:"):]]
+	}
+	if seq > 0 && known {
+		switch {
+		case p.Epoch == epoch && seq <= p.Seq:
+			c.logf("[dedupe] dropped %s seq=%d", stream, seq)
+			return false
+		case p.Epoch == epoch && seq == p.Seq+1, p.Epoch == "" && p.Seq == 0 && seq == 1:
+		default:
+			gap.found = true
+			gap.why = fmt.Sprintf("missed messages on %s: at %s/%d, got %s/%d", stream, p.Epoch, p.Seq, epoch, seq)
+			c.logf("[gap] %s: resuming to recover them", gap.why)
+			return false
+		}
 	}
 	if seq > 0 {
 		c.positions[stream] = pos{epoch, seq}
@@ -951,9 +1000,9 @@ func (c *Client) duplicate(stream, from, id string, seq uint64, epoch string) bo
 	}
 	if id != "" && !c.seenIDs.add(stream+"\x00"+from+"\x00"+id) {
 		c.logf("[dedupe] dropped %s message %s from %s seen before", stream, id, from)
-		return true
+		return false
 	}
-	return false
+	return true
 }
 
 func (c *Client) settle(id string, r result) bool {

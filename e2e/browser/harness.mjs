@@ -131,7 +131,9 @@ export async function until(fn, what, timeoutMs = 10000) {
  * A TCP relay in front of the server that the test controls: cut() drops
  * every relayed connection without a close frame (a network failure),
  * block() refuses new ones (the network is still down), live counts the
- * client connections currently relayed.
+ * client connections currently relayed, and dropFrames(pattern, n) leaves
+ * out the next n WebSocket text frames from the server that contain
+ * pattern while the connection stays up (a gap in what the client gets).
  */
 export class CutProxy {
   static async start(targetPort) {
@@ -150,8 +152,15 @@ export class CutProxy {
       client.on('error', end).on('close', end)
       upstream.on('error', end).on('close', end)
       client.pipe(upstream)
-      upstream.pipe(client)
+      const frames = new FrameFilter(p)
+      upstream.on('data', (chunk) => {
+        const out = frames.filter(chunk)
+        if (out.length) client.write(out)
+      })
     })
+    p.dropPattern = null
+    p.dropLeft = 0
+    p.dropped = 0
     await new Promise((r) => p.server.listen(0, '127.0.0.1', r))
     p.port = p.server.address().port
     p.url = `http://127.0.0.1:${p.port}`
@@ -171,10 +180,62 @@ export class CutProxy {
   block() { this.blocked = true }
   unblock() { this.blocked = false }
 
+  dropFrames(pattern, n = 1) { this.dropPattern = Buffer.from(pattern); this.dropLeft = n }
+
   async close() {
     this.cut()
     await new Promise((r) => this.server.close(r))
   }
+}
+
+// FrameFilter passes a WebSocket server's bytes on whole frames at a time
+// (after the HTTP response head), leaving out those the proxy drops.
+class FrameFilter {
+  constructor(proxy) { this.proxy = proxy; this.headed = false; this.buf = Buffer.alloc(0) }
+
+  filter(chunk) {
+    this.buf = Buffer.concat([this.buf, chunk])
+    const out = []
+    if (!this.headed) {
+      const i = this.buf.indexOf('\r\n\r\n')
+      if (i < 0) return Buffer.alloc(0)
+      out.push(this.buf.subarray(0, i + 4))
+      this.buf = this.buf.subarray(i + 4)
+      this.headed = true
+    }
+    for (;;) {
+      const size = frameSize(this.buf)
+      if (size < 0) break
+      const frame = this.buf.subarray(0, size)
+      const p = this.proxy
+      if (p.dropLeft > 0 && (frame[0] & 0x0f) === 1 && frame.includes(p.dropPattern)) {
+        p.dropLeft--
+        p.dropped++
+      } else {
+        out.push(frame)
+      }
+      this.buf = this.buf.subarray(size)
+    }
+    return Buffer.concat(out)
+  }
+}
+
+// frameSize is the size of the whole frame at the start of b, or -1.
+function frameSize(b) {
+  if (b.length < 2) return -1
+  let head = 2
+  let n = b[1] & 0x7f
+  if (n === 126) {
+    if (b.length < 4) return -1
+    head = 4
+    n = b.readUInt16BE(2)
+  } else if (n === 127) {
+    if (b.length < 10) return -1
+    head = 10
+    n = Number(b.readBigUInt64BE(2))
+  }
+  if (b[1] & 0x80) head += 4
+  return b.length - head < n ? -1 : head + n
 }
 
 /**

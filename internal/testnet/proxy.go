@@ -14,10 +14,15 @@
 //     moment and then the connection is reset: "the command ran, its reply
 //     never came".
 //   - Cut: every connection is reset at once.
+//   - DropFrames (a WebSocket proxy, NewWSProxy): the next server frames
+//     that contain a pattern never reach the client, the connection stays
+//     up: a gap in what the client receives, for testing that a client
+//     notices one.
 package testnet
 
 import (
 	"bytes"
+	"encoding/binary"
 	"io"
 	"net"
 	"sync"
@@ -38,6 +43,10 @@ type Proxy struct {
 	lost     int           // replies lost so far
 	links    map[*link]struct{}
 	accepted int
+	ws       bool   // relays WebSocket: server frames are parsed (DropFrames)
+	drop     []byte // DropFrames' pattern
+	dropN    int    // frames still to drop
+	dropped  int
 }
 
 // link is one relayed connection.
@@ -53,6 +62,17 @@ type link struct {
 func NewProxy(t testing.TB, target string) *Proxy {
 	t.Helper()
 	return NewProxyOn(t, "127.0.0.1:0", target)
+}
+
+// NewWSProxy starts a proxy to a WebSocket server at target that can drop
+// server frames (DropFrames).
+func NewWSProxy(t testing.TB, target string) *Proxy {
+	t.Helper()
+	p := NewProxy(t, target)
+	p.mu.Lock()
+	p.ws = true
+	p.mu.Unlock()
+	return p
 }
 
 // NewProxyOn starts a proxy listening on addr (which may be a fixed
@@ -98,6 +118,13 @@ func (p *Proxy) accept() {
 
 // pipe relays src to dst; up says it carries requests (client to server).
 func (p *Proxy) pipe(l *link, dst, src net.Conn, up bool) {
+	p.mu.Lock()
+	ws := p.ws
+	p.mu.Unlock()
+	var frames *frameFilter
+	if ws && !up {
+		frames = &frameFilter{p: p}
+	}
 	defer func() {
 		p.mu.Lock()
 		delete(p.links, l)
@@ -139,10 +166,100 @@ func (p *Proxy) pipe(l *link, dst, src net.Conn, up bool) {
 		if swallow {
 			continue
 		}
-		if _, err := dst.Write(buf[:n]); err != nil {
+		out := buf[:n]
+		if frames != nil {
+			out = frames.filter(out)
+		}
+		if _, err := dst.Write(out); err != nil {
 			return
 		}
 	}
+}
+
+// frameFilter passes a WebSocket server's bytes through whole frames at a
+// time (after the HTTP response head), leaving out those DropFrames asks
+// for.
+type frameFilter struct {
+	p      *Proxy
+	headed bool   // the HTTP response head has gone through
+	buf    []byte // bytes not yet passed on (an incomplete frame)
+}
+
+func (f *frameFilter) filter(in []byte) []byte {
+	f.buf = append(f.buf, in...)
+	var out []byte
+	if !f.headed {
+		i := bytes.Index(f.buf, []byte("\r\n\r\n"))
+		if i < 0 {
+			return nil
+		}
+		out = append(out, f.buf[:i+4]...)
+		f.buf = f.buf[i+4:]
+		f.headed = true
+	}
+	for {
+		size, ok := frameSize(f.buf)
+		if !ok {
+			break
+		}
+		frame := f.buf[:size]
+		f.p.mu.Lock()
+		drop := f.p.dropN > 0 && frame[0]&0x0f == 1 && bytes.Contains(frame, f.p.drop)
+		if drop {
+			f.p.dropN--
+			f.p.dropped++
+		}
+		f.p.mu.Unlock()
+		if !drop {
+			out = append(out, frame...)
+		}
+		f.buf = f.buf[size:]
+	}
+	f.buf = append([]byte(nil), f.buf...)
+	return out
+}
+
+// frameSize is the size of the WebSocket frame at the start of b, if it
+// is all there.
+func frameSize(b []byte) (int, bool) {
+	if len(b) < 2 {
+		return 0, false
+	}
+	head, n := 2, uint64(b[1]&0x7f)
+	switch n {
+	case 126:
+		if len(b) < 4 {
+			return 0, false
+		}
+		head, n = 4, uint64(binary.BigEndian.Uint16(b[2:4]))
+	case 127:
+		if len(b) < 10 {
+			return 0, false
+		}
+		head, n = 10, binary.BigEndian.Uint64(b[2:10])
+	}
+	if b[1]&0x80 != 0 {
+		head += 4 // masked (a server's frames are not)
+	}
+	if uint64(len(b)-head) < n {
+		return 0, false
+	}
+	return head + int(n), true
+}
+
+// DropFrames makes a WebSocket proxy leave out the next n text frames from
+// the server that contain pattern; the connections stay up.
+func (p *Proxy) DropFrames(pattern []byte, n int) {
+	p.mu.Lock()
+	p.drop, p.dropN = append([]byte(nil), pattern...), n
+	p.mu.Unlock()
+}
+
+// Dropped is the number of frames DropFrames left out so far.
+func (p *Proxy) Dropped() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dropped
 }
 
 func (p *Proxy) resetLater(l *link, d time.Duration) {

@@ -7,7 +7,7 @@ export declare const CloseCode: Readonly<{
   NORMAL: 1000; GOING_AWAY: 1001; PROTOCOL_ERROR: 1002; UNSUPPORTED: 1003
   ABNORMAL: 1006; INVALID_UTF8: 1007; POLICY: 1008; TOO_BIG: 1009
   INTERNAL: 1011; RESTART: 1012; TRY_AGAIN_LATER: 1013
-  HEARTBEAT: 4000; SLOW_CONSUMER: 4008; RATE_LIMITED: 4029
+  HEARTBEAT: 4000; RESYNC: 4010; SLOW_CONSUMER: 4008; RATE_LIMITED: 4029
   UNAUTHORIZED: 4401; FORBIDDEN: 4403; SESSION_INVALID: 4409
 }>
 
@@ -59,7 +59,9 @@ export interface Direct { from: string; to: string; text: string; seq: number; e
 export interface Presence { room: string; user?: string; action: 'join' | 'leave' | 'count'; count: number }
 export interface Members { room: string; users: string[]; count: number; truncated?: boolean }
 export interface Welcome {
-  protocol: number; user: string; session: string; online: number; rooms: string[]
+  protocol: number; user: string; session: string; resumed: boolean; online: number; rooms: string[]
+  /** The private inbox's position when this connection started receiving it. */
+  inbox: { epoch: string; top: number }
   heartbeat: { interval: number; timeout: number }; max_text: number
 }
 export interface HistoryPage { room: string; epoch: string; top: number; oldest: number; messages: Chat[] }

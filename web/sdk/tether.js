@@ -23,7 +23,7 @@ export const CloseCode = Object.freeze({
   NORMAL: 1000, GOING_AWAY: 1001, PROTOCOL_ERROR: 1002, UNSUPPORTED: 1003,
   ABNORMAL: 1006, INVALID_UTF8: 1007, POLICY: 1008, TOO_BIG: 1009,
   INTERNAL: 1011, RESTART: 1012, TRY_AGAIN_LATER: 1013,
-  HEARTBEAT: 4000, SLOW_CONSUMER: 4008, RATE_LIMITED: 4029,
+  HEARTBEAT: 4000, RESYNC: 4010, SLOW_CONSUMER: 4008, RATE_LIMITED: 4029,
   UNAUTHORIZED: 4401, FORBIDDEN: 4403, SESSION_INVALID: 4409,
 })
 
@@ -136,7 +136,8 @@ export class TetherClient {
     this._pendingReplies = new Map() // id -> {resolve, reject} for requests outside the outbox
     this._seq = 0
     this._idPrefix = Math.floor(this._random() * 36 ** 6).toString(36)
-    this._positions = new Map() // stream -> {epoch, seq} of the last message received: dedupe and resume
+    this._positions = new Map() // stream -> {epoch, seq} of the last message received: continuity, dedupe and resume
+    this._resyncing = false     // a gap was found: the socket is being replaced
     this._joinedAt = new Map()  // room -> {epoch, seq} from the join reply: resume point until a message arrives
     this._onEnv = {
       online: () => this._handleOnline(),
@@ -280,21 +281,21 @@ export class TetherClient {
   }
 
   // _detach makes the current socket irrelevant: its handlers are removed
-  // (so a late close cannot touch the state) and it is closed.
-  _detach() {
+  // (so a late close cannot touch the state) and it is closed with code.
+  _detach(code = 4000, reason = 'replaced') {
     const ws = this._ws
     if (!ws) return
     this._ws = null
     ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null
     try {
-      if (ws.readyState === 0 || ws.readyState === 1) ws.close(4000, 'replaced')
+      if (ws.readyState === 0 || ws.readyState === 1) ws.close(code, reason)
     } catch { /* ignore */ }
   }
 
   // _abandon gives up on the current socket without waiting for the
   // browser's closing handshake (which takes ~60s against a frozen peer).
   _abandon(code, reason) {
-    this._detach()
+    this._detach(code, reason)
     this._handleClose(code, reason, false, true)
   }
 
@@ -475,10 +476,10 @@ export class TetherClient {
       case 'error': return this._handleError(env.id || p.id, p)
       case 'pong': return
       case 'chat':
-        if (this._isDuplicate(`room:${p.room}`, p)) return
+        if (!this._accept(`room:${p.room}`, p)) return
         return this._emit('chat', p)
       case 'direct':
-        if (this._isDuplicate('inbox', p)) return
+        if (!this._accept('inbox', p)) return
         return this._emit('direct', p)
       case 'members':
         // The join reply's position is where to resume a room from which
@@ -499,10 +500,18 @@ export class TetherClient {
 
   _handleWelcome(w) {
     this._clearTimer('connect')
+    this._resyncing = false
     const resumedUser = this.user === w.user
     this.user = w.user
     this.session = w.session
     this.resumed = !!w.resumed
+    // The inbox's position at this connection's start: a first private
+    // message sent while the client is away is recovered from it. A client
+    // that has a position keeps it (a resume's welcome is already past
+    // what the replay brings).
+    if (w.inbox && !this._positions.has('inbox')) {
+      this._positions.set('inbox', { epoch: w.inbox.epoch, seq: w.inbox.top })
+    }
     this._persist()
     this.nextRetryAt = null
     this._setState(State.OPEN, 'welcome received')
@@ -593,18 +602,34 @@ export class TetherClient {
     return true
   }
 
-  // _isDuplicate drops a message already seen on this stream: the second
-  // line of defence behind the server's own deduplication.
-  _isDuplicate(stream, p) {
-    if (!p.seq) return false
-    const pos = this._positions.get(stream)
-    if (pos && pos.epoch === p.epoch && p.seq <= pos.seq) {
-      this._log(`[dedupe] dropped ${stream} seq=${p.seq}`)
-      return true
+  // _accept decides whether a message is delivered. Each stream's messages
+  // must come in sequence: after (epoch, n) comes (epoch, n+1). One
+  // already seen (a replay overlapping a live delivery) is dropped. One
+  // further ahead, or of another epoch, is a gap: nothing more is taken
+  // from this socket, which is closed with 4010 to resume from the last
+  // position; the replay fills the gap (or says recovered: false).
+  _accept(stream, p) {
+    if (this._resyncing) return false
+    if (!p.seq) return true
+    const pos = this._positions.get(stream) ||
+      (stream.startsWith('room:') ? this._joinedAt.get(stream.slice(5)) : undefined)
+    if (pos) {
+      if (pos.epoch === p.epoch && p.seq <= pos.seq) {
+        this._log(`[dedupe] dropped ${stream} seq=${p.seq}`)
+        return false
+      }
+      const next = (pos.epoch === p.epoch && p.seq === pos.seq + 1) || (!pos.epoch && !pos.seq && p.seq === 1)
+      if (!next) {
+        this._resyncing = true
+        const why = `missed messages on ${stream}: at ${pos.epoch || '-'}/${pos.seq}, got ${p.epoch}/${p.seq}`
+        this._log(`[gap] ${why}: resuming to recover them`)
+        this._abandon(CloseCode.RESYNC, 'missed messages')
+        return false
+      }
     }
     this._positions.set(stream, { epoch: p.epoch, seq: p.seq })
     if (stream.startsWith('room:')) this._joinedAt.delete(stream.slice(5))
-    return false
+    return true
   }
 
   // ---- persistence across page reloads (options.persist) -----------------

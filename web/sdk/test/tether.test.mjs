@@ -314,8 +314,7 @@ test('server messages are deduplicated by (stream, seq) within an epoch', () => 
   const ws = last()
   ws.welcome()
   for (const seq of [1, 2, 2, 1, 3]) ws.receive('chat', { room: 'general', from: 'b', text: 't', seq, epoch: 'e1' })
-  ws.receive('chat', { room: 'general', from: 'b', text: 't', seq: 1, epoch: 'e2' }) // new epoch starts over
-  assert.deepEqual(got, [1, 2, 3, 1])
+  assert.deepEqual(got, [1, 2, 3])
 })
 
 test('rooms are re-joined after a reconnect', () => {
@@ -403,4 +402,47 @@ test('a room joined but silent resumes from the join reply position', () => {
   last().drop(1006)
   clock.advance(client.nextRetryAt - clock.now())
   assert.deepEqual(JSON.parse(new URL(last().url).searchParams.get('since')), { general: ['e7', 13] })
+})
+
+test('a skipped sequence is a gap: nothing more is taken from that socket, which closes with 4010 and resumes from the last position', () => {
+  const { client, clock, last } = setup()
+  const got = []
+  client.on('chat', (m) => got.push(m.seq))
+  client.on('direct', (m) => got.push(`d${m.seq}`))
+  client.connect()
+  const ws = last()
+  ws.welcome({ session: 'S1', inbox: { epoch: 'i1', top: 4 } })
+  ws.receive('chat', { room: 'general', from: 'b', text: 't', seq: 7, epoch: 'e' }) // first seen: no position to check
+  ws.receive('chat', { room: 'general', from: 'b', text: 't', seq: 8, epoch: 'e' })
+  ws.receive('direct', { from: 'b', to: 'alice', text: 'd', seq: 5, epoch: 'i1' }) // follows the welcome's inbox position
+  ws.receive('chat', { room: 'general', from: 'b', text: 't', seq: 10, epoch: 'e' }) // 9 is missing
+  ws.receive('chat', { room: 'general', from: 'b', text: 't', seq: 11, epoch: 'e' })
+  assert.deepEqual(got, [7, 8, 'd5'])
+  assert.equal(ws.closedWith.code, 4010)
+  assert.equal(client.lastClose.code, 4010)
+  assert.equal(client.state, State.RECONNECTING)
+  assert.ok(client.log.some((l) => l.text.startsWith('[gap] missed messages on room:general: at e/8, got e/10')))
+  clock.advance(client.nextRetryAt - clock.now())
+  const since = JSON.parse(new URL(last().url).searchParams.get('since'))
+  assert.deepEqual(since, { general: ['e', 8], '@': ['i1', 5] })
+  last().welcome({ session: 'S1', resumed: true, inbox: { epoch: 'i1', top: 5 } })
+  last().receive('chat', { room: 'general', from: 'b', text: 't', seq: 9, epoch: 'e' }) // the replay
+  last().receive('chat', { room: 'general', from: 'b', text: 't', seq: 10, epoch: 'e' })
+  last().receive('recovered', { room: 'general', recovered: true, count: 2, epoch: 'e', top: 10 })
+  last().receive('chat', { room: 'general', from: 'b', text: 't', seq: 10, epoch: 'e' }) // live overlap: dropped
+  last().receive('chat', { room: 'general', from: 'b', text: 't', seq: 11, epoch: 'e' })
+  assert.deepEqual(got, [7, 8, 'd5', 9, 10, 11])
+})
+
+test('a new epoch is a gap too; a stream that had not published (epoch "") continues at seq 1 of any epoch', () => {
+  const { client, last } = setup()
+  const got = []
+  client.on('chat', (m) => got.push(`${m.epoch}/${m.seq}`))
+  client.connect()
+  last().welcome({ inbox: { epoch: '', top: 0 } })
+  last().receive('members', { room: 'general', users: [], count: 1, epoch: '', top: 0 })
+  last().receive('chat', { room: 'general', from: 'b', text: 't', seq: 1, epoch: 'new' })
+  last().receive('chat', { room: 'general', from: 'b', text: 't', seq: 2, epoch: 'other' })
+  assert.deepEqual(got, ['new/1'])
+  assert.equal(client.lastClose.code, 4010)
 })
