@@ -13,6 +13,7 @@ build:
 	$(GO) build -o bin/tether ./cmd/tether
 
 test: deps lint gotest jstest e2e
+	@echo; cat artifacts/fault-counts.txt
 
 deps:
 	./scripts/test-deps.sh
@@ -22,7 +23,10 @@ lint:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
+# e2e/faults writes artifacts/fault-counts.txt: the fault-injection
+# suite's counts, printed at the end of `make test`.
 gotest:
+	rm -f artifacts/fault-counts.txt
 	$(GO) test -race -count=1 ./...
 
 jstest:

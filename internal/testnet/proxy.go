@@ -101,7 +101,10 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return
 		}
-		out, err := net.Dial("tcp", p.target)
+		p.mu.Lock()
+		target := p.target
+		p.mu.Unlock()
+		out, err := net.Dial("tcp", target)
 		if err != nil {
 			in.Close()
 			continue
@@ -276,6 +279,14 @@ func (p *Proxy) reset(l *link) {
 	}
 	l.in.Close()
 	l.out.Close()
+}
+
+// SetTarget sends the connections made from now on to addr (a client
+// behind the proxy fails over to another node).
+func (p *Proxy) SetTarget(addr string) {
+	p.mu.Lock()
+	p.target = addr
+	p.mu.Unlock()
 }
 
 // Addr is the proxy's address (host:port).
