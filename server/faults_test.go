@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -274,4 +275,45 @@ func TestLostStreamMakesItsReadersResume(t *testing.T) {
 	if n := engA.Stats().StreamsLost; n < 1 {
 		t.Fatalf("streams lost counted: %v", n)
 	}
+}
+
+// TestMessagesDuringShutdownAreAnswered: a message that arrives once a
+// graceful stop has begun is not processed, and says so (`unavailable`),
+// before the close 1012; one being processed when the stop began is
+// finished and acked.
+func TestMessagesDuringShutdownAreAnswered(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	testHookHandle = func(c *Conn, cmd protocol.Command) {
+		if cmd.Text == "hold" {
+			close(entered)
+			<-release
+		}
+	}
+	defer func() { testHookHandle = nil }()
+	ts := newTestServer(t, Config{})
+	alice, bob := connect(t, ts, "alice"), connect(t, ts, "bob")
+	alice.send(protocol.TypeChat, "h", map[string]any{"text": "hold"})
+	<-entered
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ts.Shutdown(ctx)
+	}()
+	waitUntil(t, "the stop to begin", ts.shuttingDown.Load)
+	// The stop waits for alice's message; bob's, arriving now, is refused.
+	bob.send(protocol.TypeChat, "late", map[string]any{"text": "too late"})
+	e := payloadOf[protocol.Error](t, bob.expect(protocol.TypeError, isAck("late")))
+	if e.Code != protocol.ErrUnavailable {
+		t.Fatalf("a message during shutdown got %+v; want unavailable", e)
+	}
+	close(release)
+	alice.expect(protocol.TypeAck, isAck("h"))
+	for _, c := range []*client{alice, bob} {
+		if code, _ := c.expectClose(); code != int(protocol.CloseRestart) {
+			t.Fatalf("%s closed with %d; want 1012", c.user, code)
+		}
+	}
+	<-stopped
 }

@@ -161,20 +161,29 @@ func (c *Conn) onMessage(op byte, data []byte) {
 		c.sendError(perr)
 		return
 	}
+	if c.srv.shuttingDown.Load() {
+		c.refuseRestarting(cmd.ID)
+		return
+	}
 	c.srv.processing.RLock()
 	defer c.srv.processing.RUnlock()
 	if c.srv.shuttingDown.Load() {
-		// Not processed: said so, so that the id is answered; the client
-		// re-sends it after reconnecting (the close, 1012, follows).
-		if cmd.ID != "" {
-			c.sendError(&protocol.Error{Code: protocol.ErrUnavailable, ID: cmd.ID,
-				Message: "this node is restarting; the message was not processed: send it again after reconnecting"})
-		}
+		c.refuseRestarting(cmd.ID)
 		return
 	}
 	c.busy.Store(true)
 	defer c.busy.Store(false)
 	c.handle(cmd)
+}
+
+// refuseRestarting answers a message that arrived once the node began to
+// stop: not processed, and said so, so that its id is answered; the
+// client re-sends it after reconnecting (the close, 1012, follows).
+func (c *Conn) refuseRestarting(id string) {
+	if id != "" {
+		c.sendError(&protocol.Error{Code: protocol.ErrUnavailable, ID: id,
+			Message: "this node is restarting; the message was not processed: send it again after reconnecting"})
+	}
 }
 
 func (c *Conn) touch() { c.lastSeen.Store(time.Now().UnixNano()) }

@@ -659,8 +659,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if !s.shuttingDown.CompareAndSwap(false, true) {
 		return errors.New("server: Shutdown called twice")
 	}
-	s.processing.Lock() // wait for messages being processed; none start after
-	s.processing.Unlock()
+	// Wait for the messages being processed; none starts after. Twice:
+	// readers that were waiting for the lock while the first Lock was
+	// pending see shuttingDown once they have it and answer `unavailable`;
+	// the second Lock waits for those answers to be queued, so that they
+	// go out before the close frames below.
+	for range 2 {
+		s.processing.Lock()
+		s.processing.Unlock()
+	}
 	s.httpMu.Lock()
 	hs := s.httpSrv
 	s.httpMu.Unlock()

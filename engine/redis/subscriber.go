@@ -91,6 +91,10 @@ func (s *subscriber) run() {
 	defer e.wg.Done()
 	first := true
 	for attempt := 0; e.ctx.Err() == nil; attempt++ {
+		select { // a reset asked for the connection before this one is stale
+		case <-s.reset:
+		default:
+		}
 		dc, release := e.client.Dedicate()
 		wait := dc.SetPubSubHooks(rueidis.PubSubHooks{OnMessage: s.onMessage})
 		s.mu.Lock()
@@ -311,11 +315,28 @@ func (st *subStream) push(it qItem) {
 	start := !st.running
 	st.running = true
 	st.mu.Unlock()
+	if start && !st.s.track() {
+		st.mu.Lock()
+		st.running = false // closing: nobody delivers any more
+		st.mu.Unlock()
+		return
+	}
 	if start {
-		e := st.s.e
-		e.wg.Add(1)
 		go st.drain()
 	}
+}
+
+// track counts a new drain goroutine in the engine's wait group, unless
+// the engine is closing (Close waits for the group: no goroutine may join
+// it then).
+func (s *subscriber) track() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return false
+	}
+	s.e.wg.Add(1)
+	return true
 }
 
 func (st *subStream) stop() {

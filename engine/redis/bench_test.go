@@ -1,0 +1,64 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tether-chat/tether/engine"
+	"github.com/tether-chat/tether/internal/testredis"
+)
+
+type nopHandler struct{}
+
+func (nopHandler) Deliver(*engine.Publication) {}
+func (nopHandler) Lost(string)                 {}
+
+// BenchmarkPublish: one publish through a real redis-server, from one
+// caller at a time (a client's messages are handled in order) and from
+// many at once (rueidis pipelines them), with and without an idempotency
+// key (a client message has one; the key adds a GET and a SET inside the
+// same script).
+func BenchmarkPublish(b *testing.B) {
+	srv := testredis.Start(b)
+	for _, parallel := range []bool{false, true} {
+		for _, keyed := range []bool{false, true} {
+			b.Run(fmt.Sprintf("parallel=%v/keyed=%v", parallel, keyed), func(b *testing.B) {
+				e, err := New(cfgFor(srv.URL, 100))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer e.Close()
+				e.Start(context.Background(), nopHandler{})
+				ctx := context.Background()
+				e.Subscribe(ctx, "room:b")
+				var n atomic.Int64
+				publish := func() {
+					p := &engine.Publication{Stream: "room:b", Type: "chat", Text: "hello", TS: time.Now().UnixMilli()}
+					var o engine.PublishOptions
+					if keyed {
+						o.Key = fmt.Sprint("s:", n.Add(1))
+					}
+					if _, err := e.Publish(ctx, p, o); err != nil {
+						b.Error(err)
+					}
+				}
+				b.ResetTimer()
+				if parallel {
+					b.SetParallelism(32)
+					b.RunParallel(func(pb *testing.PB) {
+						for pb.Next() {
+							publish()
+						}
+					})
+					return
+				}
+				for range b.N {
+					publish()
+				}
+			})
+		}
+	}
+}
