@@ -916,7 +916,7 @@ func (c *Client) handle(conn *websocket.Conn, b []byte, gap *gapState) {
 		var m protocol.Members
 		json.Unmarshal(env.Payload, &m)
 		c.mu.Lock()
-		if m.Epoch != "" && contains(c.rooms, m.Room) {
+		if contains(c.rooms, m.Room) { // ("", 0), a room that has not published yet, is a position too
 			if _, seen := c.positions["room:"+m.Room]; !seen {
 				c.joinedAt[m.Room] = pos{m.Epoch, m.Top}
 			}

@@ -113,3 +113,35 @@ func TestFirstPrivateMessageWhileAway(t *testing.T) {
 		t.Fatalf("recovered = %+v", r)
 	}
 }
+
+// TestFirstMessageOfAQuietRoomWhileAway: a room that had never published
+// when the client joined is at ("", 0); its first message, sent while the
+// client is cut off, comes with the resume.
+func TestFirstMessageOfAQuietRoomWhileAway(t *testing.T) {
+	_, addr := startServer(t, server.Config{})
+	proxy := testnet.NewProxy(t, addr)
+	alice, bob := dialT(t, proxy.Addr(), fast("alice")), dialT(t, addr, fast("bob"))
+	ctx := context.Background()
+	for _, c := range []*Client{alice, bob} {
+		if err := c.Join(ctx, "quiet"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	proxy.Freeze()
+	if _, err := bob.Send(ctx, "quiet", "first"); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Cut()
+	proxy.Thaw()
+	if m := next(t, alice, protocol.TypeChat).Chat; m.Text != "first" || m.Seq != 1 {
+		t.Fatalf("alice got %+v", m)
+	}
+	for {
+		if r := next(t, alice, protocol.TypeRecovered).Recovered; r.Room == "quiet" {
+			if !r.Recovered || r.Count != 1 {
+				t.Fatalf("recovered = %+v", r)
+			}
+			break
+		}
+	}
+}

@@ -484,7 +484,8 @@ export class TetherClient {
       case 'members':
         // The join reply's position is where to resume a room from which
         // nothing has arrived yet.
-        if (p.epoch && this.rooms.has(p.room) && !this._positions.has(`room:${p.room}`)) {
+        // ("", 0) — a room that has not published yet — is a position too.
+        if (typeof p.epoch === 'string' && this.rooms.has(p.room) && !this._positions.has(`room:${p.room}`)) {
           this._joinedAt.set(p.room, { epoch: p.epoch, seq: p.top })
         }
         this._settle(env.id, null, p, true)

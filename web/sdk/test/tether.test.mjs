@@ -446,3 +446,13 @@ test('a new epoch is a gap too; a stream that had not published (epoch "") conti
   assert.deepEqual(got, ['new/1'])
   assert.equal(client.lastClose.code, 4010)
 })
+
+test('a joined room that has not published yet resumes from ("", 0)', () => {
+  const { client, clock, last } = setup()
+  client.connect()
+  last().welcome({ session: 'S1' })
+  last().receive('members', { room: 'general', users: ['alice'], count: 1, epoch: '', top: 0 })
+  last().drop(1006)
+  clock.advance(client.nextRetryAt - clock.now())
+  assert.deepEqual(JSON.parse(new URL(last().url).searchParams.get('since')), { general: ['', 0] })
+})
