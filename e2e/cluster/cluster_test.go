@@ -48,7 +48,7 @@ func startNode(t *testing.T, redisURL, name string) *node {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.kill() })
-	waitReady(t, n.addr, http.StatusOK)
+	testbin.WaitReady(t, n.addr, http.StatusOK)
 	return n
 }
 
@@ -56,27 +56,6 @@ func (n *node) kill() {
 	if n.cmd.ProcessState == nil {
 		n.cmd.Process.Signal(syscall.SIGKILL)
 		n.cmd.Wait()
-	}
-}
-
-func readyz(addr string) int {
-	c := http.Client{Timeout: 3 * time.Second}
-	r, err := c.Get("http://" + addr + "/readyz")
-	if err != nil {
-		return 0
-	}
-	r.Body.Close()
-	return r.StatusCode
-}
-
-func waitReady(t *testing.T, addr string, want int) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	for readyz(addr) != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s/readyz = %d, want %d", addr, readyz(addr), want)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -131,7 +110,7 @@ http {
 		cmd.Process.Signal(syscall.SIGQUIT)
 		cmd.Wait()
 	})
-	waitReady(t, addr, http.StatusOK)
+	testbin.WaitReady(t, addr, http.StatusOK)
 	return addr
 }
 
@@ -423,7 +402,7 @@ func TestClusterRedisRestartUnderLoad(t *testing.T) {
 		if i == 50 {
 			rs.Stop()
 			deadline := time.Now().Add(wait)
-			for readyz(nodes[0].addr) != http.StatusServiceUnavailable {
+			for testbin.Readyz(nodes[0].addr) != http.StatusServiceUnavailable {
 				if time.Now().After(deadline) {
 					t.Fatal("/readyz stayed ready with Redis down")
 				}
@@ -437,7 +416,7 @@ func TestClusterRedisRestartUnderLoad(t *testing.T) {
 		t.Fatal("the restart did not happen")
 	}
 	for _, n := range nodes {
-		waitReady(t, n.addr, http.StatusOK)
+		testbin.WaitReady(t, n.addr, http.StatusOK)
 	}
 	for i, m := range members {
 		checkExactlyOnceInOrder(t, fmt.Sprint("r", i), m, want)

@@ -66,13 +66,7 @@ func (n *node) start(t *testing.T) {
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for readyz(n.addr) != http.StatusOK {
-		if time.Now().After(deadline) {
-			t.Fatalf("node %s not ready", n.name)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testbin.WaitReady(t, n.addr, http.StatusOK)
 }
 
 // kill is kill -9: the process dies between any two steps of whatever
@@ -82,16 +76,6 @@ func (n *node) kill() {
 		n.cmd.Process.Signal(syscall.SIGKILL)
 		n.cmd.Wait()
 	}
-}
-
-func readyz(addr string) int {
-	c := http.Client{Timeout: time.Second}
-	r, err := c.Get("http://" + addr + "/readyz")
-	if err != nil {
-		return 0
-	}
-	r.Body.Close()
-	return r.StatusCode
 }
 
 // peer is one client application: the Go SDK behind a proxy of its own

@@ -1,13 +1,16 @@
 // Package testbin builds the tether binary once for a test package whose
-// tests run it as a real process (killed, restarted, piped).
+// tests run it as a real process (killed, restarted, piped), and watches
+// such a process's readiness.
 package testbin
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // Main builds ./cmd/tether from the module at root (a path relative to the
@@ -30,4 +33,29 @@ func Main(m *testing.M, root string, path *string) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// Readyz returns the status of a node's GET /readyz (0 when it does not
+// answer within a second).
+func Readyz(addr string) int {
+	c := http.Client{Timeout: time.Second}
+	r, err := c.Get("http://" + addr + "/readyz")
+	if err != nil {
+		return 0
+	}
+	r.Body.Close()
+	return r.StatusCode
+}
+
+// WaitReady waits until a node's /readyz answers want, or fails the test
+// after 20 s.
+func WaitReady(t testing.TB, addr string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for Readyz(addr) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s/readyz = %d, want %d", addr, Readyz(addr), want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
