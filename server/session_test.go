@@ -351,6 +351,14 @@ func TestTokenMode(t *testing.T) {
 	if e.Code != protocol.ErrForbiddenRoom || e.ID != "no" {
 		t.Fatalf("error = %+v, want forbidden_room", e)
 	}
+	// Nor can it read the room: who and history are for members.
+	for _, typ := range []string{protocol.TypeWho, protocol.TypeHistory} {
+		c.send(typ, "peek-"+typ, inRoom("secret"))
+		e := payloadOf[protocol.Error](t, c.expect(protocol.TypeError, isAck("peek-"+typ)))
+		if e.Code != protocol.ErrNotMember {
+			t.Fatalf("%s of a room the token does not allow = %+v, want not_member", typ, e)
+		}
+	}
 	// Authorization: Bearer works for non-browser clients.
 	ws, _, err := websocket.DefaultDialer.Dial(ts.ws+"/ws", http.Header{"Authorization": {"Bearer " + good}})
 	if err != nil {
