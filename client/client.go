@@ -21,8 +21,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
+	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -74,12 +77,23 @@ type StateChange struct {
 	Reason      string
 }
 
+// Reconnect announces the next attempt: its number, how long until it
+// starts, and the close that led to it (for "attempt 3, next try in
+// 2.4 s").
+type Reconnect struct {
+	Attempt int
+	Delay   time.Duration
+	At      time.Time
+	Code    protocol.CloseCode
+}
+
 // Event is one thing that happened. Type is a protocol message type
 // (chat, direct, presence, members, left, recovered, history, error,
-// welcome) or "state"; exactly the matching field is set.
+// welcome), "state" or "reconnect"; exactly the matching field is set.
 type Event struct {
 	Type      string
 	State     *StateChange
+	Reconnect *Reconnect
 	Welcome   *protocol.Welcome
 	Chat      *protocol.Chat
 	Direct    *protocol.Direct
@@ -316,6 +330,22 @@ func (c *Client) Join(ctx context.Context, room string) error {
 	c.mu.Unlock()
 	_, err := c.call(ctx, protocol.TypeJoin, map[string]any{"room": room}, true)
 	return err
+}
+
+// JoinAsync puts a join in the outbox and returns at once, like SendAsync:
+// a message sent to the room afterwards from the same goroutine is sent
+// after it.
+func (c *Client) JoinAsync(room string) (*Pending, error) {
+	c.mu.Lock()
+	if !contains(c.rooms, room) {
+		c.rooms = append(c.rooms, room)
+	}
+	c.mu.Unlock()
+	it, err := c.enqueue(protocol.TypeJoin, map[string]any{"room": room}, true)
+	if err != nil {
+		return nil, err
+	}
+	return &Pending{c: c, it: it}, nil
 }
 
 // Leave leaves a room; it returns when the server acknowledged it.
@@ -613,6 +643,7 @@ func (c *Client) run() {
 		c.nextRetry = time.Now().Add(delay)
 		c.setStateLocked(StateReconnecting, fmt.Sprintf("closed with %d", info.Code))
 		c.logf("[reconnect] attempt=%d in %s", c.attempt, delay.Round(time.Millisecond))
+		c.emit(Event{Type: "reconnect", Reconnect: &Reconnect{Attempt: c.attempt, Delay: delay, At: c.nextRetry, Code: info.Code}})
 		c.mu.Unlock()
 		t := time.NewTimer(delay)
 		select {
@@ -678,9 +709,9 @@ func (c *Client) connectOnce() CloseInfo {
 	defer cancel()
 	target := c.attemptURL()
 	c.logf("[connect] attempt=%d", c.Info().Attempt)
-	conn, _, err := c.opts.Dialer.DialContext(dctx, target, c.opts.Header)
+	conn, resp, err := c.opts.Dialer.DialContext(dctx, target, c.opts.Header)
 	if err != nil {
-		return CloseInfo{Code: protocol.CloseAbnormal, Reason: err.Error(), At: time.Now()}
+		return refusal(resp, err)
 	}
 	c.mu.Lock()
 	c.dialing = conn
@@ -750,7 +781,7 @@ func (c *Client) connectOnce() CloseInfo {
 	c.emit(Event{Type: protocol.TypeWelcome, Welcome: &w})
 	c.finishOpenLocked(nil)
 	c.mu.Unlock()
-	c.logf("[open] user=%s session=%s resumed=%v", w.User, w.Session, w.Resumed)
+	c.logf("[open] user=%s resumed=%v", w.User, w.Resumed) // the session id is a secret: not logged
 
 	// Rejoin first, then re-send every unacknowledged message in order,
 	// with its original id: the server acks duplicates without processing.
@@ -824,12 +855,16 @@ func (c *Client) touch() {
 	c.mu.Unlock()
 }
 
-// heartbeat pings every interval and closes the connection with 4000 when
-// nothing has arrived for timeout, without waiting for a closing handshake
-// that a dead peer would never complete.
+// heartbeat pings every interval and closes the connection with 4000 at
+// the moment nothing has arrived for timeout, without waiting for a
+// closing handshake that a dead peer would never complete. The silence is
+// checked when it would reach the timeout (and again later if something
+// arrived meanwhile), not on the ping ticks.
 func (c *Client) heartbeat(conn *websocket.Conn, timeout time.Duration, done <-chan struct{}, timedOut func()) {
 	t := time.NewTicker(c.opts.HeartbeatInterval)
 	defer t.Stop()
+	silence := time.NewTimer(timeout)
+	defer silence.Stop()
 	for {
 		select {
 		case <-done:
@@ -837,21 +872,25 @@ func (c *Client) heartbeat(conn *websocket.Conn, timeout time.Duration, done <-c
 		case <-c.ctx.Done():
 			return
 		case <-t.C:
+			b, _ := json.Marshal(map[string]any{"type": protocol.TypePing, "payload": map[string]any{"ts": time.Now().UnixMilli()}})
+			c.writeRaw(conn, b)
+			continue
+		case <-silence.C:
 		}
 		c.mu.Lock()
 		silent := wallNow().Sub(c.lastMsg)
 		c.mu.Unlock()
-		if silent > timeout {
-			c.logf("[heartbeat] silent for %s (> %s): closing with 4000", silent.Round(time.Millisecond), timeout)
-			timedOut()
-			c.writeMu.Lock()
-			conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(int(protocol.CloseHeartbeat), "heartbeat timeout"), time.Now().Add(100*time.Millisecond))
-			c.writeMu.Unlock()
-			conn.Close()
-			return
+		if silent < timeout {
+			silence.Reset(timeout - silent)
+			continue
 		}
-		b, _ := json.Marshal(map[string]any{"type": protocol.TypePing, "payload": map[string]any{"ts": time.Now().UnixMilli()}})
-		c.writeRaw(conn, b)
+		c.logf("[heartbeat] silent for %s (>= %s): closing with 4000", silent.Round(time.Millisecond), timeout)
+		timedOut()
+		c.writeMu.Lock()
+		conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(int(protocol.CloseHeartbeat), "heartbeat timeout"), time.Now().Add(100*time.Millisecond))
+		c.writeMu.Unlock()
+		conn.Close()
+		return
 	}
 }
 
@@ -1071,6 +1110,31 @@ func (c *Client) settleError(conn *websocket.Conn, id string, e *protocol.Error)
 		}
 	}
 	return c.settle(id, result{err: e})
+}
+
+// refusal describes a failed handshake. A server that answered the HTTP
+// request with a client error (400 a bad user name, 403 an origin or a
+// forbidden path, 404 no WebSocket here, 426 a protocol version) will
+// answer it the same way every time: that is terminal (reported as 1008,
+// policy), with the server's own words as the reason. Anything else — no
+// answer, a connection refused, a 5xx — is worth retrying (1006).
+func refusal(resp *http.Response, err error) CloseInfo {
+	info := CloseInfo{Code: protocol.CloseAbnormal, Reason: err.Error(), At: time.Now()}
+	if resp == nil {
+		return info
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	resp.Body.Close()
+	why := strings.TrimSpace(string(body))
+	if why == "" {
+		why = http.StatusText(resp.StatusCode)
+	}
+	info.Reason = fmt.Sprintf("handshake refused: HTTP %d: %s", resp.StatusCode, why)
+	if resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests &&
+		resp.StatusCode != http.StatusRequestTimeout {
+		info.Code = protocol.ClosePolicy
+	}
+	return info
 }
 
 func closeInfoOf(err error) CloseInfo {

@@ -93,14 +93,20 @@ type Config struct {
 	// client names itself: for development only.
 	AuthSecret string
 	// ResumeWindow is how long a dropped connection's session can be
-	// resumed (rooms, private conversations, missed messages, the
-	// message-id window). Zero means 2 minutes.
+	// resumed (rooms, private conversations, missed messages). Zero means
+	// 2 minutes.
 	ResumeWindow time.Duration
 	// PresenceGrace is how long a dropped connection still counts as
 	// present, so that a quick resume causes no leave/join for others.
-	// A clean close leaves at once. Zero means 10s; it cannot exceed
-	// ResumeWindow.
+	// A clean close (1000) leaves at once. Zero means 10s; it cannot
+	// exceed ResumeWindow.
 	PresenceGrace time.Duration
+	// PresenceGraceAway is PresenceGrace for a connection its client
+	// closed with 1001 "going away": a browser page that was closed,
+	// reloaded or left. Its session stays resumable (a reload resumes and
+	// misses nothing) but its partners and rooms learn of a closed tab
+	// this soon. Zero means 1.5s; it cannot exceed PresenceGrace.
+	PresenceGraceAway time.Duration
 
 	// AllowedOrigins are glob patterns (path.Match syntax, e.g.
 	// "https://*.example.com") of browser origins allowed to open a
@@ -164,6 +170,8 @@ func (c Config) withDefaults() Config {
 	def(&c.PresenceInterval, 2*time.Second)
 	def(&c.ResumeWindow, 2*time.Minute)
 	def(&c.PresenceGrace, 10*time.Second)
+	def(&c.PresenceGraceAway, 1500*time.Millisecond)
+	c.PresenceGraceAway = min(c.PresenceGraceAway, c.PresenceGrace)
 	defInt(&c.MembersMax, 100)
 	if c.AutoJoin == "" {
 		c.AutoJoin = protocol.DefaultRoom
@@ -185,6 +193,7 @@ func (c Config) Validate() error {
 		{"write-timeout", c.WriteTimeout}, {"header-timeout", c.HeaderTimeout}, {"shutdown-timeout", c.ShutdownTimeout},
 		{"history-ttl", c.HistoryTTL}, {"presence-interval", c.PresenceInterval},
 		{"resume-window", c.ResumeWindow}, {"presence-grace", c.PresenceGrace},
+		{"presence-grace-away", c.PresenceGraceAway},
 	} {
 		if d.v < 0 {
 			return fmt.Errorf("%s must not be negative (got %s)", d.name, d.v)
@@ -220,6 +229,9 @@ func (c Config) Validate() error {
 	}
 	if c.PresenceGrace > c.ResumeWindow {
 		return fmt.Errorf("presence-grace (%s) must not exceed resume-window (%s)", c.PresenceGrace, c.ResumeWindow)
+	}
+	if c.PresenceGraceAway > c.PresenceGrace && c.PresenceGrace > 0 {
+		return fmt.Errorf("presence-grace-away (%s) must not exceed presence-grace (%s)", c.PresenceGraceAway, c.PresenceGrace)
 	}
 	if c.AutoJoin != "-" {
 		if msg := protocol.ValidateRoom(c.AutoJoin); msg != "" {

@@ -425,7 +425,7 @@ func (h *hub) forget(c *Conn) {
 // detach removes a connection that dropped without a clean close, leaving a
 // ghost that holds its memberships until the grace period ends or the
 // session resumes (releaseGhost).
-func (h *hub) detach(ctx context.Context, c *Conn, session string) {
+func (h *hub) detach(ctx context.Context, c *Conn, session string, grace time.Duration) {
 	g := &ghost{user: c.user, rooms: h.roomsOf(c)}
 	for _, name := range g.rooms {
 		kl := h.keyLock(engine.RoomStream(name))
@@ -456,7 +456,7 @@ func (h *hub) detach(ctx context.Context, c *Conn, session string) {
 		h.mu.Lock()
 	}
 	h.ghosts[session] = g
-	g.timer = time.AfterFunc(h.srv.cfg.PresenceGrace, func() {
+	g.timer = time.AfterFunc(grace, func() {
 		defer h.srv.recoverPanic("presence grace", nil)
 		ctx, cancel := h.srv.opContext(10 * time.Second)
 		defer cancel()

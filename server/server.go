@@ -511,20 +511,26 @@ func (s *Server) saveSessions(ctx context.Context, conns []*Conn) bool {
 }
 
 // disconnected runs once per connection, when its reader has returned. A
-// clean end (the client closed with 1000 or 1001, or the server with a
-// terminal code) leaves at once and forgets the session; any other end
-// keeps the session for the resume window and the presence for the grace
-// period.
+// clean end (the client closed with 1000, or the server with a terminal
+// code) leaves at once and forgets the session. Any other end keeps the
+// session for the resume window and the presence for the grace period —
+// a short one (PresenceGraceAway) when the client said 1001 "going away":
+// a page that was reloaded resumes and misses nothing, and the partners
+// of a tab that was closed learn of it within a second or two.
 func (s *Server) disconnected(c *Conn) {
 	c.raw.Conn.Close()
 	code, reason, clean := protocol.CloseAbnormal, "", false
+	grace := s.cfg.PresenceGrace
 	c.mu.Lock()
 	closing, peer := c.closing, c.peer
 	c.mu.Unlock()
 	switch {
 	case peer != nil: // the client closed first
 		code, reason = peer.Code, peer.Reason
-		clean = code == protocol.CloseNormal || code == protocol.CloseGoingAway
+		clean = code == protocol.CloseNormal
+		if code == protocol.CloseGoingAway {
+			grace = s.cfg.PresenceGraceAway
+		}
 	case closing != nil:
 		code, reason = closing.Code, closing.Reason
 		clean = protocol.PolicyFor(closing.Code) == protocol.Terminal
@@ -553,7 +559,7 @@ func (s *Server) disconnected(c *Conn) {
 		s.hub.forget(c)
 	default:
 		s.saveSession(ctx, c)
-		s.hub.detach(ctx, c, c.session)
+		s.hub.detach(ctx, c, c.session, grace)
 	}
 	cancel()
 	s.release(c.ip, c.user)

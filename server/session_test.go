@@ -272,6 +272,49 @@ func testCleanCloseForgetsTheSession(t *testing.T, eng engineCase) {
 	}
 }
 
+// TestGoingAwayResumesButLeavesSoon: a client that closes with 1001 (a
+// browser page closed, reloaded or navigated away) keeps its session: a
+// reload resumes and gets what was sent meanwhile. If it does not come
+// back, its room and its private partner learn of it after the short
+// away-grace, not the full grace period.
+func TestGoingAwayResumesButLeavesSoon(t *testing.T) {
+	bothEngines(t, testGoingAwayResumesButLeavesSoon)
+}
+
+func testGoingAwayResumesButLeavesSoon(t *testing.T, eng engineCase) {
+	away := 300 * time.Millisecond
+	ts := newTestServer(t, eng.with(Config{PresenceGrace: 10 * time.Second, PresenceGraceAway: away}))
+	bob, alice := connect(t, ts, "bob"), connect(t, ts, "alice")
+	aboutAlice := func(e protocol.Envelope) bool { return payloadOf[protocol.Presence](t, e).User == "alice" }
+	bob.expect(protocol.TypePresence, aboutAlice) // her join
+	alice.send(protocol.TypeDirect, "d", map[string]any{"to": "bob", "text": "hi"})
+	bob.expect(protocol.TypeDirect, nil)
+
+	// A reload: 1001, then back at once with the session.
+	alice.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1001, ""), time.Now().Add(time.Second))
+	alice.expectClose()
+	bob.send(protocol.TypeChat, "m", map[string]any{"text": "while you reloaded"})
+	missed := payloadOf[protocol.Chat](t, bob.expect(protocol.TypeChat, nil))
+	again := dial(t, resumeURL(ts.ws, "alice", alice.welcome.Session, map[string][2]any{"general": {missed.Epoch, missed.Seq - 1}}))
+	if !again.expectWelcome().Resumed {
+		t.Fatal("a page that went away (1001) did not resume its session")
+	}
+	if m := payloadOf[protocol.Chat](t, again.expect(protocol.TypeChat, nil)); m.Text != "while you reloaded" {
+		t.Fatalf("replayed %+v", m)
+	}
+	bob.expectNone(protocol.TypePresence, aboutAlice, 2*away)
+
+	// A closed tab: 1001, and nobody comes back.
+	again.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1001, ""), time.Now().Add(time.Second))
+	closed := time.Now()
+	p := payloadOf[protocol.Presence](t, bob.expect(protocol.TypePresence, aboutAlice))
+	bob.expect(protocol.TypeLeft, nil)
+	if p.Action != protocol.PresenceLeave || time.Since(closed) < away || time.Since(closed) > 3*time.Second {
+		t.Fatalf("presence %+v %s after the tab closed; want a leave after the away-grace (%s), well before the grace (10 s)",
+			p, time.Since(closed), away)
+	}
+}
+
 // TestPresenceDoesNotFlap: a resume within the grace period causes no
 // leave/join for others; a drop without resume causes exactly one leave,
 // when the grace period ends.

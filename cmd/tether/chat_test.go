@@ -20,9 +20,9 @@ var tetherBin string
 
 func TestMain(m *testing.M) { testbin.Main(m, "../..", &tetherBin) }
 
-func startServerProc(t *testing.T, addr string) *exec.Cmd {
+func startServerProc(t *testing.T, addr string, args ...string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(tetherBin, "serve", "--addr", addr, "--log-level", "warn")
+	cmd := exec.Command(tetherBin, append([]string{"serve", "--addr", addr, "--log-level", "warn"}, args...)...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -35,12 +35,16 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		usage(stdout)
+		return 0
+	}
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
 	case "serve":
-		return serve(args, stderr)
+		return serve(args, stdout, stderr)
 	case "bench":
 		return benchCmd(args, stdout, stderr)
 	case "token":
@@ -69,7 +73,8 @@ Commands:
   token     print a signed token for a user (token mode)
   version   print the version
 
-Run 'tether serve --help' for every setting and its default.
+Run 'tether COMMAND --help' for a command's flags ('tether serve --help':
+every setting of a node and its default).
 `)
 }
 
@@ -120,6 +125,7 @@ func serveFlags(fs *flag.FlagSet, cfg *server.Config, addr, logFormat, logLevel 
 	fs.StringVar(&cfg.AuthSecret, "auth-secret", "", "token mode: HS256 secret that signs client tokens (empty: open mode, for development)")
 	fs.DurationVar(&cfg.ResumeWindow, "resume-window", 2*time.Minute, "how long a dropped connection's session can be resumed")
 	fs.DurationVar(&cfg.PresenceGrace, "presence-grace", 10*time.Second, "how long a dropped connection still counts as present")
+	fs.DurationVar(&cfg.PresenceGraceAway, "presence-grace-away", 1500*time.Millisecond, "presence-grace for a client that closed with 1001 (a page closed, reloaded or left): its session stays resumable, its presence ends this soon")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this node's id among several (default: random)")
 	fs.StringVar(logFormat, "log-format", "text", "log format: text or json")
@@ -146,22 +152,21 @@ func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
 	return err
 }
 
-func serve(args []string, stderr io.Writer) int {
+const serveAbout = `Usage: tether serve [flags]
+
+Runs a Tether node: the WebSocket server, the web chat at / and the
+browser SDK at /sdk/. Every flag can also be set as TETHER_<NAME>, e.g.
+TETHER_ADDR=0.0.0.0:8000, or in a --config file.
+`
+
+func serve(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tether serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var cfg server.Config
 	var addr, logFormat, logLevel string
 	var rc redisFlags
 	serveFlags(fs, &cfg, &addr, &logFormat, &logLevel, &rc)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: tether serve [flags]\n\nEvery flag can also be set as TETHER_<NAME>, e.g. TETHER_ADDR=0.0.0.0:8000.\n\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, ok := parseFlags(fs, args, serveAbout, stdout, stderr); !ok {
+		return code
 	}
 	if err := applyEnv(fs, os.Getenv); err != nil {
 		fmt.Fprintln(stderr, "tether:", err)

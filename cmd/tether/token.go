@@ -18,15 +18,20 @@ import (
 //
 // The secret comes from --auth-secret or TETHER_AUTH_SECRET, like the
 // server's.
+const tokenAbout = `Usage: tether token --user NAME [flags]
+
+Prints an HS256 token for a server in token mode (the same secret as its
+--auth-secret): for testing, and as an example of what your backend signs.
+`
+
 func tokenCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tether token", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	user := fs.String("user", "", "the token's subject (required)")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
 	rooms := fs.String("rooms", "", "comma-separated rooms the user may join (empty: any)")
 	secret := fs.String("auth-secret", "", "signing secret (default: $TETHER_AUTH_SECRET)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, tokenAbout, stdout, stderr); !ok {
+		return code
 	}
 	if *secret == "" {
 		*secret = os.Getenv("TETHER_AUTH_SECRET")

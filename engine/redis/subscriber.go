@@ -141,7 +141,14 @@ func (s *subscriber) run() {
 		if e.ctx.Err() != nil {
 			return
 		}
-		e.log.Warn("redis pub/sub connection lost; subscribing again and filling gaps", "err", err)
+		switch {
+		case first && attempt%25 == 0: // never connected yet: say so now and then, not every 400 ms
+			e.log.Warn("cannot reach redis for the pub/sub connection; retrying", "err", err, "attempts", attempt+1)
+		case !first && attempt == 0:
+			e.log.Warn("redis pub/sub connection lost; subscribing again and filling gaps", "err", err)
+		case !first && attempt%25 == 0:
+			e.log.Warn("redis pub/sub connection still down; retrying", "err", err, "attempts", attempt+1)
+		}
 		sleepCtx(e.ctx, backoff(attempt))
 	}
 }

@@ -76,10 +76,39 @@ export class TetherError extends Error {
   }
 }
 
+// moduleServer is the Tether node this module was loaded from (its
+// /sdk/tether.js), or null when it was bundled into an application.
+const moduleServer = (() => {
+  try {
+    const u = new URL(import.meta.url)
+    return (u.protocol === 'http:' || u.protocol === 'https:') && u.pathname.endsWith('/sdk/tether.js') ? u : null
+  } catch { return null }
+})()
+
+// defaultURL is where to connect when no url is given: the node that served
+// this module (so a page on another origin that imports it from the node
+// reaches that node), else the page's own host.
 function defaultURL(user) {
-  const loc = globalThis.location
-  const base = loc ? `${loc.protocol === 'https:' ? 'wss' : 'ws'}://${loc.host}/ws` : 'ws://127.0.0.1:8000/ws'
+  const from = moduleServer || globalThis.location
+  const base = from ? `${from.protocol === 'https:' ? 'wss' : 'ws'}://${from.host}/ws` : 'ws://127.0.0.1:8000/ws'
   return user ? `${base}?user=${encodeURIComponent(user)}` : base
+}
+
+// redact is a URL fit for the log: the token and session are secrets (a
+// session can be resumed by whoever holds it), and the positions are
+// long; what is left says who connects where, and whether it resumes.
+export function redact(url) {
+  try {
+    const u = new URL(url)
+    const notes = []
+    if (u.searchParams.has('token')) { u.searchParams.set('token', '…'); notes.push('token') }
+    if (u.searchParams.has('session')) { u.searchParams.delete('session'); notes.push('resuming its session') }
+    if (u.searchParams.has('since')) {
+      try { notes.push(`${Object.keys(JSON.parse(u.searchParams.get('since'))).length} positions`) } catch { /* ignore */ }
+      u.searchParams.delete('since')
+    }
+    return `${u.toString().replace('token=%E2%80%A6', 'token=…')}${notes.length ? ` (${notes.join(', ')})` : ''}`
+  } catch { return '(an invalid URL)' }
 }
 
 const realTimers = {
@@ -131,7 +160,7 @@ export class TetherClient {
     this._listeners = new Map()
     this._ws = null
     this._manual = false
-    this._timers = { retry: null, connect: null, heartbeat: null, stable: null, resend: null }
+    this._timers = { retry: null, connect: null, heartbeat: null, silence: null, stable: null, resend: null, errorClose: null }
     this._outbox = []         // {id, type, payload, resolve, reject}
     this._pendingReplies = new Map() // id -> {resolve, reject} for requests outside the outbox
     this._seq = 0
@@ -177,18 +206,18 @@ export class TetherClient {
   }
 
   /**
-   * Close for good (code 1000). No reconnect follows until connect() is
-   * called again. Unacknowledged messages stay in the outbox.
+   * Close for good (code 1000: the server takes the user out of their rooms
+   * at once and forgets the session). No reconnect follows until connect()
+   * is called again. Unacknowledged messages stay in the outbox, their
+   * promises pending, and are sent on the next connect(); pending who()
+   * and history() calls are rejected (they need the connection).
    */
   disconnect(reason = 'manual disconnect') {
     this._manual = true
     this._clearAllTimers()
-    const ws = this._ws
-    this._detach()
-    if (ws) {
-      try { ws.close(1000, reason) } catch { /* already closed */ }
-    }
-    this.lastClose = { code: 1000, reason, wasClean: true, at: this._t.now() }
+    this._detach(CloseCode.NORMAL, reason)
+    this._rejectRequests('the connection was closed before the answer came')
+    this.lastClose = { code: CloseCode.NORMAL, reason, wasClean: true, at: this._t.now() }
     this._setState(State.CLOSED, reason)
   }
 
@@ -217,9 +246,18 @@ export class TetherClient {
     return this._request('history', { room, before, after, limit })
   }
 
-  /** Stop for good and release every timer and listener. */
+  /**
+   * Stop for good and release every timer and listener. Every message
+   * still in the outbox is rejected with code `closed` (it was not sent,
+   * or not acknowledged: it may have been delivered).
+   */
   destroy() {
     this.disconnect('destroyed')
+    const items = this._outbox.splice(0)
+    for (const item of items) {
+      item.reject(new TetherError('closed', 'the client was destroyed before the server acknowledged this message', item.id))
+    }
+    if (items.length) this._emit('outbox', { pending: 0 })
     this._watchEnvironment(false)
     this._listeners.clear()
   }
@@ -253,24 +291,32 @@ export class TetherClient {
       this._setState(State.OFFLINE, 'browser is offline')
       return
     }
-    let ws
-    const url = this._url()
+    let ws, url
     try {
+      url = this._url()
       ws = new this._WS(url)
     } catch (e) {
       this.lastErrorAt = this._t.now()
-      this._log(`[error] cannot create socket for ${url}: ${e.message}`)
+      this._log(`[error] cannot open a socket to ${url ? redact(url) : 'the configured URL'}: ${e.message}`)
       this._setState(State.ERROR, 'invalid URL')
       return
     }
     this._ws = ws
     this._setState(state, reason)
-    this._log(`[connect] attempt=${this.attempt} url=${url}`)
+    this._log(`[connect] attempt=${this.attempt} url=${redact(url)}`)
     ws.onopen = () => this._log('[open] waiting for welcome')
     ws.onmessage = (e) => this._handleMessage(e.data)
     ws.onerror = () => {
       this.lastErrorAt = this._t.now()
       this._log('[error] socket error (details are in the close that follows)')
+      // Some WebSocket implementations (Node's) report a refused
+      // connection with an error and no close: give the close a moment,
+      // then treat the socket as closed abnormally.
+      this._clearTimer('errorClose')
+      this._timers.errorClose = this._t.setTimeout(() => {
+        this._timers.errorClose = null
+        if (this._ws === ws) this._abandon(CloseCode.ABNORMAL, 'socket error without a close')
+      }, 500)
     }
     ws.onclose = (e) => this._handleClose(e.code, e.reason, e.wasClean)
     this._timers.connect = this._t.setTimeout(() => {
@@ -302,6 +348,7 @@ export class TetherClient {
   _handleClose(code, reason, wasClean, local = false) {
     if (!local) this._ws = null
     this._clearAllTimers()
+    this._rejectRequests(`the connection closed (${code}) before the answer came`)
     this.lastClose = { code, reason: reason || '', wasClean: !!wasClean, at: this._t.now() }
     this._log(`[close] code=${code} reason=${reason || '-'} wasClean=${!!wasClean}`)
     if (code === CloseCode.SESSION_INVALID) {
@@ -340,6 +387,7 @@ export class TetherClient {
     this.nextRetryAt = this._t.now() + delay
     this._setState(State.RECONNECTING, reason)
     this._log(`[reconnect] attempt=${next} in ${delay}ms`)
+    this._emit('reconnect', { attempt: next, delayMs: delay, at: this.nextRetryAt, code: this.lastClose?.code ?? null })
     this._timers.retry = this._t.setTimeout(() => {
       this._timers.retry = null
       this.nextRetryAt = null
@@ -360,6 +408,7 @@ export class TetherClient {
     if (this._manual || this.state === State.CLOSED || this.state === State.ERROR || this.state === State.IDLE) return
     this._detach()
     this._clearAllTimers()
+    this._rejectRequests('the browser went offline before the answer came')
     this.lastClose = { code: CloseCode.ABNORMAL, reason: 'browser offline', wasClean: false, at: this._t.now() }
     this._setState(State.OFFLINE, 'browser is offline')
   }
@@ -393,6 +442,21 @@ export class TetherClient {
       }, this.heartbeatPolicy.intervalMs)
     }
     tick()
+    this._armSilence()
+  }
+
+  // _armSilence sets one timer for the moment the heartbeat timeout would
+  // elapse if nothing arrived meanwhile; when it fires it checks (and, if
+  // something did arrive, sets itself for the new moment). So a dead socket
+  // leaves OPEN when the timeout elapses, not at the next ping.
+  _armSilence() {
+    this._clearTimer('silence')
+    if (this.state !== State.OPEN) return
+    const due = (this.lastMessageAt ?? this._t.now()) + this.heartbeatPolicy.timeoutMs - this._t.now()
+    this._timers.silence = this._t.setTimeout(() => {
+      this._timers.silence = null
+      if (this._checkAlive('silence')) this._armSilence()
+    }, Math.max(1, due))
   }
 
   // _checkAlive closes the socket with 4000 when nothing arrived for the
@@ -400,7 +464,7 @@ export class TetherClient {
   _checkAlive(why) {
     if (this.state !== State.OPEN) return false
     const silent = this._t.now() - (this.lastMessageAt ?? 0)
-    if (silent > this.heartbeatPolicy.timeoutMs) {
+    if (silent >= this.heartbeatPolicy.timeoutMs) {
       this._log(`[heartbeat] silent for ${silent}ms (> ${this.heartbeatPolicy.timeoutMs}ms) on ${why}: closing with 4000`)
       this._abandon(CloseCode.HEARTBEAT, 'heartbeat timeout')
       return false
@@ -426,6 +490,14 @@ export class TetherClient {
       item.sent = this._sendNow({ type, id: item.id, payload })
     }
     return p
+  }
+
+  // _rejectRequests fails the who() and history() calls waiting for an
+  // answer on a connection that is gone.
+  _rejectRequests(why) {
+    const pending = [...this._pendingReplies.entries()]
+    this._pendingReplies.clear()
+    for (const [id, { reject }] of pending) reject(new TetherError('not_connected', why, id))
   }
 
   _request(type, payload) {

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tether-chat/tether/internal/testnet"
+)
+
+// TestREADMEGoSnippet runs the README's Go snippet as it is written (only
+// the server's address changes): it must compile against the SDK as it is
+// and print what a reader expects.
+func TestREADMEGoSnippet(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := regexp.MustCompile("(?s)```go\n(.*?)```").FindAllSubmatch(readme, -1)
+	if len(blocks) != 1 {
+		t.Fatalf("the README has %d Go blocks; this test runs the one", len(blocks))
+	}
+	addr := testnet.FreeAddr(t)
+	startServerProc(t, addr)
+	snippet := strings.ReplaceAll(string(blocks[0][1]), "ws://127.0.0.1:8000/ws", "ws://"+addr+"/ws")
+	program := `package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+
+	"github.com/tether-chat/tether/client"
+)
+
+func main() {
+	ctx := context.Background()
+` + snippet + "}\n"
+	// Inside the module, so that the import resolves to this checkout.
+	dir, err := os.MkdirTemp("../..", ".readme-snippet-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(program), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	build := exec.Command("go", "build", "-o", "snippet", ".")
+	build.Dir = dir
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("the README's Go snippet does not compile: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(dir, "snippet"))
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor := func(want string) {
+		for !strings.Contains(out.String(), want) && ctx.Err() == nil {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitFor("#ops alice: deploying v2 (seq 1)")
+	// Someone else's message: printed with its own seq, not alice's ack's.
+	if code, o := runChat(t, "second\n", "--url", "ws://"+addr+"/ws", "--user", "bob", "--room", "ops"); code != 0 {
+		t.Fatalf("bob: exit %d: %s", code, o)
+	}
+	waitFor("#ops bob: second (seq 2)")
+	cmd.Process.Kill() // the snippet reads events for ever
+	cmd.Wait()
+	got := out.String()
+	for _, want := range []string{"acknowledged as seq 1", "#ops alice: deploying v2 (seq 1)", "#ops bob: second (seq 2)"} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("the README's Go snippet printed:\n%s\nwant %q", got, want)
+		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer that a process writes while a test reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
