@@ -286,3 +286,31 @@ func TestMembersFrameIsTheProtocolsMembers(t *testing.T) {
 		t.Fatalf("decoded %+v %+v from %s", env, m, b)
 	}
 }
+
+// TestSDKIsServedToOtherOrigins: the browser SDK and its types are served
+// with CORS, so an application's page on its own origin can import the
+// module from the node (a browser refuses a cross-origin module without
+// it); the chat page is not.
+func TestSDKIsServedToOtherOrigins(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	for _, path := range []string{"/sdk/tether.js", "/sdk/tether.d.ts", "/sdk/vue.js"} {
+		req, _ := http.NewRequest("GET", ts.url+path, nil)
+		req.Header.Set("Origin", "https://app.example.com")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "*" {
+			t.Fatalf("%s: %d, Access-Control-Allow-Origin %q", path, resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"))
+		}
+	}
+	resp, err := http.Get(ts.url + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatal("the chat page is served with CORS")
+	}
+}

@@ -142,8 +142,19 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /api/presence", s.apiPresence)
 	chat, _ := fs.Sub(web.FS, "chat")
 	sdk, _ := fs.Sub(web.FS, "sdk")
-	s.mux.Handle("GET /sdk/", http.StripPrefix("/sdk/", http.FileServerFS(sdk)))
+	s.mux.Handle("GET /sdk/", sdkHandler(http.StripPrefix("/sdk/", http.FileServerFS(sdk))))
 	s.mux.Handle("GET /", http.FileServerFS(chat))
+}
+
+// sdkHandler serves the browser SDK to any origin: it is public code, and
+// an application's pages import it from the node they talk to
+// (`import … from 'https://chat.example.com/sdk/tether.js'`), which a
+// browser allows for a module only with CORS.
+func sdkHandler(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Handler returns the server's HTTP handler, for embedding in another

@@ -28,6 +28,8 @@ export interface HeartbeatPolicy { intervalMs: number; timeoutMs: number } // 10
 export declare const defaultReconnect: Readonly<ReconnectPolicy>
 export declare const defaultHeartbeat: Readonly<HeartbeatPolicy>
 export declare function backoffDelay(attempt: number, policy?: ReconnectPolicy, random?: () => number): number
+/** A URL fit for a log: the token and session removed, the positions counted. */
+export declare function redact(url: string): string
 
 export interface Timers {
   setTimeout(fn: () => void, ms: number): unknown
@@ -36,9 +38,21 @@ export interface Timers {
 }
 
 export interface TetherOptions {
-  /** ws:// URL, or a function returning one per attempt. Default: ws(s)://<page host>/ws?user=<user>. */
+  /**
+   * ws:// or wss:// URL, or a function returning one per attempt. Default:
+   * the node this module was loaded from (`…/sdk/tether.js` → `ws(s)://that host/ws`),
+   * else the page's own host; `?user=<user>` added when `user` is given.
+   */
   url?: string | (() => string)
   user?: string
+  /** Token mode: the token, or a function returning a fresh one per attempt; sent as ?token=. */
+  token?: string | (() => string)
+  /** A sessionStorage key: the session, rooms and positions are kept there so that a reloaded page resumes. */
+  persist?: string
+  /** Where persist keeps them (default: sessionStorage). */
+  storage?: Pick<Storage, 'getItem' | 'setItem'>
+  /** false: never resume a session (default true). */
+  resume?: boolean
   autoConnect?: boolean
   reconnect?: Partial<ReconnectPolicy>
   heartbeat?: Partial<HeartbeatPolicy>
@@ -57,7 +71,9 @@ export interface LogLine { at: number; text: string }
 export interface Chat { room: string; from: string; text: string; seq: number; epoch: string; id?: string; ts: number }
 export interface Direct { from: string; to: string; text: string; seq: number; epoch: string; id?: string; ts: number }
 export interface Presence { room: string; user?: string; action: 'join' | 'leave' | 'count'; count: number }
-export interface Members { room: string; users: string[]; count: number; truncated?: boolean }
+export interface Members { room: string; users: string[]; count: number; truncated?: boolean; epoch: string; top: number }
+export interface Recovered { room?: string; inbox?: boolean; recovered: boolean; count: number; epoch: string; top: number }
+export interface ReconnectInfo { attempt: number; delayMs: number; at: number; code: number | null }
 export interface Welcome {
   protocol: number; user: string; session: string; resumed: boolean; online: number; rooms: string[]
   /** The private inbox's position when this connection started receiving it. */
@@ -70,7 +86,10 @@ export interface ErrorReply { code: string; message: string; id?: string }
 
 export interface TetherEvents {
   state: { state: ConnState; prev: ConnState; reason: string }
+  /** A retry is scheduled: attempt n, in delayMs, at (ms since the epoch), after a close with code. */
+  reconnect: ReconnectInfo
   welcome: Welcome
+  recovered: Recovered
   chat: Chat
   direct: Direct
   presence: Presence
@@ -102,6 +121,8 @@ export declare class TetherClient {
   readonly lastMessageAt: number | null
   readonly user: string | null
   readonly session: string | null
+  /** The last welcome resumed the session presented. */
+  readonly resumed: boolean
   readonly rooms: Set<string>
   readonly log: LogLine[]
   readonly pending: number

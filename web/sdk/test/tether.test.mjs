@@ -2,7 +2,7 @@
 // fake clock and a fake WebSocket: no network, deterministic.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { TetherClient, State, backoffDelay, policyFor, defaultReconnect } from '../tether.js'
+import { TetherClient, State, backoffDelay, policyFor, defaultReconnect, redact } from '../tether.js'
 
 class FakeClock {
   constructor() { this.t = 1_000_000; this.timers = new Map(); this.next = 1 }
@@ -455,4 +455,93 @@ test('a joined room that has not published yet resumes from ("", 0)', () => {
   last().drop(1006)
   clock.advance(client.nextRetryAt - clock.now())
   assert.deepEqual(JSON.parse(new URL(last().url).searchParams.get('since')), { general: ['', 0] })
+})
+
+test('disconnect() closes the socket with 1000 (not 4000): the server takes the user out at once', () => {
+  const { client, last } = setup()
+  client.connect()
+  const ws = last()
+  ws.welcome()
+  client.disconnect('bye')
+  assert.deepEqual(ws.closedWith, { code: 1000, reason: 'bye' })
+  assert.equal(client.state, State.CLOSED)
+  assert.deepEqual({ ...client.lastClose, at: 0 }, { code: 1000, reason: 'bye', wasClean: true, at: 0 })
+})
+
+test('an invalid URL is the ERROR state, never an exception', () => {
+  const { client, states } = setup({ url: 'ws://[bad/ws' })
+  assert.doesNotThrow(() => client.connect())
+  assert.equal(client.state, State.ERROR)
+  assert.deepEqual(states, ['ERROR'])
+  assert.ok(client.log.some((l) => l.text.startsWith('[error] cannot open a socket')))
+  FakeWS.all = []
+  assert.doesNotThrow(() => new TetherClient({ url: 'ws://[bad/ws', WebSocket: FakeWS, environment: null, autoConnect: true }))
+})
+
+test('the heartbeat leaves OPEN when the timeout elapses, not at the next ping', () => {
+  const { client, clock, last } = setup({ heartbeat: { intervalMs: 10000, timeoutMs: 25000 } })
+  client.connect()
+  last().welcome()
+  const t0 = clock.now()
+  clock.advance(24999)
+  assert.equal(client.state, State.OPEN)
+  clock.advance(1)
+  assert.equal(client.state, State.RECONNECTING, `still OPEN ${clock.now() - t0} ms after the last message`)
+  assert.equal(client.lastClose.code, 4000)
+})
+
+test('a message resets the silence: the timeout counts from the last one', () => {
+  const { client, clock, last } = setup({ heartbeat: { intervalMs: 10000, timeoutMs: 25000 } })
+  client.connect()
+  last().welcome()
+  clock.advance(20000)
+  last().receive('pong', {})
+  clock.advance(24999)
+  assert.equal(client.state, State.OPEN)
+  clock.advance(1)
+  assert.equal(client.state, State.RECONNECTING)
+})
+
+test('every scheduled retry is a reconnect event: attempt, delay, time, close code', () => {
+  const { client, clock, last } = setup()
+  const events = []
+  client.on('reconnect', (r) => events.push(r))
+  client.connect()
+  last().welcome()
+  last().drop(1006)
+  assert.deepEqual(events, [{ attempt: 1, delayMs: 500, at: clock.now() + 500, code: 1006 }])
+  clock.advance(500)
+  last().drop(1012)
+  assert.equal(events[1].attempt, 2)
+  assert.equal(events[1].code, 1012)
+})
+
+test('destroy() rejects what is left in the outbox; a pending who() is rejected when its socket closes', async () => {
+  const { client, last } = setup()
+  client.connect()
+  last().welcome()
+  const who = client.who('general')
+  last().drop(1006)
+  await assert.rejects(who, (e) => e.code === 'not_connected')
+  const sent = client.send('general', 'never acked')
+  client.disconnect()
+  let settled = false
+  sent.then(() => { settled = true }, () => { settled = true })
+  await new Promise((r) => setTimeout(r, 10))
+  assert.equal(settled, false, 'disconnect() keeps the outbox: sent on the next connect()')
+  client.destroy()
+  await assert.rejects(sent, (e) => e.code === 'closed')
+  assert.equal(client.pending, 0)
+})
+
+test('the log never holds the token or the session', () => {
+  const { client, clock, last } = setup({ url: 'ws://test/ws?user=alice', token: 'tok-s3cret' })
+  client.connect()
+  last().welcome({ session: 'sess-s3cret' })
+  last().drop(1006)
+  clock.advance(client.nextRetryAt - clock.now())
+  assert.ok(last().url.includes('sess-s3cret') && last().url.includes('tok-s3cret'), 'the socket gets them')
+  for (const l of client.log) assert.ok(!l.text.includes('s3cret'), `log line holds a secret: ${l.text}`)
+  assert.equal(redact('ws://h/ws?user=a&token=t&session=s&since=%7B%22general%22%3A%5B%22e%22%2C1%5D%7D'),
+    'ws://h/ws?user=a&token=… (token, resuming its session, 1 positions)')
 })
