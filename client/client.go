@@ -113,9 +113,13 @@ type Info struct {
 	State       State
 	User        string
 	Session     string
-	Attempt     int       // reconnect attempts since the last stable connection
-	NextRetry   time.Time // zero unless a retry is scheduled
+	Attempt   int       // reconnect attempts since the last stable connection
+	NextRetry time.Time // zero unless a retry is scheduled
+	// LastClose is how the last connection ended, or what the server said
+	// to refuse one; LastFailure the last attempt that failed without a
+	// word from it (1006 before any welcome: a server that is not up).
 	LastClose   *CloseInfo
+	LastFailure *CloseInfo
 	LastMessage time.Time
 	Pending     int // messages waiting for an ack
 }
@@ -161,7 +165,8 @@ type Client struct {
 	state     State
 	attempt   int
 	nextRetry time.Time
-	lastClose *CloseInfo
+	lastClose   *CloseInfo
+	lastFailure *CloseInfo
 	lastMsg   time.Time // wall clock (monotonic reading stripped)
 	user      string
 	session   string
@@ -310,7 +315,7 @@ func (c *Client) Info() Info {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return Info{State: c.state, User: c.user, Session: c.session, Attempt: c.attempt, NextRetry: c.nextRetry,
-		LastClose: c.lastClose, LastMessage: c.lastMsg, Pending: len(c.outbox)}
+		LastClose: c.lastClose, LastFailure: c.lastFailure, LastMessage: c.lastMsg, Pending: len(c.outbox)}
 }
 
 // State returns the current state.
@@ -612,12 +617,16 @@ func (c *Client) run() {
 		c.mu.Unlock()
 	}()
 	for {
-		info := c.connectOnce()
+		info, opened := c.connectOnce()
 		if c.ctx.Err() != nil {
 			return
 		}
 		c.mu.Lock()
-		c.lastClose = &info
+		if opened || info.Code != protocol.CloseAbnormal {
+			c.lastClose = &info
+		} else {
+			c.lastFailure = &info
+		}
 		c.logf("[close] code=%d reason=%q wasClean=%v", info.Code, info.Reason, info.WasClean)
 		if info.Code == protocol.CloseSessionInvalid {
 			c.session = ""
@@ -703,15 +712,15 @@ func (c *Client) attemptURL() string {
 func wallNow() time.Time { return time.Now().Round(0) }
 
 // connectOnce makes one attempt and, if it opens, serves the connection
-// until it ends. It returns how it ended.
-func (c *Client) connectOnce() CloseInfo {
+// until it ends. It returns how it ended, and whether it was welcomed.
+func (c *Client) connectOnce() (CloseInfo, bool) {
 	dctx, cancel := context.WithTimeout(c.ctx, c.opts.ConnectTimeout)
 	defer cancel()
 	target := c.attemptURL()
 	c.logf("[connect] attempt=%d", c.Info().Attempt)
 	conn, resp, err := c.opts.Dialer.DialContext(dctx, target, c.opts.Header)
 	if err != nil {
-		return refusal(resp, err)
+		return refusal(resp, err), false
 	}
 	c.mu.Lock()
 	c.dialing = conn
@@ -724,20 +733,20 @@ func (c *Client) connectOnce() CloseInfo {
 	}()
 	if closing {
 		conn.Close()
-		return CloseInfo{Code: protocol.CloseNormal, Reason: "client closed"}
+		return CloseInfo{Code: protocol.CloseNormal, Reason: "client closed"}, false
 	}
 	// The welcome must come within the connect timeout.
 	conn.SetReadDeadline(time.Now().Add(c.opts.ConnectTimeout))
 	_, first, err := conn.ReadMessage()
 	if err != nil {
 		conn.Close()
-		return closeInfoOf(err)
+		return closeInfoOf(err), false
 	}
 	var env protocol.Envelope
 	var w protocol.Welcome
 	if json.Unmarshal(first, &env) != nil || env.Type != protocol.TypeWelcome || json.Unmarshal(env.Payload, &w) != nil {
 		conn.Close()
-		return CloseInfo{Code: protocol.CloseProtocolError, Reason: "first message was not a welcome", At: time.Now()}
+		return CloseInfo{Code: protocol.CloseProtocolError, Reason: "first message was not a welcome", At: time.Now()}, false
 	}
 	conn.SetReadDeadline(time.Time{})
 
@@ -750,7 +759,7 @@ func (c *Client) connectOnce() CloseInfo {
 		c.mu.Unlock()
 		c.writeMu.Unlock()
 		conn.Close()
-		return CloseInfo{Code: protocol.CloseNormal, Reason: "client closed"}
+		return CloseInfo{Code: protocol.CloseNormal, Reason: "client closed"}, false
 	}
 	c.conn = conn
 	c.user, c.session = w.User, w.Session
@@ -846,7 +855,7 @@ func (c *Client) connectOnce() CloseInfo {
 	if gap.found {
 		end = CloseInfo{Code: protocol.CloseResync, Reason: gap.why, At: time.Now()}
 	}
-	return end
+	return end, true
 }
 
 func (c *Client) touch() {

@@ -77,3 +77,22 @@ func TestReconnectEventsAndNoSecretsInTheLog(t *testing.T) {
 		}
 	}
 }
+
+// TestLastCloseSurvivesFailedRetries: after a server restart the client
+// shows why it lost its connection (1012, server restarting), not the
+// refused retries' 1006, which are the last failure.
+func TestLastCloseSurvivesFailedRetries(t *testing.T) {
+	srv, addr := startServer(t, server.Config{})
+	c := dialT(t, addr, fast("lars"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	srv.Shutdown(ctx) // 1012; then every retry is refused (HTTP 503) until a new node is up
+	waitState(t, c, StateReconnecting)
+	for c.Info().LastFailure == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	info := c.Info()
+	if info.LastClose == nil || info.LastClose.Code != protocol.CloseRestart || info.LastFailure.Code != protocol.CloseAbnormal {
+		t.Fatalf("last close %+v, last failure %+v; want 1012 and 1006", info.LastClose, info.LastFailure)
+	}
+}

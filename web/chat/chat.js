@@ -9,7 +9,18 @@ const NAME = /^[\p{L}\p{N}_.-]{1,64}$/u
 const params = new URLSearchParams(location.search)
 let user = params.get('user') || localStorage.getItem('tether.user') || ''
 
-if (user && NAME.test(user)) start(user)
+// Token mode: an application hands the page a token as /#token=… (a
+// fragment never reaches a server or its logs); it is kept for this tab
+// and taken out of the address bar. Or the user pastes one (signIn).
+const fragment = new URLSearchParams(location.hash.slice(1))
+if (fragment.get('token')) {
+  sessionStorage.setItem('tether.token', fragment.get('token'))
+  history.replaceState(null, '', location.pathname + location.search)
+}
+const token = () => sessionStorage.getItem('tether.token') || ''
+
+if (token()) start(null)
+else if (user && NAME.test(user)) start(user)
 else showLogin()
 
 function showLogin() {
@@ -30,9 +41,30 @@ function showLogin() {
 
 function start(name) {
   $('app').hidden = false
-  // persist: a reload resumes the session and gets what it missed.
-  const client = new TetherClient({ user: name, autoConnect: true, persist: `tether.session.${name}` })
+  // persist: a reload resumes the session and gets what it missed. In
+  // token mode the token names the user.
+  const client = new TetherClient({ user: name || undefined, token, autoConnect: true,
+    persist: `tether.session.${name || 'token'}` })
   window.tether = client // for the browser tests and for curious users
+
+  // A server that wants a token (4401) or refuses this one (4403): ask
+  // for one, with the server's reason; the client then starts again.
+  client.on('state', (s) => {
+    const lc = client.lastClose
+    if (s.state === State.CLOSED && lc && (lc.code === 4401 || lc.code === 4403)) signIn(`${lc.code} ${lc.reason}`)
+  })
+  function signIn(why) {
+    $('signin-why').textContent = `The server said: ${why}.`
+    $('signin').hidden = false
+    $('signin-token').focus()
+  }
+  $('signin').addEventListener('submit', (e) => {
+    e.preventDefault()
+    sessionStorage.setItem('tether.token', $('signin-token').value.trim())
+    $('signin-token').value = ''
+    $('signin').hidden = true
+    client.connect()
+  })
 
   /** conversations: key -> {key, kind: 'room'|'dm', name, list: <ol>, unread, gone} */
   const convs = new Map()
@@ -59,6 +91,7 @@ function start(name) {
     ol.scrollTop = ol.scrollHeight
     $('conv-title').textContent = current.kind === 'room' ? `# ${current.name}` : `@ ${current.name}`
     $('leave').hidden = current.kind !== 'room'
+    $('members-section').hidden = current.kind !== 'room'
     if (current.kind === 'room') {
       $('members-room').textContent = current.name
       client.who(current.name).catch(() => {})
@@ -67,7 +100,9 @@ function start(name) {
     $('text').focus()
   }
 
-  function add(c, li) {
+  // add puts a line in a conversation; a message (not a notice) in one
+  // that is not on screen counts as unread.
+  function add(c, li, message = true) {
     c.nodes.push(li)
     if (c.nodes.length > 500) c.nodes.shift().remove()
     if (current === c) {
@@ -75,7 +110,7 @@ function start(name) {
       const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40
       ol.append(li)
       if (atBottom) ol.scrollTop = ol.scrollHeight
-    } else {
+    } else if (message) {
       c.unread++
       renderLists()
     }
@@ -101,7 +136,7 @@ function start(name) {
     const li = document.createElement('li')
     li.className = 'notice'
     li.textContent = text
-    add(c, li)
+    add(c, li, false)
   }
 
   function renderLists() {
@@ -142,6 +177,7 @@ function start(name) {
   // ---- server events ----
   client.on('welcome', (w) => {
     $('me').textContent = w.user
+    $('online').textContent = `${w.online} online`
     for (const r of client.rooms) conv('room', r)
     if (!current) select(conv('room', w.rooms[0] || 'general').key)
     else if (current.kind === 'room') client.who(current.name).catch(() => {})
@@ -263,11 +299,15 @@ function start(name) {
     const st = $('state')
     st.textContent = client.state
     st.className = `state ${client.state}`
-    $('f-attempt').textContent = String(client.attempt)
+    // The retry count matters while retrying; OPEN, it is only the
+    // counter waiting for the connection to prove stable.
+    $('f-attempt').textContent = client.state === State.OPEN ? '-' : String(client.attempt)
     $('f-next').textContent = client.nextRetryAt ? `${Math.max(0, Math.ceil((client.nextRetryAt - Date.now()) / 100) / 10)}s` : '-'
     const lc = client.lastClose
     $('f-close').textContent = lc ? `${lc.code}${lc.reason ? ` ${lc.reason}` : ''}` : '-'
     $('f-clean').textContent = lc ? String(lc.wasClean) : '-'
+    const lf = client.lastFailure
+    $('f-failure').textContent = lf ? `${time(lf.at)} (${lf.code})` : '-'
     $('f-last').textContent = client.lastMessageAt ? `${ago(client.lastMessageAt)} (${time(client.lastMessageAt)})` : '-'
     $('f-error').textContent = client.lastErrorAt ? time(client.lastErrorAt) : '-'
     $('f-pending').textContent = String(client.pending)

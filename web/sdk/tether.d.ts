@@ -116,7 +116,10 @@ export declare class TetherClient {
   readonly state: ConnState
   readonly attempt: number
   readonly nextRetryAt: number | null
+  /** How the last connection ended, or what the server said to refuse one. */
   readonly lastClose: CloseSnapshot | null
+  /** The last attempt that failed without a word from the server (1006 before any welcome). */
+  readonly lastFailure: { code: number; reason: string; at: number } | null
   readonly lastErrorAt: number | null
   readonly lastMessageAt: number | null
   readonly user: string | null

@@ -148,7 +148,8 @@ export class TetherClient {
     this.state = State.IDLE
     this.attempt = 0          // reconnect attempts since the last stable connection
     this.nextRetryAt = null   // when the next attempt is scheduled (ms), or null
-    this.lastClose = null     // {code, reason, wasClean, at}
+    this.lastClose = null     // {code, reason, wasClean, at}: how the last connection ended (see _handleClose)
+    this.lastFailure = null   // {code, reason, at}: the last attempt that failed without a word from the server
     this.lastErrorAt = null
     this.lastMessageAt = null
     this.user = options.user || null
@@ -167,6 +168,7 @@ export class TetherClient {
     this._idPrefix = Math.floor(this._random() * 36 ** 6).toString(36)
     this._positions = new Map() // stream -> {epoch, seq} of the last message received: continuity, dedupe and resume
     this._resyncing = false     // a gap was found: the socket is being replaced
+    this._welcomed = false      // the current socket got its welcome
     this._joinedAt = new Map()  // room -> {epoch, seq} from the join reply: resume point until a message arrives
     this._onEnv = {
       online: () => this._handleOnline(),
@@ -349,7 +351,18 @@ export class TetherClient {
     if (!local) this._ws = null
     this._clearAllTimers()
     this._rejectRequests(`the connection closed (${code}) before the answer came`)
-    this.lastClose = { code, reason: reason || '', wasClean: !!wasClean, at: this._t.now() }
+    // lastClose is the evidence of why the client is not connected: how a
+    // connection that was open ended, or what the server said to refuse
+    // one. An attempt that failed without a word (1006 before any welcome:
+    // a server still down) goes to lastFailure, so that after a restart
+    // the server's 1012 stays on show instead of the retries' 1006.
+    const at = this._t.now()
+    if (this._welcomed || code !== CloseCode.ABNORMAL) {
+      this.lastClose = { code, reason: reason || '', wasClean: !!wasClean, at }
+    } else {
+      this.lastFailure = { code, reason: reason || '', at }
+    }
+    this._welcomed = false
     this._log(`[close] code=${code} reason=${reason || '-'} wasClean=${!!wasClean}`)
     if (code === CloseCode.SESSION_INVALID) {
       this._log('[session] refused by the server: reconnecting with a new one')
@@ -365,10 +378,10 @@ export class TetherClient {
       this._setState(State.CLOSED, `terminal close ${code}`)
       return
     }
-    this._scheduleReconnect(policy === 'reconnect-later', `closed with ${code}`)
+    this._scheduleReconnect(policy === 'reconnect-later', `closed with ${code}`, code)
   }
 
-  _scheduleReconnect(later, reason) {
+  _scheduleReconnect(later, reason, code) {
     if (this._manual) return
     if (this._env && this._env.navigator && this._env.navigator.onLine === false) {
       this._setState(State.OFFLINE, 'browser is offline')
@@ -387,7 +400,7 @@ export class TetherClient {
     this.nextRetryAt = this._t.now() + delay
     this._setState(State.RECONNECTING, reason)
     this._log(`[reconnect] attempt=${next} in ${delay}ms`)
-    this._emit('reconnect', { attempt: next, delayMs: delay, at: this.nextRetryAt, code: this.lastClose?.code ?? null })
+    this._emit('reconnect', { attempt: next, delayMs: delay, at: this.nextRetryAt, code: code ?? null })
     this._timers.retry = this._t.setTimeout(() => {
       this._timers.retry = null
       this.nextRetryAt = null
@@ -574,6 +587,7 @@ export class TetherClient {
   _handleWelcome(w) {
     this._clearTimer('connect')
     this._resyncing = false
+    this._welcomed = true
     const resumedUser = this.user === w.user
     this.user = w.user
     this.session = w.session

@@ -22,11 +22,11 @@ test('Node WebSocket: a refused connection is a failed attempt at once, not afte
   c.connect()
   const r = await reconnect
   const took = Date.now() - started
-  const close = c.lastClose
+  const failure = c.lastFailure
   c.destroy()
   assert.equal(r.attempt, 1)
   assert.equal(r.code, 1006)
-  assert.equal(close.code, 1006)
+  assert.equal(failure.code, 1006)
   assert.ok(took < 2000, `the refused attempt took ${took} ms to count as failed`)
   assert.equal(c.state, State.CLOSED)
 })

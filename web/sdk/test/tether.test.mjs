@@ -545,3 +545,21 @@ test('the log never holds the token or the session', () => {
   assert.equal(redact('ws://h/ws?user=a&token=t&session=s&since=%7B%22general%22%3A%5B%22e%22%2C1%5D%7D'),
     'ws://h/ws?user=a&token=… (token, resuming its session, 1 positions)')
 })
+
+test('lastClose keeps how the last connection ended; attempts that fail without a word go to lastFailure', () => {
+  const { client, clock, last } = setup()
+  client.connect()
+  last().welcome()
+  last().drop(1012, 'server restarting', true)
+  for (let i = 0; i < 3; i++) {
+    clock.advance(client.nextRetryAt - clock.now())
+    last().drop(1006) // refused: the server is not back yet
+  }
+  assert.equal(client.lastClose.code, 1012)
+  assert.equal(client.lastClose.reason, 'server restarting')
+  assert.equal(client.lastFailure.code, 1006)
+  clock.advance(client.nextRetryAt - clock.now())
+  last().open()
+  last().drop(4401, 'token expired', true) // a refusal with words is shown
+  assert.equal(client.lastClose.code, 4401)
+})
