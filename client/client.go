@@ -85,6 +85,7 @@ type Reconnect struct {
 	Delay   time.Duration
 	At      time.Time
 	Code    protocol.CloseCode
+	Reason  string // the close's reason, or why the attempt failed (connection refused, …)
 }
 
 // Event is one thing that happened. Type is a protocol message type
@@ -652,7 +653,7 @@ func (c *Client) run() {
 		c.nextRetry = time.Now().Add(delay)
 		c.setStateLocked(StateReconnecting, fmt.Sprintf("closed with %d", info.Code))
 		c.logf("[reconnect] attempt=%d in %s", c.attempt, delay.Round(time.Millisecond))
-		c.emit(Event{Type: "reconnect", Reconnect: &Reconnect{Attempt: c.attempt, Delay: delay, At: c.nextRetry, Code: info.Code}})
+		c.emit(Event{Type: "reconnect", Reconnect: &Reconnect{Attempt: c.attempt, Delay: delay, At: c.nextRetry, Code: info.Code, Reason: info.Reason}})
 		c.mu.Unlock()
 		t := time.NewTimer(delay)
 		select {

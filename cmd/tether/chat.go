@@ -372,8 +372,12 @@ func (o *chatOut) event(c *client.Client, ev client.Event) {
 		o.status(msg)
 	case "reconnect":
 		r := ev.Reconnect
-		o.status(fmt.Sprintf("RECONNECTING attempt %d, next try in %.1fs, %d pending (closed with %d)",
-			r.Attempt, r.Delay.Seconds(), c.Info().Pending, r.Code))
+		why := fmt.Sprint(r.Code)
+		if r.Reason != "" {
+			why += ": " + r.Reason
+		}
+		o.status(fmt.Sprintf("RECONNECTING attempt %d, next try in %.1fs, %d pending (closed with %s)",
+			r.Attempt, r.Delay.Seconds(), c.Info().Pending, why))
 	case protocol.TypeChat:
 		o.line(fmt.Sprintf("[%s] %s: %s", ev.Chat.Room, ev.Chat.From, ev.Chat.Text))
 	case protocol.TypeDirect:

@@ -46,6 +46,18 @@ func TestInvalidSettingIsAnErrorNamingIt(t *testing.T) {
 	}
 }
 
+// TestRedisURLErrors: a malformed --redis URL is one clear line (it
+// repeated "redis:" and ended in a dangling colon).
+func TestRedisURLErrors(t *testing.T) {
+	var out, errb bytes.Buffer
+	code := run([]string{"serve", "--addr", "127.0.0.1:0", "--redis", "foo://x"}, &out, &errb)
+	msg := errb.String()
+	if code != 2 || !strings.Contains(msg, `invalid Redis URL "foo://x"`) || strings.Contains(msg, "redis: redis:") ||
+		strings.Count(strings.TrimSpace(msg), "\n") != 0 {
+		t.Fatalf("exit %d, stderr %q", code, msg)
+	}
+}
+
 func TestTokenCommand(t *testing.T) {
 	var out, errb bytes.Buffer
 	if code := run([]string{"token", "--user", "alice", "--ttl", "1h", "--rooms", "general,ops", "--auth-secret", "k"}, &out, &errb); code != 0 {

@@ -178,6 +178,7 @@ function start(name) {
   client.on('welcome', (w) => {
     $('me').textContent = w.user
     $('online').textContent = `${w.online} online`
+    $('online').title = 'users online on the server when this tab (re)connected'
     for (const r of client.rooms) conv('room', r)
     if (!current) select(conv('room', w.rooms[0] || 'general').key)
     else if (current.kind === 'room') client.who(current.name).catch(() => {})
