@@ -111,9 +111,9 @@ type Ack = protocol.Ack
 
 // Info is a snapshot of the client's state, for a status line.
 type Info struct {
-	State       State
-	User        string
-	Session     string
+	State     State
+	User      string
+	Session   string
 	Attempt   int       // reconnect attempts since the last stable connection
 	NextRetry time.Time // zero unless a retry is scheduled
 	// LastClose is how the last connection ended, or what the server said
@@ -162,28 +162,28 @@ type Client struct {
 	evCond *sync.Cond
 	evq    []Event // events waiting for the dispatcher, in order
 
-	mu        sync.Mutex
-	state     State
-	attempt   int
-	nextRetry time.Time
+	mu          sync.Mutex
+	state       State
+	attempt     int
+	nextRetry   time.Time
 	lastClose   *CloseInfo
 	lastFailure *CloseInfo
-	lastMsg   time.Time // wall clock (monotonic reading stripped)
-	user      string
-	session   string
-	rooms     []string
-	positions map[string]pos  // "room:NAME" / "inbox" -> last received
-	joinedAt  map[string]pos  // room -> position from the join reply
-	seenIDs   *idSet          // (stream, from, client id) of recent messages: the third line of defence
-	conn      *websocket.Conn // the OPEN connection, nil otherwise
-	dialing   *websocket.Conn // a connection not yet welcomed (so Close can end it)
-	running   bool            // the connection loop is running
-	outbox    []*item
-	requests  map[string]*item
-	opened    chan struct{} // closed at the first OPEN or at a terminal end
-	openErr   error
-	nextID    uint64
-	prefix    string
+	lastMsg     time.Time // wall clock (monotonic reading stripped)
+	user        string
+	session     string
+	rooms       []string
+	positions   map[string]pos  // "room:NAME" / "inbox" -> last received
+	joinedAt    map[string]pos  // room -> position from the join reply
+	seenIDs     *idSet          // (stream, from, client id) of recent messages: the third line of defence
+	conn        *websocket.Conn // the OPEN connection, nil otherwise
+	dialing     *websocket.Conn // a connection not yet welcomed (so Close can end it)
+	running     bool            // the connection loop is running
+	outbox      []*item
+	requests    map[string]*item
+	opened      chan struct{} // closed at the first OPEN or at a terminal end
+	openErr     error
+	nextID      uint64
+	prefix      string
 }
 
 // Dial connects to a Tether server at url (ws:// or wss://, path /ws) and
