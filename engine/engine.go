@@ -173,10 +173,20 @@ type Engine interface {
 	// Subscribe and Unsubscribe start and stop delivery of a stream to this
 	// node. The hub calls Subscribe when the first local connection needs the
 	// stream and Unsubscribe when the last one is gone; calls are not
-	// reference counted by the engine. Subscribe returns once every later
-	// publication of the stream will reach this node.
+	// reference counted by the engine. Neither waits for the store: every
+	// publication after a position of the stream that this node reads
+	// (History, Enter) once Subscribe has returned is delivered.
 	Subscribe(ctx context.Context, stream string) error
 	Unsubscribe(ctx context.Context, stream string) error
+
+	// Enter does, in one step (one round trip to a store), what a
+	// connection needs when it enters presence sets: for each entry, add
+	// the user to the set if asked (and announce them), count the set and
+	// list it when small, and read the position of a stream (and replay
+	// it after a given seq); and save the connection's session, when
+	// given. Entries are independent: an error fails the call, and then
+	// some entries may have been carried out (each is idempotent).
+	Enter(ctx context.Context, entries []Entry, save *Session, ttl time.Duration) ([]Entered, error)
 
 	// History returns retained publications of a stream. It never creates
 	// anything: reading a stream that does not exist returns its empty
@@ -218,6 +228,40 @@ type Engine interface {
 
 	// Close stops delivery and releases resources.
 	Close() error
+}
+
+// Entry is one presence set (and one stream) a connection enters: see
+// Engine.Enter.
+type Entry struct {
+	Set  string // a room, or "" for the users online anywhere
+	User string
+	// Add adds the user to the set, as PresenceAdd does (the user's first
+	// connection in it on this node); otherwise the set is only read.
+	Add bool
+	// Announce, when the user was newly added and the set then has at
+	// most AnnounceMax members, is published (ephemerally) with its Count
+	// set to the set's size: the presence join event, in the same step.
+	Announce    *Publication
+	AnnounceMax int
+	// List: the set's members are listed (sorted) when it has at most List
+	// of them; 0 never lists.
+	List int
+	// Stream, when not empty, is read: its position, and with Replay its
+	// publications after seq After (at most one history page).
+	Stream string
+	Replay bool
+	After  uint64
+}
+
+// Entered is what Enter found for one Entry.
+type Entered struct {
+	Added   bool     // the user was newly added to the set
+	Count   int      // the set's size afterwards
+	Members []string // the set's members, when Listed
+	Listed  bool
+	// History is the stream's position (Epoch, Top, Oldest) and, with
+	// Replay, the publications after After (oldest first).
+	History History
 }
 
 // Immediate is implemented by engines whose calls never wait for the

@@ -79,6 +79,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	svg := fs.String("svg", "", "sweep: write the chart to this file")
 	pprofAddr := fs.String("pprof", "", "serve the load generator's own /debug/pprof on this address while it runs (e.g. 127.0.0.1:6064)")
 	serverArgs := fs.String("server-args", "", "storm: extra arguments for the server it starts (e.g. \"--redis redis://127.0.0.1:6379/0\")")
+	fs.StringVar(&o.Redis, "redis", "", "the Redis the server uses (host:port or URL): also report Redis's CPU and commands per connection or message")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -172,6 +173,13 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%-11s conns=%-6d msgs=%-6d deliveries=%-8d lost=%-4d rss/conn=%.1fKiB cpu/conn=%.0fµs cpu/delivery=%.2fµs req/s=%.0f cpu/req=%.1fµs p50=%.1fms p99=%.1fms resumed=%d %.1fs\n",
 			r.Scenario, r.Conns, r.Messages, r.Deliveries, r.Lost, r.RSSPerConnKiB, r.CPUPerConnUS, r.CPUPerDelivUS,
 			r.PerSecond, r.CPUPerReqUS, r.P50MS, r.P99MS, r.Resumed, r.Seconds)
+		if o.Redis != "" {
+			fmt.Fprintf(stdout, "%-11s redis: cpu/conn=%.0fµs cmds/conn=%.1f cpu/message=%.1fµs cmds/message=%.1f cpu/delivery=%.3fµs\n",
+				"", r.RedisCPUPerConnUS, r.RedisCmdsPerConn, r.RedisCPUPerMsgUS, r.RedisCmdsPerMsg, r.RedisCPUPerDelivUS)
+		}
+		if r.ConnsPerSec > 0 {
+			fmt.Fprintf(stdout, "%-11s %.0f connections opened per second\n", "", r.ConnsPerSec)
+		}
 		line, _ := json.Marshal(r)
 		fmt.Fprintln(stdout, string(line))
 	}

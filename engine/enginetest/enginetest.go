@@ -484,6 +484,65 @@ func Run(t *testing.T, f Factory) {
 		}
 	})
 
+	t.Run("Enter", func(t *testing.T) {
+		e, c := start(t, f, 10)
+		e.Subscribe(ctx, "room:r")
+		for i := 1; i <= 3; i++ {
+			publish(t, e, "room:r", fmt.Sprint(i))
+		}
+		announce := func(user string) *engine.Publication {
+			return &engine.Publication{Stream: "room:r", Type: "presence", Room: "r", User: user, Action: "join"}
+		}
+		sess := &engine.Session{ID: "s1", User: "alice", Rooms: []string{"r"}}
+		got, err := e.Enter(ctx, []engine.Entry{
+			{Set: "", User: "alice", Add: true, Stream: "user:alice"},
+			{Set: "r", User: "alice", Add: true, Announce: announce("alice"), AnnounceMax: 5, List: 5,
+				Stream: "room:r", Replay: true, After: 1},
+		}, sess, time.Minute)
+		if err != nil || len(got) != 2 {
+			t.Fatalf("Enter = %+v, %v", got, err)
+		}
+		online, room := got[0], got[1]
+		if !online.Added || online.Count != 1 || online.History.Top != 0 || online.History.Epoch != "" || online.Listed {
+			t.Fatalf("the online entry = %+v", online)
+		}
+		if !room.Added || room.Count != 1 || !room.Listed || fmt.Sprint(room.Members) != "[alice]" {
+			t.Fatalf("the room entry = %+v", room)
+		}
+		if h := room.History; h.Top != 3 || h.Oldest != 1 || fmt.Sprint(seqs(h.Pubs)) != "[2 3]" || h.Epoch == "" {
+			t.Fatalf("the room's position and replay after 1 = %+v %v", h, seqs(h.Pubs))
+		}
+		if s, _ := e.LoadSession(ctx, "s1"); s == nil || fmt.Sprint(s.Rooms) != "[r]" {
+			t.Fatalf("the session was not saved along: %+v", s)
+		}
+		// The announcement went out once, with the count set.
+		all := c.Wait(t, "room:r", 4)
+		if p := all[3]; p.Type != "presence" || p.User != "alice" || p.Count != 1 || p.Seq != 0 {
+			t.Fatalf("announcement = %+v", p)
+		}
+		// Entering again (a second tab, a retry) adds and announces nothing;
+		// a set past AnnounceMax is not announced; List stops at its bound.
+		again, err := e.Enter(ctx, []engine.Entry{{Set: "r", User: "alice", Add: true, Announce: announce("alice"), AnnounceMax: 5, List: 5}}, nil, 0)
+		if err != nil || again[0].Added || again[0].Count != 1 {
+			t.Fatalf("entering again = %+v, %v", again, err)
+		}
+		for _, u := range []string{"b", "c", "d"} {
+			e.PresenceAdd(ctx, "r", u)
+		}
+		big, err := e.Enter(ctx, []engine.Entry{{Set: "r", User: "eve", Add: true, Announce: announce("eve"), AnnounceMax: 3, List: 3}}, nil, 0)
+		if err != nil || !big[0].Added || big[0].Count != 5 || big[0].Listed || big[0].Members != nil {
+			t.Fatalf("entering a set past the bounds = %+v, %v", big, err)
+		}
+		read, err := e.Enter(ctx, []engine.Entry{{Set: "r", User: "zoe", List: 10}}, nil, 0)
+		if err != nil || read[0].Added || read[0].Count != 5 || len(read[0].Members) != 5 {
+			t.Fatalf("reading without adding = %+v, %v", read, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		if n := c.count("room:r"); n != 4 {
+			t.Fatalf("%d deliveries: only alice's first entry is announced", n)
+		}
+	})
+
 	t.Run("ReadyAndClose", func(t *testing.T) {
 		e := f(t, Options{HistorySize: 5})
 		if err := e.Start(ctx, NewCollector()); err != nil {

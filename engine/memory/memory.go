@@ -464,6 +464,50 @@ func (e *Engine) PresenceCount(ctx context.Context, set string) (int, error) {
 	return len(e.sets[set]), nil
 }
 
+// Enter implements engine.Engine, entry by entry (nothing here waits).
+func (e *Engine) Enter(ctx context.Context, entries []engine.Entry, save *engine.Session, ttl time.Duration) ([]engine.Entered, error) {
+	e.mu.RLock()
+	closed := e.closed
+	e.mu.RUnlock()
+	if closed {
+		return nil, engine.ErrClosed
+	}
+	out := make([]engine.Entered, len(entries))
+	for i, en := range entries {
+		r := &out[i]
+		if en.Add {
+			r.Added, r.Count, _ = e.PresenceAdd(ctx, en.Set, en.User)
+			if r.Added && en.Announce != nil && r.Count <= en.AnnounceMax {
+				p := *en.Announce
+				p.Count = r.Count
+				e.Publish(ctx, &p, engine.PublishOptions{Ephemeral: true})
+			}
+		} else {
+			r.Count, _ = e.PresenceCount(ctx, en.Set)
+		}
+		if en.List > 0 && r.Count <= en.List {
+			r.Members, _ = e.PresenceMembers(ctx, en.Set, 0)
+			r.Listed = true
+		}
+		if en.Stream != "" {
+			q := engine.HistoryQuery{Latest: true, Limit: 1}
+			if en.Replay {
+				q = engine.HistoryQuery{After: en.After}
+			}
+			r.History, _ = e.History(ctx, en.Stream, q)
+			if !en.Replay {
+				r.History.Pubs = nil
+			}
+		}
+	}
+	if save != nil {
+		if err := e.SaveSession(ctx, save, ttl); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
 // Immediate marks the engine as engine.Immediate: no call waits for I/O.
 func (e *Engine) Immediate() {}
 

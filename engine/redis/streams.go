@@ -131,19 +131,36 @@ func (e *Engine) History(ctx context.Context, stream string, q engine.HistoryQue
 	if err != nil {
 		return engine.History{}, err
 	}
-	var h engine.History
-	if m, _ := res[0].ToArray(); len(m) == 2 {
-		top, _ := m[0].ToString()
-		h.Top, _ = strconv.ParseUint(top, 10, 64)
-		h.Epoch, _ = m[1].ToString()
-	}
-	h.Oldest = h.Top + 1
-	if low, _ := res[1].AsZScores(); len(low) == 1 {
-		h.Oldest = uint64(low[0].Score)
+	meta, _ := res[0].ToArray()
+	var low []string
+	if z, _ := res[1].AsZScores(); len(z) == 1 {
+		low = []string{z[0].Member, strconv.FormatFloat(z[0].Score, 'f', 0, 64)}
 	}
 	raw, _ := res[2].AsStrSlice()
+	h := e.history(meta, low, raw, q.Latest)
+	e.sub.noteBase(stream, h.Epoch, h.Top)
+	return h, nil
+}
+
+// history makes a History from what Redis answered: the meta hash's seq
+// and epoch, the oldest retained entry (member, score) if any, and a page
+// of publications (newest first when latest). Publications older than
+// HistoryTTL are not retained any more, whatever the zset still holds.
+func (e *Engine) history(meta []rueidis.RedisMessage, low, page []string, latest bool) engine.History {
+	var h engine.History
+	if len(meta) == 2 {
+		top, _ := meta[0].ToString()
+		h.Top, _ = strconv.ParseUint(top, 10, 64)
+		h.Epoch, _ = meta[1].ToString()
+	}
+	h.Oldest = h.Top + 1
+	if len(low) == 2 {
+		if oldest, err := strconv.ParseUint(low[1], 10, 64); err == nil {
+			h.Oldest = oldest
+		}
+	}
 	cut := time.Now().Add(-e.cfg.HistoryTTL).UnixMilli()
-	for _, r := range raw {
+	for _, r := range page {
 		var p engine.Publication
 		if json.Unmarshal([]byte(r), &p) != nil {
 			continue
@@ -156,8 +173,10 @@ func (e *Engine) History(ctx context.Context, stream string, q engine.HistoryQue
 		}
 		h.Pubs = append(h.Pubs, &p)
 	}
-	if q.Latest {
+	if latest {
 		sort.Slice(h.Pubs, func(i, j int) bool { return h.Pubs[i].Seq < h.Pubs[j].Seq })
 	}
-	return h, nil
+	return h
 }
+
+func sortStrings(s []string) { sort.Strings(s) }

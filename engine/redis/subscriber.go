@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,10 +18,18 @@ import (
 // The subscriber owns the node's pub/sub connection and turns what it
 // brings into gap-free deliveries.
 //
-//   - One dedicated connection carries every SUBSCRIBE. When it breaks, or
-//     when the end-to-end probe finds it silent (a half-open connection
-//     that TCP would not report for minutes), it is replaced, every stream
-//     is subscribed again, and every stream is checked for a gap.
+//   - One dedicated connection carries one pattern subscription to every
+//     stream's channel (P{*}:ch) and the probe's channel. A stream is
+//     "subscribed" locally: Subscribe and Unsubscribe only add and drop the
+//     stream's state, with no round trip to Redis, so setting up a
+//     connection never waits for a SUBSCRIBE, and a replaced pub/sub
+//     connection resubscribes two channels, not one per stream. What a
+//     node receives for streams it does not serve is dropped on arrival
+//     (one map lookup). The cost: every node receives every publication of
+//     the cluster (docs/operations.md, Capacity).
+//   - When the connection breaks, or when the end-to-end probe finds it
+//     silent (a half-open connection that TCP would not report for
+//     minutes), it is replaced and every stream is checked for a gap.
 //   - Each stream has its own queue and, while the queue is not empty, a
 //     goroutine that delivers it (drain): a stream that is being filled
 //     from history holds up only itself, and a quiet stream costs nothing.
@@ -31,9 +40,8 @@ import (
 //     reported to the node (Handler.Lost), never skipped in silence.
 
 const (
-	subscribeBatch = 500    // channels per SUBSCRIBE when (re)subscribing everything
-	maxQueued      = 100000 // messages a stream may queue while it is being filled
-	maxFills       = 64     // gap fills running at once (after a reconnect, every stream checks)
+	maxQueued = 100000 // messages a stream may queue while it is being filled
+	maxFills  = 64     // gap fills running at once (after a reconnect, every stream checks)
 )
 
 type subscriber struct {
@@ -42,7 +50,6 @@ type subscriber struct {
 	mu      sync.RWMutex
 	streams map[string]*subStream   // by channel
 	dc      rueidis.DedicatedClient // the current pub/sub connection; nil while there is none
-	gen     uint64                  // counts connections: a confirmation counts only for the current one
 	closed  bool
 
 	reset chan struct{} // the probe asks run to replace the connection
@@ -61,16 +68,21 @@ type subStream struct {
 	s       *subscriber
 	name    string
 	channel string
-	waiters []chan struct{} // Subscribe calls waiting for a confirmation; guarded by s.mu
 
 	mu      sync.Mutex
 	q       []qItem
 	running bool // a drain goroutine owns delivery
 	gone    bool // unsubscribed: deliver nothing more
-	// The position delivered so far. Only the drain goroutine changes it
-	// after Subscribe has set the base.
-	epoch string
-	last  uint64
+	// (epoch, last) is the position delivered so far; known says there is
+	// one. Before the first delivery it is the lowest position of the
+	// stream this node has read since Subscribe (noteBase): every reader
+	// on the node read its own position after Subscribe, so nothing after
+	// the lowest of them may be missed; the first publication delivered
+	// then takes over (delivered).
+	epoch     string
+	last      uint64
+	known     bool
+	delivered bool
 }
 
 // qItem is a raw publication from the channel, or a request to check the
@@ -85,7 +97,8 @@ func newSubscriber(e *Engine) *subscriber {
 		probes: map[string]chan struct{}{}, fills: make(chan struct{}, maxFills), up: make(chan struct{})}
 }
 
-// run keeps one pub/sub connection up, subscribed to every stream.
+// run keeps one pub/sub connection up, subscribed to every stream's
+// channel (a pattern) and the probe's.
 func (s *subscriber) run() {
 	e := s.e
 	defer e.wg.Done()
@@ -105,18 +118,24 @@ func (s *subscriber) run() {
 			return
 		}
 		s.dc = dc
-		s.gen++
-		gen := s.gen
-		all := make([]*subStream, 0, len(s.streams))
-		for _, st := range s.streams {
-			all = append(all, st)
-		}
 		s.mu.Unlock()
 
-		err := s.subscribeAll(dc, gen, all)
+		ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+		e.stats.commands.Add(2)
+		err := dc.Do(ctx, dc.B().Subscribe().Channel(e.probeChannel()).Build()).Error()
+		if err == nil {
+			err = dc.Do(ctx, dc.B().Psubscribe().Pattern(e.streamPattern()).Build()).Error()
+		}
+		cancel()
 		if err == nil {
 			if !first {
 				e.stats.reconnects.Add(1)
+				s.mu.RLock()
+				all := make([]*subStream, 0, len(s.streams))
+				for _, st := range s.streams {
+					all = append(all, st)
+				}
+				s.mu.RUnlock()
 				e.log.Info("redis pub/sub subscribed again; checking every stream for a gap", "streams", len(all))
 				for _, st := range all {
 					st.push(qItem{fill: true})
@@ -153,44 +172,17 @@ func (s *subscriber) run() {
 	}
 }
 
-// subscribeAll subscribes the probe channel and every stream on a new
-// connection, in batches, and wakes the Subscribe calls that wait for them.
-func (s *subscriber) subscribeAll(dc rueidis.DedicatedClient, gen uint64, all []*subStream) error {
-	e := s.e
-	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
-	defer cancel()
-	if err := dc.Do(ctx, dc.B().Subscribe().Channel(e.probeChannel()).Build()).Error(); err != nil {
-		return err
-	}
-	for len(all) > 0 {
-		n := min(len(all), subscribeBatch)
-		chans := make([]string, n)
-		for i, st := range all[:n] {
-			chans[i] = st.channel
+// streamPattern matches every stream's channel of this engine's prefix,
+// with the prefix's own glob characters escaped.
+func (e *Engine) streamPattern() string {
+	var b strings.Builder
+	for _, r := range e.cfg.Prefix {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
 		}
-		if err := dc.Do(ctx, dc.B().Subscribe().Channel(chans...).Build()).Error(); err != nil {
-			return err
-		}
-		s.confirm(gen, all[:n])
-		all = all[n:]
+		b.WriteRune(r)
 	}
-	return nil
-}
-
-// confirm wakes the Subscribe calls waiting for streams subscribed on
-// connection gen, if it is still the current one.
-func (s *subscriber) confirm(gen uint64, sts []*subStream) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if gen != s.gen || s.dc == nil {
-		return
-	}
-	for _, st := range sts {
-		for _, w := range st.waiters {
-			close(w)
-		}
-		st.waiters = nil
-	}
+	return b.String() + "{*}:ch"
 }
 
 // onMessage is rueidis's hook: called for each message, one at a time, in
@@ -213,86 +205,51 @@ func (s *subscriber) onMessage(m rueidis.PubSubMessage) {
 	}
 }
 
-// Subscribe implements engine.Engine. The stream's position is read
-// before the SUBSCRIBE: whatever is published between the two is missed
-// by the channel but found as a gap by the next message and filled, so
-// nothing after the position is skipped.
+// Subscribe implements engine.Engine. It only starts keeping the
+// stream's state: the pattern subscription already brings its channel.
 func (e *Engine) Subscribe(ctx context.Context, stream string) error {
 	s := e.sub
-	var base []string
-	err := e.idempotent(ctx, "subscribe", func() error {
-		e.stats.commands.Add(1)
-		vals, err := e.client.Do(ctx, e.client.B().Hmget().Key(e.meta(stream)).Field("seq", "epoch").Build()).ToArray()
-		if err != nil {
-			return err
-		}
-		base = make([]string, len(vals))
-		for i, v := range vals {
-			base[i], _ = v.ToString()
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
 	ch := e.channel(stream)
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closed {
-		s.mu.Unlock()
 		return engine.ErrClosed
 	}
-	st := s.streams[ch]
-	if st == nil {
-		st = &subStream{s: s, name: stream, channel: ch}
-		if len(base) == 2 {
-			fmt.Sscan(base[0], &st.last)
-			st.epoch = base[1]
-		}
-		s.streams[ch] = st
+	if s.streams[ch] == nil {
+		s.streams[ch] = &subStream{s: s, name: stream, channel: ch}
 	}
-	w := make(chan struct{})
-	st.waiters = append(st.waiters, w)
-	dc, gen := s.dc, s.gen
-	s.mu.Unlock()
-	if dc != nil {
-		e.stats.commands.Add(1)
-		if dc.Do(ctx, dc.B().Subscribe().Channel(ch).Build()).Error() == nil {
-			s.confirm(gen, []*subStream{st})
-		}
-		// On failure the connection is broken: run subscribes the stream
-		// on the next one and wakes this call then.
-	}
-	select {
-	case <-w:
-		return nil
-	case <-ctx.Done():
-		s.mu.Lock()
-		if s.streams[ch] == st {
-			delete(s.streams, ch)
-		}
-		s.mu.Unlock()
-		st.stop()
-		return fmt.Errorf("%w: redis subscribe: %v", engine.ErrUnavailable, ctx.Err())
-	}
+	return nil
 }
 
-// Unsubscribe implements engine.Engine.
+// Unsubscribe implements engine.Engine: the stream's state is dropped, and
+// what arrives for it afterwards with it.
 func (e *Engine) Unsubscribe(ctx context.Context, stream string) error {
 	s := e.sub
 	ch := e.channel(stream)
 	s.mu.Lock()
 	st := s.streams[ch]
 	delete(s.streams, ch)
-	dc := s.dc
 	s.mu.Unlock()
 	if st != nil {
 		st.stop()
 	}
-	if dc == nil {
-		return nil // no connection, no subscription: the next one will not subscribe it
+	return nil
+}
+
+// noteBase records a position of stream that this node read: before the
+// stream's first delivery, the lowest one is where deliveries must start.
+func (s *subscriber) noteBase(stream, epoch string, top uint64) {
+	s.mu.RLock()
+	st := s.streams[s.e.channel(stream)]
+	s.mu.RUnlock()
+	if st == nil {
+		return
 	}
-	e.stats.commands.Add(1)
-	return unavailable("unsubscribe", dc.Do(ctx, dc.B().Unsubscribe().Channel(ch).Build()).Error())
+	st.mu.Lock()
+	if !st.delivered && (!st.known || epoch == st.epoch && top < st.last) {
+		st.epoch, st.last, st.known = epoch, top, true
+	}
+	st.mu.Unlock()
 }
 
 func (s *subscriber) close() {
@@ -382,16 +339,17 @@ func (st *subStream) drain() {
 	}
 }
 
-// position returns what has been delivered so far.
-func (st *subStream) position() (string, uint64) {
+// position returns what has been delivered so far (or the base), and
+// whether there is one.
+func (st *subStream) position() (string, uint64, bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return st.epoch, st.last
+	return st.epoch, st.last, st.known
 }
 
 func (st *subStream) advance(epoch string, seq uint64) {
 	st.mu.Lock()
-	st.epoch, st.last = epoch, seq
+	st.epoch, st.last, st.known, st.delivered = epoch, seq, true, true
 	st.mu.Unlock()
 }
 
@@ -413,14 +371,15 @@ func (st *subStream) accept(p *engine.Publication) {
 		h.Deliver(p)
 		return
 	}
-	epoch, last := st.position()
+	epoch, last, known := st.position()
 	switch {
+	case !known: // no reader has read a position yet: the first one delivered is where we are
 	case follows(p, epoch, last):
 	case p.Epoch == epoch && p.Seq <= last:
 		return // delivered already
 	case p.Epoch == epoch || epoch == "" && last == 0:
 		st.fill(p.Seq - 1)
-		epoch, last = st.position()
+		epoch, last, _ = st.position()
 		if !follows(p, epoch, last) && !(p.Epoch == epoch && p.Seq > last) {
 			return // the fill delivered it, or history was lost and p is behind the new position
 		}
@@ -457,7 +416,10 @@ func (st *subStream) fill(upTo uint64) {
 		if gone {
 			return
 		}
-		epoch, last := st.position()
+		epoch, last, known := st.position()
+		if !known {
+			return // nothing read nor delivered yet: nothing can have been missed
+		}
 		ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
 		h, err := e.History(ctx, st.name, engine.HistoryQuery{After: last, Limit: e.cfg.HistorySize})
 		cancel()
@@ -473,14 +435,14 @@ func (st *subStream) fill(upTo uint64) {
 			return
 		}
 		for _, p := range h.Pubs {
-			if ep, l := st.position(); !follows(p, ep, l) {
+			if ep, l, _ := st.position(); !follows(p, ep, l) {
 				continue
 			}
 			st.advance(p.Epoch, p.Seq)
 			e.handler.Deliver(p)
 			filled++
 		}
-		_, last = st.position()
+		_, last, _ = st.position()
 		if last >= h.Top || upTo > 0 && last >= upTo {
 			return
 		}
@@ -496,7 +458,7 @@ func (st *subStream) fill(upTo uint64) {
 func (st *subStream) lost(epoch string, top uint64, why string) {
 	e := st.s.e
 	e.stats.lost.Add(1)
-	from, last := st.position()
+	from, last, _ := st.position()
 	e.log.Warn("stream deliveries lost: its readers must recover", "stream", st.name, "why", why,
 		"from_epoch", from, "from_seq", last, "epoch", epoch, "top", top)
 	st.advance(epoch, top)

@@ -43,6 +43,10 @@ type Options struct {
 	Frozen      int           // fanout --rate: members that join and then never read again
 	Progress    io.Writer     // progress lines; nil = silent
 	AllowRemote bool          // permit a non-loopback target
+	// Redis is the address of the Redis the server uses (host:port or a
+	// redis:// URL), to report Redis's CPU and commands per connection or
+	// per message beside the server's; empty: not measured.
+	Redis string
 
 	urls   []string // URL split at commas, set by check
 	spread bool     // the scenario opens connections from several processes (idle)
@@ -75,6 +79,16 @@ type Result struct {
 	P50MS         float64 `json:"p50_ms,omitempty"`
 	P99MS         float64 `json:"p99_ms,omitempty"`
 	ServerRSSMiB  float64 `json:"server_rss_mib,omitempty"`
+	// ConnsPerSec is idle's connections opened per second (set-up and
+	// welcome included), over the time to open them all.
+	ConnsPerSec float64 `json:"conns_per_second,omitempty"`
+	// Redis's CPU and commands (--redis) per connection set-up (idle), per
+	// published message (fanout, direct) and per delivered message.
+	RedisCPUPerConnUS  float64 `json:"redis_cpu_per_conn_us,omitempty"`
+	RedisCmdsPerConn   float64 `json:"redis_cmds_per_conn,omitempty"`
+	RedisCPUPerMsgUS   float64 `json:"redis_cpu_per_message_us,omitempty"`
+	RedisCmdsPerMsg    float64 `json:"redis_cmds_per_message,omitempty"`
+	RedisCPUPerDelivUS float64 `json:"redis_cpu_per_delivery_us,omitempty"`
 }
 
 // DefaultSources are the loopback addresses connections are spread over,
@@ -317,7 +331,9 @@ func Idle(ctx context.Context, o Options, self string) (Result, error) {
 		return Result{}, err
 	}
 	n := float64(o.Conns)
-	r := Result{Scenario: "idle", Conns: o.Conns, Procs: procs, Servers: len(o.urls), Seconds: time.Since(start).Seconds()}
+	r := Result{Scenario: "idle", Conns: o.Conns, Procs: procs, Servers: len(o.urls), Seconds: time.Since(start).Seconds(),
+		ConnsPerSec: n / connected.at.Sub(start).Seconds()}
+	o.redisPerUnit(before, connected, int64(o.Conns), &r.RedisCPUPerConnUS, &r.RedisCmdsPerConn)
 	if len(o.PIDs) > 0 {
 		r.RSSPerConnKiB = float64(after.rss-before.rss) / 1024 / n
 		r.CPUPerConnUS = (connected.cpu - before.cpu).Seconds() * 1e6 / n
@@ -393,6 +409,8 @@ func Fanout(ctx context.Context, o Options) (Result, error) {
 		Lost: want - delivered.Load(), Seconds: elapsed.Seconds()}
 	// The publisher is a member too: the server delivers Conns+1 copies.
 	r.CPUPerDelivUS = r.serverCPU(len(o.PIDs) > 0, before, after, int64(o.Messages*(o.Conns+1)))
+	o.redisPerUnit(before, after, int64(o.Messages), &r.RedisCPUPerMsgUS, &r.RedisCmdsPerMsg)
+	r.RedisCPUPerDelivUS = r.RedisCPUPerMsgUS / float64(o.Conns+1)
 	r.P50MS, r.P99MS = lat.percentiles()
 	return r, nil
 }
@@ -423,13 +441,22 @@ func drain(done func() bool) {
 }
 
 type procStat struct {
+	at                  time.Time     // when read
+	redisCPU            time.Duration // Redis's (Options.Redis), when measured
+	redisCmds           int64
 	cpu time.Duration // user + system
 	rss int64         // bytes
 }
 
 // readServers sums the CPU time and RSS of the server processes.
 func (o *Options) readServers() (procStat, error) {
-	var sum procStat
+	sum := procStat{at: time.Now()}
+	if o.Redis != "" {
+		var err error
+		if sum.redisCPU, sum.redisCmds, err = redisStats(o.Redis); err != nil {
+			return sum, err
+		}
+	}
 	for _, pid := range o.PIDs {
 		p, err := readProc(pid)
 		if err != nil {

@@ -219,6 +219,8 @@ func FanoutRate(ctx context.Context, o Options) (Result, error) {
 	r := Result{Scenario: "fanout-rate", Conns: o.Conns, Rate: o.Rate, Messages: sent, Deliveries: delivered.Load(),
 		Lost: max(0, want-delivered.Load()), Seconds: elapsed.Seconds(), Frozen: o.Frozen}
 	r.CPUPerDelivUS = r.serverCPU(len(o.PIDs) > 0, before, after, int64(sent*(o.Conns+1)))
+	o.redisPerUnit(before, after, int64(sent), &r.RedisCPUPerMsgUS, &r.RedisCmdsPerMsg)
+	r.RedisCPUPerDelivUS = r.RedisCPUPerMsgUS / float64(o.Conns+1)
 	r.P50MS, r.P99MS = lat.percentiles()
 	return r, nil
 }
@@ -285,6 +287,7 @@ func Direct(ctx context.Context, o Options) (Result, error) {
 	r := Result{Scenario: "direct", Conns: o.Conns, Rate: o.Rate, Messages: int(sent.Load()), Deliveries: delivered.Load(),
 		Lost: sent.Load() - delivered.Load(), Seconds: elapsed.Seconds(), PerSecond: float64(delivered.Load()) / elapsed.Seconds()}
 	r.CPUPerReqUS = r.serverCPU(len(o.PIDs) > 0, before, after, sent.Load())
+	o.redisPerUnit(before, after, sent.Load(), &r.RedisCPUPerMsgUS, &r.RedisCmdsPerMsg)
 	r.P50MS, r.P99MS = lat.percentiles()
 	return r, nil
 }
