@@ -441,11 +441,11 @@ func drain(done func() bool) {
 }
 
 type procStat struct {
-	at                  time.Time     // when read
-	redisCPU            time.Duration // Redis's (Options.Redis), when measured
-	redisCmds           int64
-	cpu time.Duration // user + system
-	rss int64         // bytes
+	at        time.Time     // when read
+	redisCPU  time.Duration // Redis's (Options.Redis), when measured
+	redisCmds int64
+	cpu       time.Duration // user + system
+	rss       int64         // bytes
 }
 
 // readServers sums the CPU time and RSS of the server processes.
