@@ -172,6 +172,7 @@ type Client struct {
 	user        string
 	session     string
 	rooms       []string
+	asked       []string        // the rooms the current attempt asked for in its URL (?rooms=)
 	positions   map[string]pos  // "room:NAME" / "inbox" -> last received
 	joinedAt    map[string]pos  // room -> position from the join reply
 	seenIDs     *idSet          // (stream, from, client id) of recent messages: the third line of defence
@@ -668,8 +669,10 @@ func (c *Client) run() {
 	}
 }
 
-// attemptURL is the URL of the next attempt: the user, the token, and the
-// session and positions to resume from.
+// attemptURL is the URL of the next attempt: the user, the token, the
+// session and positions to resume from, and the rooms to be in (joined in
+// the same step as the connection, with what was missed in each replayed:
+// this also brings back the rooms of a session that expired).
 func (c *Client) attemptURL() string {
 	u, _ := url.Parse(c.url)
 	q := u.Query()
@@ -690,6 +693,10 @@ func (c *Client) attemptURL() string {
 			key = stream[len("room:"):]
 		}
 		since[key] = [2]any{p.Epoch, p.Seq}
+	}
+	c.asked = append(c.asked[:0], c.rooms...)
+	if len(c.asked) > 0 {
+		q.Set("rooms", strings.Join(c.asked, ","))
 	}
 	c.mu.Unlock()
 	if len(since) > 0 {
@@ -779,7 +786,10 @@ func (c *Client) connectOnce() (CloseInfo, bool) {
 	}
 	var rejoin []string
 	for _, r := range c.rooms {
-		if !contains(w.Rooms, r) && !c.outboxJoinsLocked(r) {
+		// A room this attempt asked for and did not get was refused (an
+		// error event says why): asking again by command would only
+		// repeat the refusal.
+		if !contains(w.Rooms, r) && !c.outboxJoinsLocked(r) && !contains(c.asked, r) {
 			rejoin = append(rejoin, r)
 		}
 	}

@@ -255,12 +255,16 @@ type Entry struct {
 
 // Entered is what Enter found for one Entry.
 type Entered struct {
-	Added   bool     // the user was newly added to the set
+	// Added: the user was newly added to the set (and announced). A retry
+	// after a lost reply finds them added by its first attempt, which
+	// announced them: false then.
+	Added   bool
 	Count   int      // the set's size afterwards
 	Members []string // the set's members, when Listed
 	Listed  bool
-	// History is the stream's position (Epoch, Top, Oldest) and, with
-	// Replay, the publications after After (oldest first).
+	// History is the stream's position (Epoch, Top) and, with Replay, its
+	// oldest retained seq (Oldest; 0 without Replay) and the publications
+	// after After, oldest first.
 	History History
 }
 

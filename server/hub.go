@@ -24,15 +24,18 @@ import (
 //
 // Locks, in the order they may be taken:
 //
-//	keyLock(stream)  serializes membership changes of one room or user with
-//	                 the engine calls they cause (Subscribe, presence,
-//	                 presence events), so "first tab in" and "last tab out"
-//	                 decisions and their engine effects never interleave.
-//	                 One mutex per key (keylock.go): different users and
-//	                 rooms never wait for each other.
-//	presenceLock(room, user)
-//	                 orders one user's presence updates in one room; in a
-//	                 big room a join holds only this one for its engine call.
+//	keyLock(stream)  serializes membership changes of one room or user on
+//	                 this node: "first tab in" and "last tab out" are
+//	                 decided under it. One mutex per key (keylock.go):
+//	                 different users and rooms never wait for each other.
+//	                 A join or set-up lets it go before its engine call
+//	                 (enter.go); a leave holds it across its own.
+//	presenceLock(set, user)
+//	                 orders one user's presence updates in one set (a room,
+//	                 or "" for online): a first holder's Enter and a last
+//	                 holder's removal. A leave takes it before it lets the
+//	                 key lock go; a set-up takes those of every set it
+//	                 newly enters, sorted, holding no key lock.
 //	hub.mu           guards the maps below; held only briefly, never across
 //	                 an engine call. Delivery holds it for reading.
 //	Conn.mu          guards one connection's send queue.
@@ -56,8 +59,6 @@ type hub struct {
 	membersMu      sync.Mutex
 	members        map[string]cachedMembers // big rooms' listed users, encoded
 	membersLoading map[string]*membersLoad  // reads of big rooms in flight
-	sizes          map[string]roomSize      // big rooms' sizes, for knownBig
-	bigRooms       atomic.Int32             // len(sizes), read without membersMu
 }
 
 // cachedMembers is a big room's user list (at most MembersMax), encoded.
@@ -106,7 +107,6 @@ func (h *hub) loadBigRoom(ctx context.Context, room string, count int) (cachedMe
 	if err == nil {
 		b, _ := json.Marshal(users)
 		l.m = cachedMembers{json: b, n: len(users), count: max(count, len(users)), at: time.Now()}
-		h.noteSize(room, l.m.count)
 	}
 	l.err = err
 	h.membersMu.Lock()
@@ -295,40 +295,6 @@ func encodePublication(p *engine.Publication) []byte {
 
 func chatOf(p *engine.Publication) protocol.Chat {
 	return protocol.Chat{Room: p.Room, From: p.From, Text: p.Text, Seq: p.Seq, Epoch: p.Epoch, ID: p.ClientID, TS: p.TS}
-}
-
-// register adds a new connection and its user; the user's first holder
-// subscribes to their inbox and puts them online, and gets the number of
-// users online back (-1 for the others: the caller asks the engine).
-func (h *hub) register(ctx context.Context, c *Conn) (online int, err error) {
-	stream := engine.UserStream(c.user)
-	kl := h.keyLock(stream)
-	kl.Lock()
-	defer kl.Unlock()
-	h.mu.Lock()
-	u := h.users[c.user]
-	first := u == nil
-	if first {
-		u = &userConns{}
-		h.users[c.user] = u
-	}
-	u.conns = append(u.conns, c)
-	h.all[c] = struct{}{}
-	h.mu.Unlock()
-	if !first {
-		return -1, nil
-	}
-	if err := h.srv.eng.Subscribe(ctx, stream); err != nil {
-		h.dropConnOfUser(c, false)
-		return 0, err
-	}
-	_, online, err = h.srv.eng.PresenceAdd(ctx, "", c.user)
-	if err != nil {
-		h.dropConnOfUser(c, false)
-		h.srv.eng.Unsubscribe(ctx, stream)
-		return 0, err
-	}
-	return online, nil
 }
 
 // dropConnOfUser removes c from its user's connections, leaving a ghost in
@@ -573,157 +539,11 @@ type roomPos struct {
 	top   uint64
 }
 
-// join puts c in room. Joining a room twice is not an error. It returns
-// the room's position read once c is a member and the room is subscribed:
-// every message after it reaches c, and every message up to it that c is
-// sent is queued before the reply that carries the position, so a client
-// that resumes from it misses nothing.
-func (h *hub) join(ctx context.Context, c *Conn, name string) (roomPos, error) {
-	if c.claims != nil && !c.claims.MayJoin(name) {
-		return roomPos{}, &protocol.Error{Code: protocol.ErrForbiddenRoom, Message: "your token does not allow room " + name}
-	}
-	stream := engine.RoomStream(name)
-	if err := h.enter(ctx, c, name, stream); err != nil {
-		return roomPos{}, err
-	}
-	// The position is read after c is in the room and the stream is
-	// subscribed: whatever is published after it reaches c live. It needs
-	// no lock, so joins of one room wait for each other only for the
-	// presence update.
-	return h.position(ctx, stream)
-}
-
-// enter puts c in room name (a no-op if it is in already), subscribing
-// the node to the room's stream for its first member and adding the user
-// to the room's presence for their first tab.
-func (h *hub) enter(ctx context.Context, c *Conn, name, stream string) error {
-	kl := h.keyLock(stream)
-	kl.Lock()
-	h.mu.Lock()
-	if _, in := c.rooms[name]; in {
-		h.mu.Unlock()
-		kl.Unlock()
-		return nil
-	}
-	if len(c.rooms) >= h.srv.cfg.MaxRoomsPerConn {
-		h.mu.Unlock()
-		kl.Unlock()
-		return &protocol.Error{Code: protocol.ErrTooManyRooms, Message: "room limit per connection reached; leave a room first"}
-	}
-	r := h.rooms[name]
-	newRoom := r == nil
-	if newRoom {
-		r = &room{index: make(map[*Conn]int), users: make(map[string]int)}
-		h.rooms[name] = r
-	}
-	r.index[c] = len(r.conns)
-	r.conns = append(r.conns, c)
-	r.users[c.user]++
-	firstTab := r.users[c.user] == 1
-	c.rooms[name] = struct{}{}
-	h.mu.Unlock()
-
-	eng := h.srv.eng
-	if newRoom {
-		if err := eng.Subscribe(ctx, stream); err != nil {
-			perr := h.srv.engineFailed("subscribe", err)
-			h.mu.Lock()
-			if i, in := r.index[c]; in {
-				r.removeConn(c, i)
-			}
-			delete(c.rooms, name)
-			h.releaseHolderLocked(name, r, c.user)
-			h.mu.Unlock()
-			kl.Unlock()
-			return perr
-		}
-	}
-	if !firstTab {
-		kl.Unlock()
-		return nil
-	}
-	pl := h.presenceLock(name, c.user)
-	pl.Lock()
-	defer pl.Unlock()
-	if h.knownBig(name) {
-		// A big room's joins publish no event of their own (its count is
-		// coalesced), so there is no order among them to keep: the room is
-		// let go before the engine call, and thousands of clients resuming
-		// into one room at once do not queue behind each other's presence
-		// update. The user's presence lock still orders it against their
-		// last tab leaving (afterRelease).
-		kl.Unlock()
-	} else {
-		defer kl.Unlock()
-	}
-	added, n, err := eng.PresenceAdd(ctx, name, c.user)
-	if err != nil {
-		h.srv.log.Warn("presence add failed", "room", name, "user", c.user, "err", err)
-		return nil // the member is in; presence catches up on the next change
-	}
-	h.noteSize(name, n)
-	if added {
-		h.presenceChanged(ctx, name, c.user, protocol.PresenceJoin, n)
-	}
-	return nil
-}
-
 // presenceLock orders one user's presence updates in one room: their
 // first tab joining and their last tab leaving. It is taken after the
 // room's key lock.
 func (h *hub) presenceLock(room, user string) keyLock[roomUser] {
 	return h.presenceKeys.get(roomUser{room, user})
-}
-
-// knownBig reports whether room was past twice PresenceEventsMax users at
-// the last reading of its size (at most PresenceInterval ago): far enough
-// past it that a join cannot bring it back to per-user events. Every
-// presence update of the room reads its size, so while clients pour into
-// a big room it stays known.
-func (h *hub) knownBig(room string) bool {
-	max := h.srv.cfg.PresenceEventsMax
-	if max < 0 || h.bigRooms.Load() == 0 {
-		return false
-	}
-	h.membersMu.Lock()
-	sz, ok := h.sizes[room]
-	h.membersMu.Unlock()
-	return ok && sz.n > 2*max && time.Since(sz.at) < h.srv.cfg.PresenceInterval
-}
-
-// noteSize records a room's size as the engine just told it, for
-// knownBig. Only big rooms' sizes are kept: a node whose rooms are all
-// small takes no lock here on a join.
-func (h *hub) noteSize(room string, n int) {
-	max := h.srv.cfg.PresenceEventsMax
-	if max < 0 || n <= max && h.bigRooms.Load() == 0 {
-		return
-	}
-	h.membersMu.Lock()
-	if n > max {
-		if h.sizes == nil {
-			h.sizes = make(map[string]roomSize)
-		}
-		h.sizes[room] = roomSize{n: n, at: time.Now()}
-	} else {
-		delete(h.sizes, room)
-	}
-	h.bigRooms.Store(int32(len(h.sizes)))
-	h.membersMu.Unlock()
-}
-
-// roomSize is a room's size when last read.
-type roomSize struct {
-	n  int
-	at time.Time
-}
-
-func (h *hub) position(ctx context.Context, stream string) (roomPos, error) {
-	hist, err := h.srv.eng.History(ctx, stream, engine.HistoryQuery{Latest: true, Limit: 1})
-	if err != nil {
-		return roomPos{}, h.srv.engineFailed("position", err)
-	}
-	return roomPos{epoch: hist.Epoch, top: hist.Top}, nil
 }
 
 // leave takes c out of room. Leaving a room c is not in does nothing (a
@@ -793,7 +613,6 @@ func (h *hub) afterRelease(ctx context.Context, name, user string, lastTab, empt
 		h.srv.log.Warn("presence remove failed", "room", name, "user", user, "err", err)
 		return
 	}
-	h.noteSize(name, n)
 	if removed {
 		h.presenceChanged(ctx, name, user, protocol.PresenceLeave, n)
 	}
@@ -820,12 +639,6 @@ func (h *hub) flushPresence(ctx context.Context) {
 			delete(h.members, room)
 		}
 	}
-	for room, sz := range h.sizes {
-		if time.Since(sz.at) > h.srv.cfg.PresenceInterval {
-			delete(h.sizes, room)
-		}
-	}
-	h.bigRooms.Store(int32(len(h.sizes)))
 	h.membersMu.Unlock()
 	h.mu.Lock()
 	if len(h.dirty) == 0 {
@@ -844,7 +657,6 @@ func (h *hub) flushPresence(ctx context.Context) {
 			h.srv.log.Warn("presence count failed", "room", r, "err", err)
 			continue
 		}
-		h.noteSize(r, n)
 		h.publishPresence(ctx, r, "", protocol.PresenceCount, n)
 	}
 }

@@ -239,14 +239,13 @@ func (c *Conn) handle(cmd protocol.Command) {
 	case protocol.TypeHistory:
 		c.history(ctx, cmd)
 	case protocol.TypeJoin:
-		pos, err := h.join(ctx, c, cmd.Room)
+		en, err := h.join(ctx, c, cmd.Room) // saves the session too
 		if err != nil {
 			c.fail(cmd.ID, err)
 			return
 		}
-		c.srv.saveSession(ctx, c)
 		c.ack(cmd.ID, 0)
-		c.sendMembers(ctx, "", cmd.Room, pos)
+		c.sendMembers(ctx, "", cmd.Room, en)
 	case protocol.TypeLeave:
 		if err := h.leave(ctx, c, cmd.Room); err != nil {
 			c.fail(cmd.ID, err)
@@ -308,12 +307,12 @@ func (c *Conn) who(ctx context.Context, cmd protocol.Command) {
 		c.fail(cmd.ID, notMember(cmd.Room))
 		return
 	}
-	pos, err := c.srv.hub.position(ctx, engine.RoomStream(cmd.Room))
+	en, err := c.srv.hub.look(ctx, c, cmd.Room)
 	if err != nil {
 		c.fail(cmd.ID, err)
 		return
 	}
-	c.sendMembers(ctx, cmd.ID, cmd.Room, pos)
+	c.sendMembers(ctx, cmd.ID, cmd.Room, en)
 }
 
 func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
@@ -333,48 +332,6 @@ func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
 		page.Messages = append(page.Messages, chatOf(p))
 	}
 	c.send(protocol.Encode(protocol.TypeHistory, cmd.ID, page))
-}
-
-// sendMembers sends a room's members; id is the `who` it answers, if any.
-//
-// In a big room (more than PresenceEventsMax users, where presence is
-// coalesced anyway) the listed users and the count come from a per-room
-// cache refreshed at most once per PresenceInterval, encoded once: 10,000
-// members joining do not each count, collect, sort and encode the same list.
-func (c *Conn) sendMembers(ctx context.Context, id, room string, pos roomPos) {
-	eng, cfg := c.srv.eng, &c.srv.cfg
-	if m, fresh := c.srv.hub.cachedBigRoom(room); fresh {
-		c.send(membersFrame(id, room, m, m.count, pos))
-		return
-	}
-	n, err := eng.PresenceCount(ctx, room)
-	if err != nil {
-		c.fail(id, c.srv.engineFailed("members", err))
-		return
-	}
-	if max := cfg.PresenceEventsMax; max < 0 || n <= max {
-		users, err := eng.PresenceMembers(ctx, room, cfg.MembersMax)
-		if err != nil {
-			c.fail(id, c.srv.engineFailed("members", err))
-			return
-		}
-		c.send(protocol.Encode(protocol.TypeMembers, id, protocol.Members{Room: room, Users: users, Count: max2(n, len(users)),
-			Truncated: n > len(users), Epoch: pos.epoch, Top: pos.top}))
-		return
-	}
-	listed, err := c.srv.hub.loadBigRoom(ctx, room, n)
-	if err != nil {
-		c.fail(id, c.srv.engineFailed("members", err))
-		return
-	}
-	c.send(membersFrame(id, room, listed, n, pos))
-}
-
-func max2(a, b int) int {
-	if a > b {
-		return a
-	}
-	return b
 }
 
 // membersFrame builds a `members` frame around an already-encoded user list.

@@ -20,9 +20,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -290,7 +292,7 @@ func (s *Server) setUp(c *Conn, r *wsRequest) (err error) {
 	}
 	c.busy.Store(true)
 	defer c.busy.Store(false)
-	return s.connected(c, r.query("session"), parseSince(r.query("since")))
+	return s.connected(c, r.query("session"), parseSince(r.query("since")), r.query("rooms"))
 }
 
 // authenticate checks the token of a request in token mode. The token
@@ -348,10 +350,13 @@ func parseSince(raw string) map[string]position {
 }
 
 // connected sets up a new connection: it resumes the session it presents
-// (or starts one), registers it, joins its rooms, queues the welcome first,
+// (or starts one), registers it and puts it in its rooms (the session's
+// and those the client asks for with ?rooms=), queues the welcome first,
 // replays what the client missed on every stream it gave a position for,
-// and only then lets live deliveries through.
-func (s *Server) connected(c *Conn, sessionID string, since map[string]position) error {
+// and only then lets live deliveries through. Everything it needs from
+// the engine is one Enter call (one Redis round trip), after loading the
+// session of a resume.
+func (s *Server) connected(c *Conn, sessionID string, since map[string]position, rooms string) error {
 	ctx, cancel := s.opContext(10 * time.Second)
 	defer cancel()
 	var sess *engine.Session
@@ -375,50 +380,65 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position)
 	c.mu.Lock()
 	c.resuming = true
 	c.mu.Unlock()
-	online, err := s.hub.register(ctx, c)
-	if err != nil {
-		return err
-	}
-	c.registered = true
-	// The inbox's position, read now that the inbox's deliveries reach
-	// this connection: a client that has received no private message yet
-	// resumes the inbox from here.
-	inbox, err := s.hub.position(ctx, engine.UserStream(c.user))
-	if err != nil {
-		return err
-	}
 	if s.shuttingDown.Load() {
 		return protocol.DisconnectShutdown
 	}
+
+	p := s.hub.plan(c)
+	p.user(sinceOf(since, protocol.InboxKey))
+	c.registered = true // from here on, disconnected undoes what this did
 	joined := []string{}
-	positions := map[string]roomPos{}
 	for _, room := range sess.Rooms {
-		pos, err := s.hub.join(ctx, c, room)
-		if err != nil {
+		if err := p.room(room, sinceOf(since, room)); err != nil {
 			s.log.Debug("room not rejoined", "user", c.user, "room", room, "err", err)
 			continue
 		}
 		joined = append(joined, room)
-		positions[room] = pos
+	}
+	var refused []*protocol.Error
+	for _, room := range splitRooms(rooms) {
+		if slices.Contains(joined, room) {
+			continue
+		}
+		if msg := protocol.ValidateRoom(room); msg != "" {
+			refused = append(refused, &protocol.Error{Code: protocol.ErrBadRoom, Message: fmt.Sprintf("rooms: %q: %s", room, msg)})
+			continue
+		}
+		if err := p.room(room, sinceOf(since, room)); err != nil {
+			var pe *protocol.Error
+			if errors.As(err, &pe) {
+				refused = append(refused, &protocol.Error{Code: pe.Code, Message: fmt.Sprintf("rooms: %q: %s", room, pe.Message)})
+			}
+			continue
+		}
+		joined = append(joined, room)
+	}
+	for _, partner := range sess.Partners {
+		s.hub.notePartner(c.user, partner)
+	}
+	entered, err := p.run(ctx, s.sessionOf(c))
+	if err != nil {
+		return err
 	}
 	if resumed {
 		s.hub.releaseGhost(ctx, sess.ID)
-		for _, p := range sess.Partners {
-			s.hub.notePartner(c.user, p)
-		}
 		s.metrics.resumes.Add(1)
 	}
-	s.saveSession(ctx, c)
 
-	if online < 0 { // not the user's first connection here: not counted by register
-		online, _ = s.eng.PresenceCount(ctx, "")
-	}
+	inbox := entered[0].History
 	c.sendFirst(protocol.Encode(protocol.TypeWelcome, "", protocol.Welcome{
-		Protocol: protocol.Version, User: c.user, Session: sess.ID, Resumed: resumed, Online: online, Rooms: joined,
-		Inbox:     protocol.Position{Epoch: inbox.epoch, Top: inbox.top},
+		Protocol: protocol.Version, User: c.user, Session: sess.ID, Resumed: resumed, Online: entered[0].Count, Rooms: joined,
+		Inbox:     protocol.Position{Epoch: inbox.Epoch, Top: inbox.Top},
 		Heartbeat: protocol.Heartbeat{Interval: s.cfg.PingInterval.Milliseconds(), Timeout: s.cfg.PongTimeout.Milliseconds()},
 		MaxText:   s.cfg.MaxText,
 	}))
+	for _, e := range refused {
+		c.sendError(e) // after the welcome, which lists the rooms joined
+	}
+	read := make(map[string]*engine.Entered, len(p.keys))
+	for i, k := range p.keys {
+		read[k] = &entered[i]
+	}
 	replayed := make(map[string]roomPos)
 	keys := make([]string, 0, len(since))
 	for k := range since {
@@ -426,65 +446,90 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		s.recover(ctx, c, k, since[k], replayed)
+		s.recover(ctx, c, k, since[k], read[k], replayed)
 	}
 	c.goLive(replayed)
 	// After the held deliveries: a member reply's position must come after
 	// every message up to it that this connection is sent.
-	for _, room := range joined {
-		c.sendMembers(ctx, "", room, positions[room])
+	for i, k := range p.keys[1:] {
+		c.sendMembers(ctx, "", k, &entered[i+1])
 	}
 	s.log.Info("connect", "user", c.user, "conn", c.id, "remote", c.remote, "resumed", resumed, "rooms", len(joined))
 	return nil
 }
 
-// recover replays one stream from the client's position, if the retained
-// history still covers it, and tells the client with `recovered`.
-func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position, replayed map[string]roomPos) {
+// splitRooms reads ?rooms=: room names separated by commas (a comma is
+// never part of a room's name), at most maxConnectRooms of them.
+func splitRooms(raw string) []string {
+	if raw == "" {
+		return nil
+	}
+	rooms := strings.Split(raw, ",")
+	if len(rooms) > maxConnectRooms {
+		rooms = rooms[:maxConnectRooms]
+	}
+	return rooms
+}
+
+// maxConnectRooms bounds ?rooms= before any room is looked at; the
+// per-connection room limit (MaxRoomsPerConn) applies after it.
+const maxConnectRooms = 1000
+
+// sinceOf is the client's position in one stream, if it gave one.
+func sinceOf(since map[string]position, key string) *position {
+	if p, ok := since[key]; ok {
+		return &p
+	}
+	return nil
+}
+
+// recover tells the client with `recovered` whether what it missed on one
+// stream since pos is still retained, and replays it if so. en is what
+// Enter read of the stream (its first page after pos); nil when the
+// client is not in the room (any more): nothing to replay or reveal.
+func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position, en *engine.Entered, replayed map[string]roomPos) {
 	rec := protocol.Recovered{}
-	var stream string
+	stream := engine.RoomStream(key)
 	if key == protocol.InboxKey {
 		stream, rec.Inbox = engine.UserStream(c.user), true
 	} else {
-		stream, rec.Room = engine.RoomStream(key), key
-		if !s.hub.isMember(c, key) {
-			// Not (any more) in the room: nothing to replay or to reveal.
-			s.metrics.recoveriesFailed.Add(1)
-			c.send(protocol.Encode(protocol.TypeRecovered, "", rec))
-			return
-		}
+		rec.Room = key
 	}
-	hist, err := s.eng.History(ctx, stream, engine.HistoryQuery{After: pos.seq})
-	if err != nil {
-		s.log.Warn("recovery failed", "user", c.user, "stream", stream, "err", err)
+	if en == nil {
 		s.metrics.recoveriesFailed.Add(1)
 		c.send(protocol.Encode(protocol.TypeRecovered, "", rec))
 		return
 	}
+	hist := en.History
 	rec.Epoch, rec.Top = hist.Epoch, hist.Top
 	rec.Recovered = hist.Covers(pos.epoch, pos.seq)
-	if rec.Recovered {
-		last := pos.seq
-		for len(hist.Pubs) > 0 {
-			for _, p := range hist.Pubs {
-				if !c.enqueueReplay(encodePublication(p)) {
-					return
-				}
-				last = p.Seq
-				rec.Count++
-			}
-			if last >= hist.Top {
-				break
-			}
-			if hist, err = s.eng.History(ctx, stream, engine.HistoryQuery{After: last}); err != nil {
-				break
-			}
-		}
-		replayed[stream] = roomPos{epoch: rec.Epoch, top: last}
-		s.metrics.recoveries.Add(1)
-	} else {
+	if !rec.Recovered {
 		s.metrics.recoveriesFailed.Add(1)
+		c.send(protocol.Encode(protocol.TypeRecovered, "", rec))
+		return
 	}
+	last := pos.seq
+	for len(hist.Pubs) > 0 {
+		for _, p := range hist.Pubs {
+			if !c.enqueueReplay(encodePublication(p)) {
+				return
+			}
+			last = p.Seq
+			rec.Count++
+		}
+		if last >= hist.Top {
+			break
+		}
+		var err error
+		if hist, err = s.eng.History(ctx, stream, engine.HistoryQuery{After: last}); err != nil {
+			// Replayed up to last; the client's continuity check asks for
+			// the rest when the next message comes.
+			s.log.Warn("recovery cut short", "user", c.user, "stream", stream, "after", last, "err", err)
+			break
+		}
+	}
+	replayed[stream] = roomPos{epoch: rec.Epoch, top: last}
+	s.metrics.recoveries.Add(1)
 	c.send(protocol.Encode(protocol.TypeRecovered, "", rec))
 }
 

@@ -621,61 +621,60 @@ func TestBigRoomPresenceIsCoalesced(t *testing.T) {
 	}
 }
 
-// TestBigRoomPresenceFollowsTabsExactly: in a big room a join's presence
-// update runs without the room's lock (so that thousands of resumes into
-// one room do not queue behind each other). A user's tabs joining and
-// leaving at the same moment must still leave the user present exactly
-// when one of their tabs is in the room.
-func TestBigRoomPresenceFollowsTabsExactly(t *testing.T) {
+// TestBigRoomPresenceFollowsTabsExactly: a join's presence update runs
+// without the room's lock (so that thousands of resumes into one room do
+// not queue behind each other's round trips), ordered only by the user's
+// presence lock. A user's tabs joining and leaving at the same moment must
+// still leave the user present exactly when one of their tabs is in the
+// room.
+func TestPresenceFollowsTabsExactly(t *testing.T) {
 	bothEngines(t, func(t *testing.T, e engineCase) {
-		const interval = 300 * time.Millisecond
-		ts := newTestServer(t, e.with(Config{PresenceEventsMax: 2, PresenceInterval: interval, AutoJoin: "-"}))
-		var observer *client
-		for i := 0; i < 6; i++ { // 6 > 2×2: the room is known big once listed
-			observer = connect(t, ts, fmt.Sprint("u", i))
-			observer.send(protocol.TypeJoin, "j", map[string]any{"room": "big"})
-			observer.expect(protocol.TypeAck, isAck("j"))
-			observer.expect(protocol.TypeMembers, nil)
-		}
-		time.Sleep(interval) // the cached listing is stale: the next one counts 6
-		tabs := []*client{connect(t, ts, "alice"), connect(t, ts, "alice")}
-		in := []bool{false, false}
-		ctx := context.Background()
-		for round := 0; round < 40; round++ {
-			// Each tab flips (joins if out, leaves if in), both at once;
-			// every other round only one of them flips.
-			if !ts.hub.knownBig("big") {
-				observer.who("big") // refreshes the cached listing
-				if !ts.hub.knownBig("big") {
-					t.Fatal("the room is not known big: the test would not take the path it is about")
-				}
-			}
-			id := fmt.Sprint("r", round)
-			var sent []*client
-			for i, c := range tabs {
-				if round%2 == 1 && i != round%4/2 {
-					continue
-				}
-				typ := protocol.TypeJoin
-				if in[i] {
-					typ = protocol.TypeLeave
-				}
-				in[i] = !in[i]
-				c.send(typ, id, map[string]any{"room": "big"})
-				sent = append(sent, c)
-			}
-			for _, c := range sent {
-				c.expect(protocol.TypeAck, isAck(id))
-			}
-			has, err := ts.eng.PresenceHas(ctx, "big", "alice")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if want := in[0] || in[1]; has != want {
-				t.Fatalf("round %d: tabs in the room %v, alice present %v", round, in, has)
-			}
+		for _, eventsMax := range []int{2, 100} { // a big room (6 > 2), a small one
+			t.Run(fmt.Sprint("events-max-", eventsMax), func(t *testing.T) { presenceFollowsTabs(t, e, eventsMax) })
 		}
 	})
+}
+
+func presenceFollowsTabs(t *testing.T, e engineCase, eventsMax int) {
+	const interval = 300 * time.Millisecond
+	ts := newTestServer(t, e.with(Config{PresenceEventsMax: eventsMax, PresenceInterval: interval, AutoJoin: "-"}))
+	for i := 0; i < 6; i++ {
+		u := connect(t, ts, fmt.Sprint("u", i))
+		u.send(protocol.TypeJoin, "j", map[string]any{"room": "big"})
+		u.expect(protocol.TypeAck, isAck("j"))
+		u.expect(protocol.TypeMembers, nil)
+	}
+	tabs := []*client{connect(t, ts, "alice"), connect(t, ts, "alice")}
+	in := []bool{false, false}
+	ctx := context.Background()
+	for round := 0; round < 40; round++ {
+		// Each tab flips (joins if out, leaves if in), both at once;
+		// every other round only one of them flips.
+		id := fmt.Sprint("r", round)
+		var sent []*client
+		for i, c := range tabs {
+			if round%2 == 1 && i != round%4/2 {
+				continue
+			}
+			typ := protocol.TypeJoin
+			if in[i] {
+				typ = protocol.TypeLeave
+			}
+			in[i] = !in[i]
+			c.send(typ, id, map[string]any{"room": "big"})
+			sent = append(sent, c)
+		}
+		for _, c := range sent {
+			c.expect(protocol.TypeAck, isAck(id))
+		}
+		has, err := ts.eng.PresenceHas(ctx, "big", "alice")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := in[0] || in[1]; has != want {
+			t.Fatalf("round %d: tabs in the room %v, alice present %v", round, in, has)
+		}
+	}
 }
 
 // firstOfType connects as user, from any goroutine, and returns the first
@@ -751,21 +750,21 @@ func TestBigRoomListingIsReadOnceForManyJoins(t *testing.T) {
 	}
 }
 
-// slowPresence is the in-memory engine with a slow PresenceAdd that
-// records how many calls were in flight at once.
+// slowPresence is the in-memory engine with a slow Enter (a set-up's one
+// engine call) that records how many calls were in flight at once.
 type slowPresence struct {
 	engine.Engine
 	delay          time.Duration
 	inFlight, most atomic.Int64
 }
 
-func (e *slowPresence) PresenceAdd(ctx context.Context, set, user string) (bool, int, error) {
+func (e *slowPresence) Enter(ctx context.Context, entries []engine.Entry, save *engine.Session, ttl time.Duration) ([]engine.Entered, error) {
 	n := e.inFlight.Add(1)
 	for m := e.most.Load(); n > m && !e.most.CompareAndSwap(m, n); m = e.most.Load() {
 	}
 	time.Sleep(e.delay)
 	e.inFlight.Add(-1)
-	return e.Engine.PresenceAdd(ctx, set, user)
+	return e.Engine.Enter(ctx, entries, save, ttl)
 }
 
 // TestSetUpsTakeTurns: more clients than maxSetups connecting at once are

@@ -280,7 +280,7 @@ func TestClusterRoomsDirectAndPresenceAcrossNodes(t *testing.T) {
 	}
 	// Every node reports its engine's work, and nothing went wrong.
 	for i, n := range nodes {
-		if cmds := metric(t, n, "tether_engine_commands_total"); cmds < 10 {
+		if cmds := metric(t, n, "tether_engine_commands_total"); cmds < 3 { // at least a set-up, a join and a who
 			t.Fatalf("node %d: %v engine commands", i+1, cmds)
 		}
 		for _, name := range []string{"tether_engine_streams_lost_total", "tether_engine_subscription_resets_total", "tether_panics_total"} {

@@ -496,7 +496,7 @@ func (e *Engine) Enter(ctx context.Context, entries []engine.Entry, save *engine
 			}
 			r.History, _ = e.History(ctx, en.Stream, q)
 			if !en.Replay {
-				r.History.Pubs = nil
+				r.History.Pubs, r.History.Oldest = nil, 0
 			}
 		}
 	}

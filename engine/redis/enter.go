@@ -3,6 +3,8 @@ package redis
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -11,14 +13,23 @@ import (
 	"github.com/tether-chat/tether/engine"
 )
 
-// Enter implements engine.Engine: every entry is one enterScript and the
-// session one SET, all sent together in one pipeline — one round trip for
-// everything a connection needs when it is set up or joins a room.
+// Enter implements engine.Engine: one enterScript run — one command,
+// one round trip — for every entry and the session save.
 func (e *Engine) Enter(ctx context.Context, entries []engine.Entry, save *engine.Session, ttl time.Duration) ([]engine.Entered, error) {
-	type call struct{ keys, args []string }
-	calls := make([]call, len(entries))
-	exp := strconv.FormatInt(time.Now().Add(e.cfg.PresenceTTL).UnixMilli(), 10)
-	for i, en := range entries {
+	keys := make([]string, 3, 3+3*len(entries))
+	args := make([]string, 5, 5+9*len(entries))
+	keys[0], keys[1], keys[2] = e.holdsKey(e.instance), e.nodesKey(), keys[0]
+	args[0] = e.instance
+	args[1] = strconv.FormatInt(time.Now().Add(e.cfg.PresenceTTL).UnixMilli(), 10)
+	args[4] = strconv.Itoa(e.cfg.HistorySize)
+	if save != nil {
+		b, err := json.Marshal(save)
+		if err != nil {
+			return nil, err
+		}
+		keys[2], args[2], args[3] = e.sessionKey(save.ID), string(b), ms(ttl)
+	}
+	for _, en := range entries {
 		var announce string
 		if en.Announce != nil {
 			p := *en.Announce
@@ -29,58 +40,66 @@ func (e *Engine) Enter(ctx context.Context, entries []engine.Entry, save *engine
 			}
 			announce = string(b)
 		}
-		stream, read, replay := en.Stream, "0", "0"
+		stream, mode := en.Stream, "0"
 		if stream != "" {
-			read = "1"
+			mode = "1"
 			if en.Replay {
-				replay = "1"
+				mode = "2"
 			}
 		} else {
-			stream = engine.RoomStream(en.Set) // not read; a key in the same slot as the set's stream
+			stream = engine.RoomStream(en.Set) // not read: a key in the slot of the set's stream
 		}
-		calls[i] = call{
-			keys: []string{e.usersKey(en.Set), e.holdsKey(e.instance), e.nodesKey(), e.meta(stream), e.hist(stream)},
-			args: []string{en.User, en.Set, e.instance, exp, flag(en.Add), announce, strconv.Itoa(en.AnnounceMax),
-				e.channel(engine.RoomStream(en.Set)), strconv.Itoa(en.List), read, replay,
-				strconv.FormatUint(en.After, 10), strconv.Itoa(e.cfg.HistorySize)},
+		keys = append(keys, e.usersKey(en.Set), e.meta(stream), e.hist(stream))
+		args = append(args, en.User, en.Set, flag(en.Add), announce, strconv.Itoa(en.AnnounceMax),
+			e.channel(engine.RoomStream(en.Set)), strconv.Itoa(en.List), mode, strconv.FormatUint(en.After, 10))
+	}
+	// The holds this call adds are ordered against a reassert of them
+	// (holdLock); the stripes are taken in order, so two calls never
+	// wait for each other crosswise.
+	var stripes []int
+	for _, en := range entries {
+		if en.Add {
+			stripes = append(stripes, e.holdStripe(en.Set, en.User))
 		}
 	}
-	var res []rueidis.RedisResult
+	slices.Sort(stripes)
+	stripes = slices.Compact(stripes)
+	for _, i := range stripes {
+		e.holdLocks[i].Lock()
+	}
+	defer func() {
+		for _, i := range stripes {
+			e.holdLocks[i].Unlock()
+		}
+	}()
+	var res []rueidis.RedisMessage
 	err := e.idempotent(ctx, "enter", func() error {
-		b := e.client.B()
-		cmds := make(rueidis.Commands, 0, len(calls)+1)
-		for _, c := range calls {
-			cmds = append(cmds, enterScript.evalsha(b, c.keys, c.args))
-		}
-		if save != nil {
-			cmd, err := e.saveCmd(save, ttl)
-			if err != nil {
-				return err
-			}
-			cmds = append(cmds, cmd)
-		}
-		e.stats.commands.Add(uint64(len(cmds)))
-		res = e.client.DoMulti(ctx, cmds...)
-		for i, c := range calls {
-			if re, ok := rueidis.IsRedisErr(res[i].Error()); ok && re.IsNoScript() {
-				res[i] = enterScript.Exec(ctx, e.client, c.keys, c.args) // Redis lost its scripts (a restart)
-			}
-		}
-		for _, r := range res {
-			if err := r.Error(); err != nil {
-				return err
-			}
-		}
-		return nil
+		e.stats.commands.Add(1)
+		var err error
+		res, err = enterScript.Exec(ctx, e.client, keys, args).ToArray()
+		return err
 	})
+	if err == nil && len(res) != len(entries) {
+		err = unavailable("enter", fmt.Errorf("%d results for %d entries", len(res), len(entries)))
+	}
 	if err != nil {
 		return nil, err
 	}
+	e.mu.Lock()
+	for _, en := range entries {
+		if en.Add {
+			if e.holds[en.Set] == nil {
+				e.holds[en.Set] = map[string]bool{}
+			}
+			e.holds[en.Set][en.User] = true
+		}
+	}
+	e.mu.Unlock()
 	out := make([]engine.Entered, len(entries))
 	for i, en := range entries {
 		vals, err := res[i].ToArray()
 		if err != nil || len(vals) != 7 {
-			return nil, unavailable("enter", err)
+			return nil, unavailable("enter", fmt.Errorf("a malformed result: %v", err))
 		}
 		r := &out[i]
 		added, _ := vals[0].AsInt64()
@@ -96,6 +115,9 @@ func (e *Engine) Enter(ctx context.Context, entries []engine.Entry, save *engine
 			low, _ := vals[5].AsStrSlice()
 			page, _ := vals[6].AsStrSlice()
 			r.History = e.history(meta, low, page, false)
+			if !en.Replay {
+				r.History.Oldest = 0 // not read
+			}
 			e.sub.noteBase(en.Stream, r.History.Epoch, r.History.Top)
 		}
 	}

@@ -315,3 +315,57 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestLostReplyEntersOnce: the reply to an Enter (a presence add with its
+// join announcement, a replay and a session save) is lost after Redis ran
+// it. The retry finds the user added: the caller gets the set's state and
+// the replay, the join is announced once, and the hold is the instance's
+// own (a removal takes the user out).
+func TestLostReplyEntersOnce(t *testing.T) {
+	srv := testredis.Start(t)
+	ctx := context.Background()
+	e, proxy := viaProxy(t, srv, 100)
+	observer := peer(t, e, srv.URL)
+	started(t, e)
+	seen := started(t, observer)
+	observer.Subscribe(ctx, "room:q")
+	publish := chat("room:q", "before")
+	if _, err := e.Publish(ctx, publish, engine.PublishOptions{}); err != nil { // Redis knows the scripts now
+		t.Fatal(err)
+	}
+	if _, err := e.Enter(ctx, []engine.Entry{{Set: "warm", User: "w", Add: true}}, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	proxy.LoseReplies([]byte("lost-enter-user"), 1)
+	ann := &engine.Publication{Stream: "room:q", Type: "presence", Room: "q", User: "lost-enter-user", Action: "join"}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	got, err := e.Enter(cctx, []engine.Entry{{Set: "q", User: "lost-enter-user", Add: true, Announce: ann, AnnounceMax: 10,
+		List: 10, Stream: "room:q", Replay: true}}, &engine.Session{ID: "s-lost", User: "lost-enter-user"}, time.Minute)
+	if proxy.Lost() == 0 {
+		t.Fatal("the proxy lost no reply: the fault was not injected")
+	}
+	if err != nil || len(got) != 1 {
+		t.Fatalf("Enter whose first reply was lost = %+v, %v", got, err)
+	}
+	if r := got[0]; r.Count != 1 || fmt.Sprint(r.Members) != "[lost-enter-user]" || len(r.History.Pubs) != 1 || r.History.Top != 1 {
+		t.Fatalf("the retry's result = %+v", r)
+	}
+	if s, _ := e.LoadSession(ctx, "s-lost"); s == nil {
+		t.Fatal("the session was not saved")
+	}
+	time.Sleep(300 * time.Millisecond) // a second announcement would come now
+	var joins int
+	for _, p := range seen.Got("room:q") {
+		if p.Type == "presence" && p.User == "lost-enter-user" {
+			joins++
+		}
+	}
+	if joins != 1 {
+		t.Fatalf("%d join announcements; want 1", joins)
+	}
+	if removed, n, err := e.PresenceRemove(ctx, "q", "lost-enter-user"); err != nil || !removed || n != 0 {
+		t.Fatalf("removing the user entered through a lost reply = %v %d %v", removed, n, err)
+	}
+}

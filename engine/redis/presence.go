@@ -83,11 +83,16 @@ func (e *Engine) PresenceRemove(ctx context.Context, set, user string) (bool, in
 // hold being put back after a sweep (reassert) never overtakes its
 // removal. The hub already orders its own calls per (room, user).
 func (e *Engine) holdLock(set, user string) *sync.Mutex {
+	return &e.holdLocks[e.holdStripe(set, user)]
+}
+
+// holdStripe is the index of holdLock's mutex.
+func (e *Engine) holdStripe(set, user string) int {
 	h := fnv.New32a()
 	h.Write([]byte(set))
 	h.Write([]byte{0})
 	h.Write([]byte(user))
-	return &e.holdLocks[h.Sum32()%uint32(len(e.holdLocks))]
+	return int(h.Sum32() % uint32(len(e.holdLocks)))
 }
 
 // reassert puts every hold of this instance back after a sweep released

@@ -1,11 +1,6 @@
 package redis
 
-import (
-	"crypto/sha1"
-	"encoding/hex"
-
-	"github.com/redis/rueidis"
-)
+import "github.com/redis/rueidis"
 
 // The engine's Lua scripts. Each one is a single atomic step in Redis, so
 // a node that dies between two of them leaves nothing half-done, and each
@@ -146,65 +141,67 @@ if redis.call('SCARD', gone) == 0 then redis.call('SREM', KEYS[2], gone) end
 return out
 `)
 
-// enterScript is one Engine.Enter entry: the presence add (as
-// presenceAddScript) with its announcement, the set's size and, when
+// enterScript is one Engine.Enter call: for each entry, the presence add
+// (as presenceAddScript) with its announcement, the set's size and, when
 // small, its members, and a stream's position with, on request, its
-// publications after a seq. Running it twice is running it once: a second
-// run adds nothing and so announces nothing.
+// publications after a seq; then the session save. Running it twice is
+// running it once: a second run adds nothing and so announces nothing.
 //
-// KEYS[1] hash user -> holding instances, of the set  KEYS[2] this
-// instance's holds  KEYS[3] zset instance -> liveness  KEYS[4] the
-// stream's meta  KEYS[5] the stream's history
-// ARGV[1] user  ARGV[2] set  ARGV[3] instance  ARGV[4] liveness expiry ms
-// ARGV[5] "1" to add  ARGV[6] announcement JSON without its count ("" none)
-// ARGV[7] announce when the set has at most this many  ARGV[8] channel to
-// announce on  ARGV[9] list the members when at most this many (0 never)
-// ARGV[10] "1" to read the stream  ARGV[11] "1" to replay it
-// ARGV[12] replay after this seq  ARGV[13] at most this many
-// Returns {added, count, members, listed, {seq, epoch}, {oldest member,
-// oldest score}, {publications...}}.
-var enterScript = newScript(`
-local added = 0
-if ARGV[5] == '1' then
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
-  if redis.call('SADD', KEYS[2], ARGV[2] .. '\0' .. ARGV[1]) == 1 then
-    if redis.call('HINCRBY', KEYS[1], ARGV[1], 1) == 1 then added = 1 end
+// KEYS[1] this instance's holds  KEYS[2] zset instance -> liveness
+// KEYS[3] the session's key (unused without a session)
+// per entry i = 0, 1, ...: KEYS[4+3i] hash user -> holding instances, of
+// the set  KEYS[5+3i] the stream's meta  KEYS[6+3i] the stream's history
+// ARGV[1] instance  ARGV[2] liveness expiry ms  ARGV[3] session JSON ("":
+// none)  ARGV[4] session TTL ms  ARGV[5] at most this many publications
+// per replay
+// per entry, from a = 6+9i: ARGV[a] user  ARGV[a+1] set  ARGV[a+2] "1" to
+// add  ARGV[a+3] announcement JSON without its count ("": none)
+// ARGV[a+4] announce when the set has at most this many  ARGV[a+5] the
+// channel to announce on  ARGV[a+6] list the members when at most this
+// many (0: never)  ARGV[a+7] the stream: "0" not read, "1" its position,
+// "2" and its oldest retained seq and publications after ARGV[a+8]
+// Returns, per entry, {added, count, members, listed, {seq, epoch},
+// {oldest member, oldest score}, {publications...}}.
+var enterScript = rueidis.NewLuaScript(`
+local holds, nodes = KEYS[1], KEYS[2]
+local page = tonumber(ARGV[5])
+local live = false
+local out = {}
+for i = 0, (#KEYS - 3) / 3 - 1 do
+  local k, a = 4 + 3 * i, 6 + 9 * i
+  local users, user, set = KEYS[k], ARGV[a], ARGV[a + 1]
+  local added = 0
+  if ARGV[a + 2] == '1' then
+    if not live then
+      redis.call('ZADD', nodes, ARGV[2], ARGV[1])
+      live = true
+    end
+    if redis.call('SADD', holds, set .. '\0' .. user) == 1 then
+      if redis.call('HINCRBY', users, user, 1) == 1 then added = 1 end
+    end
   end
-end
-local count = redis.call('HLEN', KEYS[1])
-if added == 1 and ARGV[6] ~= '' and count <= tonumber(ARGV[7]) then
-  redis.call('PUBLISH', ARGV[8], '{"c":' .. count .. ',' .. string.sub(ARGV[6], 2))
-end
-local members, listed = {}, 0
-if tonumber(ARGV[9]) > 0 and count <= tonumber(ARGV[9]) then
-  members, listed = redis.call('HKEYS', KEYS[1]), 1
-end
-local meta, low, page = {}, {}, {}
-if ARGV[10] == '1' then
-  meta = redis.call('HMGET', KEYS[4], 'seq', 'epoch')
-  low = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
-  if ARGV[11] == '1' then
-    page = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. ARGV[12], '+inf', 'LIMIT', 0, tonumber(ARGV[13]))
+  local count = redis.call('HLEN', users)
+  if added == 1 and ARGV[a + 3] ~= '' and count <= tonumber(ARGV[a + 4]) then
+    redis.call('PUBLISH', ARGV[a + 5], '{"c":' .. count .. ',' .. string.sub(ARGV[a + 3], 2))
   end
+  local members, listed = {}, 0
+  local list = tonumber(ARGV[a + 6])
+  if list > 0 and count <= list then
+    members, listed = redis.call('HKEYS', users), 1
+  end
+  local meta, low, pubs = {}, {}, {}
+  local mode = ARGV[a + 7]
+  if mode ~= '0' then
+    meta = redis.call('HMGET', KEYS[k + 1], 'seq', 'epoch')
+    if mode == '2' then
+      low = redis.call('ZRANGE', KEYS[k + 2], 0, 0, 'WITHSCORES')
+      pubs = redis.call('ZRANGEBYSCORE', KEYS[k + 2], '(' .. ARGV[a + 8], '+inf', 'LIMIT', 0, page)
+    end
+  end
+  out[#out + 1] = {added, count, members, listed, meta, low, pubs}
 end
-return {added, count, members, listed, meta, low, page}
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+end
+return out
 `)
-
-// script is a Lua script that can also be sent by hand, as EVALSHA inside
-// a pipeline of other commands (rueidis's Exec sends one script at a
-// time); a pipeline whose EVALSHA is answered NOSCRIPT runs it again with
-// Exec, which falls back to EVAL.
-type script struct {
-	*rueidis.Lua
-	sha string
-}
-
-func newScript(src string) script {
-	sum := sha1.Sum([]byte(src))
-	return script{Lua: rueidis.NewLuaScript(src), sha: hex.EncodeToString(sum[:])}
-}
-
-// evalsha is the script's EVALSHA command.
-func (s script) evalsha(b rueidis.Builder, keys, args []string) rueidis.Completed {
-	return b.Evalsha().Sha1(s.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
-}

@@ -28,21 +28,25 @@ import (
 
 // Options configure a run. Every count and duration is bounded.
 type Options struct {
-	URL         string        // ws://host:port/ws; idle: several, comma-separated, connections spread over them
-	PIDs        []int         // server processes to measure (figures are their sums); none = no server figures
-	Procs       int           // idle: load-generator processes (0: one per PerProcess connections)
-	Rate        float64       // fanout/direct: messages per second in total (fanout: 0 = one at a time)
-	Duration    time.Duration // rtt, fixed-rate fanout, direct: how long to measure
-	Conns       int           // connections (members)
-	Room        string        // room the members join
-	Messages    int           // fanout: messages published
-	Size        int           // fanout: text size in bytes
-	Sources     []string      // local source addresses to spread connections over
-	Timeout     time.Duration // bound on the whole scenario
-	Settle      time.Duration // idle: wait before measuring memory
-	Frozen      int           // fanout --rate: members that join and then never read again
-	Progress    io.Writer     // progress lines; nil = silent
-	AllowRemote bool          // permit a non-loopback target
+	URL      string        // ws://host:port/ws; idle: several, comma-separated, connections spread over them
+	PIDs     []int         // server processes to measure (figures are their sums); none = no server figures
+	Procs    int           // idle: load-generator processes (0: one per PerProcess connections)
+	Rate     float64       // fanout/direct: messages per second in total (fanout: 0 = one at a time)
+	Duration time.Duration // rtt, fixed-rate fanout, direct: how long to measure
+	Conns    int           // connections (members)
+	Room     string        // room the members join
+	// JoinAtConnect: members ask for the room in the connection's URL
+	// (?rooms=) instead of with a join once connected, so that the whole
+	// set-up is one engine call.
+	JoinAtConnect bool
+	Messages      int           // fanout: messages published
+	Size          int           // fanout: text size in bytes
+	Sources       []string      // local source addresses to spread connections over
+	Timeout       time.Duration // bound on the whole scenario
+	Settle        time.Duration // idle: wait before measuring memory
+	Frozen        int           // fanout --rate: members that join and then never read again
+	Progress      io.Writer     // progress lines; nil = silent
+	AllowRemote   bool          // permit a non-loopback target
 	// Redis is the address of the Redis the server uses (host:port or a
 	// redis:// URL), to report Redis's CPU and commands per connection or
 	// per message beside the server's; empty: not measured.
@@ -164,6 +168,9 @@ type member struct {
 	chats  atomic.Int64
 	pong   chan struct{}
 	frozen atomic.Bool // stops reading (a frozen client) once set
+	// joinedBy and room, when set, make the welcome the sign that the
+	// member is in room (JoinAtConnect); shared by all members.
+	joinedBy, room []byte
 }
 
 // dialAll opens n connections as users bench-<i>, each joining room, and
@@ -182,23 +189,39 @@ func dialAll(ctx context.Context, o *Options, n int, prefix string, onChat func(
 // dialAllFrames is dialAll with a callback for every frame after the join.
 func dialAllFrames(ctx context.Context, o *Options, n int, prefix string, onFrame func(m *member, frame []byte)) ([]*member, error) {
 	members := make([]*member, n)
+	quotedRoom, _ := json.Marshal(o.Room)
 	var failed atomic.Int64
 	var firstErr atomic.Value
 	dialEach(ctx, n, func(i int) {
 		d := o.dialer(i)
 		d.ReadBufferSize, d.WriteBufferSize = 1024, 1024
-		ws, _, err := d.DialContext(ctx, fmt.Sprintf("%s?user=%s%d", o.urls[i%len(o.urls)], prefix, i), nil)
+		target := fmt.Sprintf("%s?user=%s%d", o.urls[i%len(o.urls)], prefix, i)
+		if o.JoinAtConnect {
+			target += "&rooms=" + url.QueryEscape(o.Room)
+		}
+		ws, _, err := d.DialContext(ctx, target, nil)
 		if err != nil {
 			failed.Add(1)
 			firstErr.CompareAndSwap(nil, err)
 			return
 		}
 		m := &member{ws: ws, id: i, pong: make(chan struct{}, 1)}
-		joined := make(chan struct{})
+		joined := make(chan bool, 1)
+		if o.JoinAtConnect {
+			m.joinedBy, m.room = roomsField, quotedRoom
+		}
 		go m.read(joined, onFrame)
-		ws.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"type":"join","id":"j","payload":{"room":%q}}`, o.Room)))
+		if !o.JoinAtConnect {
+			ws.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"type":"join","id":"j","payload":{"room":%q}}`, o.Room)))
+		}
 		select {
-		case <-joined:
+		case ok := <-joined:
+			if !ok {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, fmt.Errorf("the welcome does not list room %s", o.Room))
+				ws.Close()
+				return
+			}
 			members[i] = m
 		case <-ctx.Done():
 			ws.Close()
@@ -219,11 +242,16 @@ func dialAllFrames(ctx context.Context, o *Options, n int, prefix string, onFram
 }
 
 var (
-	ackJoin  = []byte(`"type":"ack","id":"j"`)
-	chatType = []byte(`"type":"chat"`)
+	ackJoin     = []byte(`"type":"ack","id":"j"`)
+	welcomeType = []byte(`"type":"welcome"`)
+	roomsField  = []byte(`"rooms":[`)
+	chatType    = []byte(`"type":"chat"`)
 )
 
-func (m *member) read(joined chan struct{}, onFrame func(*member, []byte)) {
+// read reads a member's frames. It reports on joined once the member is
+// in the room: the join's ack, or the welcome (which lists the room when
+// it was asked for in the URL; false if it does not).
+func (m *member) read(joined chan bool, onFrame func(*member, []byte)) {
 	buf := make([]byte, 0, 512) // reused: onFrame must not keep the frame
 	for {
 		b, err := m.next(buf[:0])
@@ -231,10 +259,19 @@ func (m *member) read(joined chan struct{}, onFrame func(*member, []byte)) {
 			return
 		}
 		buf = b[:0]
-		if joined != nil && bytes.Contains(b, ackJoin) {
-			close(joined)
-			joined = nil
-			continue
+		if joined != nil {
+			if m.joinedBy == nil && bytes.Contains(b, ackJoin) {
+				joined <- true
+				joined = nil
+				continue
+			}
+			if m.joinedBy != nil && bytes.Contains(b, welcomeType) {
+				_, rooms, _ := bytes.Cut(b, m.joinedBy)
+				rooms, _, _ = bytes.Cut(rooms, []byte("]"))
+				joined <- bytes.Contains(rooms, m.room)
+				joined = nil
+				continue
+			}
 		}
 		if m.frozen.Load() {
 			select {} // never read again; the connection stays open
@@ -525,7 +562,7 @@ func startWorkers(ctx context.Context, o *Options, procs int, self string) (stop
 			share++
 		}
 		args := []string{"bench", "idle-worker", "--worker", strconv.Itoa(k), "--url", o.URL, "--conns", strconv.Itoa(share),
-			"--room", o.Room, "--timeout", o.Timeout.String(), "--sources", strings.Join(o.Sources, ",")}
+			"--room", o.Room, "--join-at-connect=" + strconv.FormatBool(o.JoinAtConnect), "--timeout", o.Timeout.String(), "--sources", strings.Join(o.Sources, ",")}
 		if o.AllowRemote {
 			args = append(args, "--allow-remote")
 		}

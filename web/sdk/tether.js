@@ -156,6 +156,7 @@ export class TetherClient {
     this.session = null
     this.resumed = false
     this.rooms = new Set()
+    this._asked = []          // the rooms the current attempt asked for (?rooms=)
     this.log = []
 
     this._listeners = new Map()
@@ -283,6 +284,10 @@ export class TetherClient {
       }
       if (Object.keys(since).length) url.searchParams.set('since', JSON.stringify(since))
     }
+    // The rooms to be in, joined in the same step as the connection (with
+    // what was missed in each replayed), also when the session expired.
+    this._asked = [...this.rooms]
+    if (this._asked.length) url.searchParams.set('rooms', this._asked.join(','))
     return url.toString()
   }
 
@@ -612,10 +617,13 @@ export class TetherClient {
 
     // Re-join what the server does not already have us in, then re-send
     // every unacknowledged message in its original order.
+    // A room this attempt asked for in its URL and did not get was refused
+    // (an error event says why): asking again would repeat the refusal.
     const have = new Set(w.rooms || [])
     for (const r of have) this.rooms.add(r)
     for (const room of this.rooms) {
-      if (!have.has(room) && !this._outbox.some((i) => i.type === 'join' && i.payload.room === room)) {
+      if (!have.has(room) && !this._asked.includes(room) &&
+          !this._outbox.some((i) => i.type === 'join' && i.payload.room === room)) {
         this._sendNow({ type: 'join', payload: { room } })
       }
     }

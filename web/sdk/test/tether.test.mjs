@@ -317,16 +317,33 @@ test('server messages are deduplicated by (stream, seq) within an epoch', () => 
   assert.deepEqual(got, [1, 2, 3])
 })
 
-test('rooms are re-joined after a reconnect', () => {
-  const { client, clock, last } = setup()
+// joinOpsAndDrop connects, joins ops and drops: the client is making its
+// next attempt when it returns.
+function joinOpsAndDrop() {
+  const t = setup()
+  const { client, clock, last } = t
   client.connect()
-  last().welcome()
+  last().welcome({ rooms: ['general'] })
   client.join('ops')
   last().receive('ack', {}, last().sent.at(-1).id)
   last().drop(1006)
   clock.advance(client.nextRetryAt - clock.now())
-  last().welcome()
-  assert.ok(last().sent.some((m) => m.type === 'join' && m.payload.room === 'ops'))
+  return t
+}
+
+test('rooms are asked for again on a reconnect, in its URL', () => {
+  const { last } = joinOpsAndDrop()
+  assert.equal(new URL(last().url).searchParams.get('rooms'), 'general,ops')
+  last().welcome({ rooms: ['general', 'ops'] })
+  assert.ok(!last().sent.some((m) => m.type === 'join'), 'nothing to join by command')
+})
+
+test('a room the URL asked for and did not get is not asked for again; one joined meanwhile is', () => {
+  const { client, last } = joinOpsAndDrop()
+  client.join('dev') // after the attempt's URL was made: queued in the outbox
+  last().welcome({ rooms: ['general'] }) // ops refused (an error frame says why)
+  const joins = last().sent.filter((m) => m.type === 'join').map((m) => m.payload.room)
+  assert.deepEqual(joins, ['dev'])
 })
 
 test('a reconnect presents the session and the last position of every stream', () => {
