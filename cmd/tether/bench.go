@@ -69,6 +69,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Room, "room", "bench", "room the members join")
 	fs.BoolVar(&o.JoinAtConnect, "join-at-connect", false, "members ask for the room in the connection URL (?rooms=) instead of joining once connected")
 	fs.IntVar(&o.Messages, "messages", 100, "fanout/floor: messages (rounds), one at a time")
+	fs.IntVar(&o.Publishers, "publishers", 1, "fanout --rate: members that send the messages, in turn")
 	fs.IntVar(&o.Size, "size", 100, "message text size, bytes")
 	fs.Float64Var(&o.Rate, "rate", 0, "fanout: messages per second (0: one at a time); direct: in total")
 	fs.DurationVar(&o.Duration, "duration", 5*time.Second, "rtt, fanout --rate, direct: how long to measure")

@@ -39,14 +39,18 @@ type Options struct {
 	// (?rooms=) instead of with a join once connected, so that the whole
 	// set-up is one engine call.
 	JoinAtConnect bool
-	Messages      int           // fanout: messages published
-	Size          int           // fanout: text size in bytes
-	Sources       []string      // local source addresses to spread connections over
-	Timeout       time.Duration // bound on the whole scenario
-	Settle        time.Duration // idle: wait before measuring memory
-	Frozen        int           // fanout --rate: members that join and then never read again
-	Progress      io.Writer     // progress lines; nil = silent
-	AllowRemote   bool          // permit a non-loopback target
+	Messages      int // fanout: messages published
+	// Publishers: fanout --rate sends the messages from this many members
+	// in turn (a room's traffic comes from many of its members); 0 or 1:
+	// one.
+	Publishers  int
+	Size        int           // fanout: text size in bytes
+	Sources     []string      // local source addresses to spread connections over
+	Timeout     time.Duration // bound on the whole scenario
+	Settle      time.Duration // idle: wait before measuring memory
+	Frozen      int           // fanout --rate: members that join and then never read again
+	Progress    io.Writer     // progress lines; nil = silent
+	AllowRemote bool          // permit a non-loopback target
 	// Redis is the address of the Redis the server uses (host:port or a
 	// redis:// URL), to report Redis's CPU and commands per connection or
 	// per message beside the server's; empty: not measured.

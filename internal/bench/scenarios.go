@@ -188,7 +188,7 @@ func FanoutRate(ctx context.Context, o Options) (Result, error) {
 		m.frozen.Store(true)
 	}
 	healthy := int64(o.Conns - min(o.Frozen, o.Conns))
-	pubs, err := dialAll(ctx, &o, 1, "publisher", nil)
+	pubs, err := dialAll(ctx, &o, max(o.Publishers, 1), "publisher", nil)
 	if err != nil {
 		return Result{}, err
 	}
@@ -204,7 +204,7 @@ func FanoutRate(ctx context.Context, o Options) (Result, error) {
 	for next := start; time.Since(start) < o.duration() && ctx.Err() == nil; next = next.Add(interval) {
 		time.Sleep(time.Until(next))
 		frame, _ := json.Marshal(map[string]any{"type": "chat", "payload": map[string]any{"room": o.Room, "text": stamp(o.Size)}})
-		if err := pubs[0].ws.WriteMessage(websocket.TextMessage, frame); err != nil {
+		if err := pubs[sent%len(pubs)].ws.WriteMessage(websocket.TextMessage, frame); err != nil {
 			return Result{}, fmt.Errorf("publish: %w", err)
 		}
 		sent++
@@ -218,9 +218,9 @@ func FanoutRate(ctx context.Context, o Options) (Result, error) {
 	}
 	r := Result{Scenario: "fanout-rate", Conns: o.Conns, Rate: o.Rate, Messages: sent, Deliveries: delivered.Load(),
 		Lost: max(0, want-delivered.Load()), Seconds: elapsed.Seconds(), Frozen: o.Frozen}
-	r.CPUPerDelivUS = r.serverCPU(len(o.PIDs) > 0, before, after, int64(sent*(o.Conns+1)))
+	r.CPUPerDelivUS = r.serverCPU(len(o.PIDs) > 0, before, after, int64(sent*(o.Conns+len(pubs))))
 	o.redisPerUnit(before, after, int64(sent), &r.RedisCPUPerMsgUS, &r.RedisCmdsPerMsg)
-	r.RedisCPUPerDelivUS = r.RedisCPUPerMsgUS / float64(o.Conns+1)
+	r.RedisCPUPerDelivUS = r.RedisCPUPerMsgUS / float64(o.Conns+len(pubs))
 	r.P50MS, r.P99MS = lat.percentiles()
 	return r, nil
 }
