@@ -180,13 +180,15 @@ type Engine interface {
 	Unsubscribe(ctx context.Context, stream string) error
 
 	// Enter does, in one step (one round trip to a store), what a
-	// connection needs when it enters presence sets: for each entry, add
-	// the user to the set if asked (and announce them), count the set and
-	// list it when small, and read the position of a stream (and replay
-	// it after a given seq); and save the connection's session, when
-	// given. Entries are independent: an error fails the call, and then
-	// some entries may have been carried out (each is idempotent).
-	Enter(ctx context.Context, entries []Entry, save *Session, ttl time.Duration) ([]Entered, error)
+	// connection needs when it is set up, resumes or joins: for each
+	// entry, add the user to the set if asked (and announce them), count
+	// the set and list it when small, and read the position of a stream
+	// (and replay it after a given seq); read the session being resumed;
+	// and save a session. Entries are independent: an error fails the
+	// call, and then some entries may have been carried out (each is
+	// idempotent). loaded is the session in.Load (nil when it does not
+	// exist or none was asked for).
+	Enter(ctx context.Context, in Entering) (entered []Entered, loaded *Session, err error)
 
 	// History returns retained publications of a stream. It never creates
 	// anything: reading a stream that does not exist returns its empty
@@ -228,6 +230,19 @@ type Engine interface {
 
 	// Close stops delivery and releases resources.
 	Close() error
+}
+
+// Entering is one Engine.Enter call.
+type Entering struct {
+	Entries []Entry
+	// Load is the id of a session to read in the same step ("" none).
+	Load string
+	// Save, when not nil, is stored for TTL as SaveSession would — when
+	// Load is empty, or when the session Load names does not exist: a
+	// resume whose session expired starts this one instead, and one that
+	// finds its session leaves it as it was.
+	Save *Session
+	TTL  time.Duration
 }
 
 // Entry is one presence set (and one stream) a connection enters: see

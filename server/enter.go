@@ -29,7 +29,7 @@ import (
 // user's removal from a set and their next addition reach the engine in
 // the order they happened on the node.
 
-// enterPlan is what one connection is about to enter.
+// enterPlan is what one connection is about to enter, and what it found.
 type enterPlan struct {
 	h       *hub
 	c       *Conn
@@ -37,6 +37,9 @@ type enterPlan struct {
 	// keys names each entry as a client's position does: the inbox key
 	// (protocol.InboxKey) for the online set and the inbox, else the room.
 	keys []string
+	// entered holds what the engine found for the entries run so far (a
+	// plan may run twice: a resume that finds rooms it did not expect).
+	entered []engine.Entered
 }
 
 func (h *hub) plan(c *Conn) *enterPlan { return &enterPlan{h: h, c: c} }
@@ -94,7 +97,7 @@ func (p *enterPlan) room(name string, since *position) error {
 	kl := h.keyLock(stream)
 	kl.Lock()
 	h.mu.Lock()
-	first := false
+	first, big := false, false
 	if _, in := c.rooms[name]; !in {
 		if len(c.rooms) >= h.srv.cfg.MaxRoomsPerConn {
 			h.mu.Unlock()
@@ -111,15 +114,20 @@ func (p *enterPlan) room(name string, since *position) error {
 		r.conns = append(r.conns, c)
 		r.users[c.user]++
 		first = r.users[c.user] == 1
+		// More users here than a join is announced in: the room is big
+		// everywhere, so its joins are counted, not announced.
+		big = len(r.users) > h.announceMax()
 		c.rooms[name] = struct{}{}
 	}
 	h.mu.Unlock()
 	kl.Unlock()
 	en := engine.Entry{Set: name, User: c.user, Add: first, List: h.listMax(), Stream: stream}
 	if first {
-		en.Announce = &engine.Publication{Stream: stream, Type: protocol.TypePresence, Room: name,
-			User: c.user, Action: protocol.PresenceJoin, TS: time.Now().UnixMilli()}
 		en.AnnounceMax = h.announceMax()
+		if !big {
+			en.Announce = &engine.Publication{Stream: stream, Type: protocol.TypePresence, Room: name,
+				User: c.user, Action: protocol.PresenceJoin, TS: time.Now().UnixMilli()}
+		}
 	}
 	p.add(en, name, since)
 	return nil
@@ -139,14 +147,19 @@ func (p *enterPlan) add(en engine.Entry, key string, since *position) {
 	p.keys = append(p.keys, key)
 }
 
-// run makes the engine call, with the session save when given, under the
-// presence locks of the sets the user newly enters (taken in order, so
-// that two set-ups of one user never wait for each other crosswise). A
-// user newly in a big room marks it for the next count event.
-func (p *enterPlan) run(ctx context.Context, save *engine.Session) ([]engine.Entered, error) {
+// run makes the engine call for the entries not run yet, with in's
+// session load and save, under the presence locks of the sets the user
+// newly enters (taken in order, so that two set-ups of one user never
+// wait for each other crosswise). A user newly in a big room marks it for
+// the next count event. It returns the session loaded.
+func (p *enterPlan) run(ctx context.Context, in engine.Entering) (*engine.Session, error) {
 	h := p.h
+	in.Entries = p.entries[len(p.entered):]
+	if in.Save != nil {
+		in.TTL = h.srv.cfg.ResumeWindow
+	}
 	var locks []roomUser
-	for _, en := range p.entries {
+	for _, en := range in.Entries {
 		if en.Add {
 			locks = append(locks, roomUser{en.Set, en.User})
 		}
@@ -158,19 +171,20 @@ func (p *enterPlan) run(ctx context.Context, save *engine.Session) ([]engine.Ent
 		held[i] = h.presenceKeys.get(k)
 		held[i].Lock()
 	}
-	res, err := h.srv.eng.Enter(ctx, p.entries, save, h.srv.cfg.ResumeWindow)
+	res, loaded, err := h.srv.eng.Enter(ctx, in)
 	for i := range held {
 		held[i].Unlock()
 	}
 	if err != nil {
 		return nil, h.srv.engineFailed("enter", err)
 	}
-	for i, en := range p.entries {
+	for i, en := range in.Entries {
 		if en.Set != "" && res[i].Added && res[i].Count > en.AnnounceMax {
 			h.presenceChanged(ctx, en.Set, en.User, protocol.PresenceJoin, res[i].Count)
 		}
 	}
-	return res, nil
+	p.entered = append(p.entered, res...)
+	return loaded, nil
 }
 
 // join puts c in room and answers for it: the engine's part in one call
@@ -181,25 +195,23 @@ func (h *hub) join(ctx context.Context, c *Conn, name string) (*engine.Entered, 
 	if err := p.room(name, nil); err != nil {
 		return nil, err
 	}
-	res, err := p.run(ctx, h.srv.sessionOf(c))
-	if err != nil {
+	if _, err := p.run(ctx, engine.Entering{Save: h.srv.sessionOf(c)}); err != nil {
 		undo, cancel := h.srv.opContext(5 * time.Second)
 		defer cancel()
 		h.leave(undo, c, name)
 		return nil, err
 	}
-	return &res[0], nil
+	return &p.entered[0], nil
 }
 
 // look reads what a `who` answers for a room c is in.
 func (h *hub) look(ctx context.Context, c *Conn, name string) (*engine.Entered, error) {
 	p := h.plan(c)
 	p.look(name)
-	res, err := p.run(ctx, nil)
-	if err != nil {
+	if _, err := p.run(ctx, engine.Entering{}); err != nil {
 		return nil, err
 	}
-	return &res[0], nil
+	return &p.entered[0], nil
 }
 
 // sendMembers sends a room's members after a join or for a `who` (id):

@@ -57,9 +57,9 @@ func (e *countingEngine) Recorded(ctx context.Context, s, k string) (uint64, str
 	e.note("Recorded")
 	return e.Engine.Recorded(ctx, s, k)
 }
-func (e *countingEngine) Enter(ctx context.Context, en []engine.Entry, s *engine.Session, ttl time.Duration) ([]engine.Entered, error) {
+func (e *countingEngine) Enter(ctx context.Context, in engine.Entering) ([]engine.Entered, *engine.Session, error) {
 	e.note("Enter")
-	return e.Engine.Enter(ctx, en, s, ttl)
+	return e.Engine.Enter(ctx, in)
 }
 func (e *countingEngine) History(ctx context.Context, s string, q engine.HistoryQuery) (engine.History, error) {
 	e.note("History")
@@ -139,16 +139,30 @@ func TestSetUpIsOneEngineCall(t *testing.T) {
 	c.cut()
 	waitUntil(t, "the drop to be noticed", func() bool { return ts.hub.count() == 1 })
 	eng.take() // the dropped connection's session save
-	again := dial(t, resumeURL(ts.ws, "alice", session, map[string][2]any{"a": {"", 0}}))
-	if w := again.expectWelcome(); !w.Resumed || fmt.Sprint(w.Rooms) != "[a b c general]" {
+	// As the SDKs do: the session, the positions and the rooms it is in.
+	again := dial(t, resumeURL(ts.ws, "alice", session, map[string][2]any{"a": {"", 0}})+"&rooms=general,a,b,c")
+	if w := again.expectWelcome(); !w.Resumed || fmt.Sprint(w.Rooms) != "[general a b c]" {
 		t.Fatalf("resume welcome = %+v", w)
 	}
 	again.expect(protocol.TypeRecovered, isRecovered("a", false))
 	for range 4 {
 		again.expect(protocol.TypeMembers, nil)
 	}
-	if got := eng.take(); got != "Enter×1 LoadSession×1" {
-		t.Fatalf("a resume made engine calls %q, want LoadSession and one Enter", got)
+	if got := eng.take(); got != "Enter×1" {
+		t.Fatalf("a resume made engine calls %q, want one Enter (which reads the session)", got)
+	}
+
+	// A resume that does not say which rooms it is in learns them from the
+	// session, and enters them in a second call.
+	again.cut()
+	waitUntil(t, "the drop to be noticed", func() bool { return ts.hub.count() == 1 })
+	eng.take()
+	third := dial(t, resumeURL(ts.ws, "alice", session, nil))
+	if w := third.expectWelcome(); !w.Resumed || fmt.Sprint(w.Rooms) != "[a b c general]" {
+		t.Fatalf("resume welcome = %+v", w)
+	}
+	if got := eng.take(); got != "Enter×2" {
+		t.Fatalf("a resume without its rooms made engine calls %q, want two Enters", got)
 	}
 }
 

@@ -353,81 +353,84 @@ func parseSince(raw string) map[string]position {
 // (or starts one), registers it and puts it in its rooms (the session's
 // and those the client asks for with ?rooms=), queues the welcome first,
 // replays what the client missed on every stream it gave a position for,
-// and only then lets live deliveries through. Everything it needs from
-// the engine is one Enter call (one Redis round trip), after loading the
-// session of a resume.
+// and only then lets live deliveries through.
+//
+// Everything it needs from the engine is one Enter call (one Redis round
+// trip). A resume reads its session in that same call, having entered the
+// rooms the client asks for (the SDKs ask for every room they are in, so
+// these are the session's); only a session with rooms the client did not
+// ask for, or one that expired, takes a second call.
 func (s *Server) connected(c *Conn, sessionID string, since map[string]position, rooms string) error {
 	ctx, cancel := s.opContext(10 * time.Second)
 	defer cancel()
-	var sess *engine.Session
-	if sessionID != "" {
-		var err error
-		if sess, err = s.eng.LoadSession(ctx, sessionID); err != nil {
-			return err
-		}
-		if sess != nil && sess.User != c.user {
-			return protocol.DisconnectSessionUser
-		}
-	}
-	resumed := sess != nil
-	if !resumed {
-		sess = &engine.Session{ID: randomID(16), User: c.user}
-		if s.cfg.AutoJoin != "-" {
-			sess.Rooms = []string{s.cfg.AutoJoin}
-		}
-	}
-	c.session = sess.ID
 	c.mu.Lock()
 	c.resuming = true
 	c.mu.Unlock()
 	if s.shuttingDown.Load() {
 		return protocol.DisconnectShutdown
 	}
+	fresh := &engine.Session{ID: randomID(16), User: c.user}
+	c.session = fresh.ID
+	if sessionID != "" {
+		c.session = sessionID
+	}
+	var asked []string
+	if sessionID == "" && s.cfg.AutoJoin != "-" {
+		asked = append(asked, s.cfg.AutoJoin)
+	}
+	asked = append(asked, splitRooms(rooms)...)
 
 	p := s.hub.plan(c)
 	p.user(sinceOf(since, protocol.InboxKey))
 	c.registered = true // from here on, disconnected undoes what this did
-	joined := []string{}
-	for _, room := range sess.Rooms {
-		if err := p.room(room, sinceOf(since, room)); err != nil {
-			s.log.Debug("room not rejoined", "user", c.user, "room", room, "err", err)
-			continue
-		}
-		joined = append(joined, room)
-	}
-	var refused []*protocol.Error
-	for _, room := range splitRooms(rooms) {
-		if slices.Contains(joined, room) {
-			continue
-		}
-		if msg := protocol.ValidateRoom(room); msg != "" {
-			refused = append(refused, &protocol.Error{Code: protocol.ErrBadRoom, Message: fmt.Sprintf("rooms: %q: %s", room, msg)})
-			continue
-		}
-		if err := p.room(room, sinceOf(since, room)); err != nil {
-			var pe *protocol.Error
-			if errors.As(err, &pe) {
-				refused = append(refused, &protocol.Error{Code: pe.Code, Message: fmt.Sprintf("rooms: %q: %s", room, pe.Message)})
-			}
-			continue
-		}
-		joined = append(joined, room)
-	}
-	for _, partner := range sess.Partners {
-		s.hub.notePartner(c.user, partner)
-	}
-	entered, err := p.run(ctx, s.sessionOf(c))
+	joined, refused := p.rooms(asked, since, nil)
+	fresh.Rooms = slices.Sorted(slices.Values(joined))
+	loaded, err := p.run(ctx, engine.Entering{Load: sessionID, Save: fresh})
 	if err != nil {
 		return err
 	}
+	if loaded != nil && loaded.User != c.user {
+		c.session = fresh.ID // what disconnected saves is this user's own
+		return protocol.DisconnectSessionUser
+	}
+	resumed := loaded != nil
+	var more []string // rooms this connection is in that the stored session does not list
+	switch {
+	case resumed:
+		for _, partner := range loaded.Partners {
+			s.hub.notePartner(c.user, partner)
+		}
+		extra, _ := p.rooms(loaded.Rooms, since, joined)
+		joined = append(joined, extra...)
+		for _, r := range joined {
+			if !slices.Contains(loaded.Rooms, r) {
+				more = append(more, r)
+			}
+		}
+	case sessionID != "":
+		// The session expired: this is a new one (the call saved it), with
+		// the room every new session starts in.
+		c.session = fresh.ID
+		if s.cfg.AutoJoin != "-" && !slices.Contains(joined, s.cfg.AutoJoin) {
+			extra, no := p.rooms([]string{s.cfg.AutoJoin}, since, joined)
+			joined, refused = append(joined, extra...), append(refused, no...)
+			more = extra
+		}
+	}
+	if len(p.entered) < len(p.entries) || len(more) > 0 {
+		if _, err := p.run(ctx, engine.Entering{Save: s.sessionOf(c)}); err != nil {
+			return err
+		}
+	}
 	if resumed {
-		s.hub.releaseGhost(ctx, sess.ID)
+		s.hub.releaseGhost(ctx, loaded.ID)
 		s.metrics.resumes.Add(1)
 	}
 
+	entered := p.entered
 	inbox := entered[0].History
 	c.sendFirst(protocol.Encode(protocol.TypeWelcome, "", protocol.Welcome{
-		Protocol: protocol.Version, User: c.user, Session: sess.ID, Resumed: resumed, Online: entered[0].Count, Rooms: joined,
+		Protocol: protocol.Version, User: c.user, Session: c.session, Resumed: resumed, Online: entered[0].Count, Rooms: joined,
 		Inbox:     protocol.Position{Epoch: inbox.Epoch, Top: inbox.Top},
 		Heartbeat: protocol.Heartbeat{Interval: s.cfg.PingInterval.Milliseconds(), Timeout: s.cfg.PongTimeout.Milliseconds()},
 		MaxText:   s.cfg.MaxText,
@@ -456,6 +459,30 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position,
 	}
 	s.log.Info("connect", "user", c.user, "conn", c.id, "remote", c.remote, "resumed", resumed, "rooms", len(joined))
 	return nil
+}
+
+// rooms plans c's entry into each of names that is not in skip, and
+// returns those it may enter and, for the others, why not (an error that
+// names the room, for an error frame).
+func (p *enterPlan) rooms(names []string, since map[string]position, skip []string) (joined []string, refused []*protocol.Error) {
+	for _, room := range names {
+		if slices.Contains(skip, room) || slices.Contains(joined, room) {
+			continue
+		}
+		if msg := protocol.ValidateRoom(room); msg != "" {
+			refused = append(refused, &protocol.Error{Code: protocol.ErrBadRoom, Message: fmt.Sprintf("rooms: %q: %s", room, msg)})
+			continue
+		}
+		if err := p.room(room, sinceOf(since, room)); err != nil {
+			var pe *protocol.Error
+			if errors.As(err, &pe) {
+				refused = append(refused, &protocol.Error{Code: pe.Code, Message: fmt.Sprintf("rooms: %q: %s", room, pe.Message)})
+			}
+			continue
+		}
+		joined = append(joined, room)
+	}
+	return joined, refused
 }
 
 // splitRooms reads ?rooms=: room names separated by commas (a comma is

@@ -758,13 +758,13 @@ type slowPresence struct {
 	inFlight, most atomic.Int64
 }
 
-func (e *slowPresence) Enter(ctx context.Context, entries []engine.Entry, save *engine.Session, ttl time.Duration) ([]engine.Entered, error) {
+func (e *slowPresence) Enter(ctx context.Context, in engine.Entering) ([]engine.Entered, *engine.Session, error) {
 	n := e.inFlight.Add(1)
 	for m := e.most.Load(); n > m && !e.most.CompareAndSwap(m, n); m = e.most.Load() {
 	}
 	time.Sleep(e.delay)
 	e.inFlight.Add(-1)
-	return e.Engine.Enter(ctx, entries, save, ttl)
+	return e.Engine.Enter(ctx, in)
 }
 
 // TestSetUpsTakeTurns: more clients than maxSetups connecting at once are

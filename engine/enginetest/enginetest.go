@@ -494,13 +494,13 @@ func Run(t *testing.T, f Factory) {
 			return &engine.Publication{Stream: "room:r", Type: "presence", Room: "r", User: user, Action: "join"}
 		}
 		sess := &engine.Session{ID: "s1", User: "alice", Rooms: []string{"r"}}
-		got, err := e.Enter(ctx, []engine.Entry{
+		got, loaded, err := e.Enter(ctx, engine.Entering{Entries: []engine.Entry{
 			{Set: "", User: "alice", Add: true, Stream: "user:alice"},
 			{Set: "r", User: "alice", Add: true, Announce: announce("alice"), AnnounceMax: 5, List: 5,
 				Stream: "room:r", Replay: true, After: 1},
-		}, sess, time.Minute)
-		if err != nil || len(got) != 2 {
-			t.Fatalf("Enter = %+v, %v", got, err)
+		}, Save: sess, TTL: time.Minute})
+		if err != nil || len(got) != 2 || loaded != nil {
+			t.Fatalf("Enter = %+v, %+v, %v", got, loaded, err)
 		}
 		online, room := got[0], got[1]
 		if !online.Added || online.Count != 1 || online.History.Top != 0 || online.History.Epoch != "" || online.Listed {
@@ -522,24 +522,42 @@ func Run(t *testing.T, f Factory) {
 		}
 		// Entering again (a second tab, a retry) adds and announces nothing;
 		// a set past AnnounceMax is not announced; List stops at its bound.
-		again, err := e.Enter(ctx, []engine.Entry{{Set: "r", User: "alice", Add: true, Announce: announce("alice"), AnnounceMax: 5, List: 5}}, nil, 0)
+		again, _, err := e.Enter(ctx, engine.Entering{Entries: []engine.Entry{{Set: "r", User: "alice", Add: true, Announce: announce("alice"), AnnounceMax: 5, List: 5}}})
 		if err != nil || again[0].Added || again[0].Count != 1 {
 			t.Fatalf("entering again = %+v, %v", again, err)
 		}
 		for _, u := range []string{"b", "c", "d"} {
 			e.PresenceAdd(ctx, "r", u)
 		}
-		big, err := e.Enter(ctx, []engine.Entry{{Set: "r", User: "eve", Add: true, Announce: announce("eve"), AnnounceMax: 3, List: 3}}, nil, 0)
+		big, _, err := e.Enter(ctx, engine.Entering{Entries: []engine.Entry{{Set: "r", User: "eve", Add: true, Announce: announce("eve"), AnnounceMax: 3, List: 3}}})
 		if err != nil || !big[0].Added || big[0].Count != 5 || big[0].Listed || big[0].Members != nil {
 			t.Fatalf("entering a set past the bounds = %+v, %v", big, err)
 		}
-		read, err := e.Enter(ctx, []engine.Entry{{Set: "r", User: "zoe", List: 10}}, nil, 0)
+		read, _, err := e.Enter(ctx, engine.Entering{Entries: []engine.Entry{{Set: "r", User: "zoe", List: 10}}})
 		if err != nil || read[0].Added || read[0].Count != 5 || len(read[0].Members) != 5 {
 			t.Fatalf("reading without adding = %+v, %v", read, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 		if n := c.count("room:r"); n != 4 {
 			t.Fatalf("%d deliveries: only alice's first entry is announced", n)
+		}
+
+		// A resume reads its session in the same step; the session to
+		// save instead is saved only when there is none to resume.
+		fresh := &engine.Session{ID: "s2", User: "alice"}
+		_, loaded, err = e.Enter(ctx, engine.Entering{Load: "s1", Save: fresh, TTL: time.Minute})
+		if err != nil || loaded == nil || loaded.ID != "s1" || fmt.Sprint(loaded.Rooms) != "[r]" {
+			t.Fatalf("loading s1 = %+v, %v", loaded, err)
+		}
+		if s, _ := e.LoadSession(ctx, "s2"); s != nil {
+			t.Fatalf("the new session was saved although s1 resumed: %+v", s)
+		}
+		_, loaded, err = e.Enter(ctx, engine.Entering{Load: "expired", Save: fresh, TTL: time.Minute})
+		if err != nil || loaded != nil {
+			t.Fatalf("loading a missing session = %+v, %v", loaded, err)
+		}
+		if s, _ := e.LoadSession(ctx, "s2"); s == nil || s.User != "alice" {
+			t.Fatalf("the new session was not saved in place of the missing one: %+v", s)
 		}
 	})
 

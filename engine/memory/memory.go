@@ -465,15 +465,15 @@ func (e *Engine) PresenceCount(ctx context.Context, set string) (int, error) {
 }
 
 // Enter implements engine.Engine, entry by entry (nothing here waits).
-func (e *Engine) Enter(ctx context.Context, entries []engine.Entry, save *engine.Session, ttl time.Duration) ([]engine.Entered, error) {
+func (e *Engine) Enter(ctx context.Context, in engine.Entering) ([]engine.Entered, *engine.Session, error) {
 	e.mu.RLock()
 	closed := e.closed
 	e.mu.RUnlock()
 	if closed {
-		return nil, engine.ErrClosed
+		return nil, nil, engine.ErrClosed
 	}
-	out := make([]engine.Entered, len(entries))
-	for i, en := range entries {
+	out := make([]engine.Entered, len(in.Entries))
+	for i, en := range in.Entries {
 		r := &out[i]
 		if en.Add {
 			r.Added, r.Count, _ = e.PresenceAdd(ctx, en.Set, en.User)
@@ -500,12 +500,19 @@ func (e *Engine) Enter(ctx context.Context, entries []engine.Entry, save *engine
 			}
 		}
 	}
-	if save != nil {
-		if err := e.SaveSession(ctx, save, ttl); err != nil {
-			return nil, err
+	var loaded *engine.Session
+	if in.Load != "" {
+		var err error
+		if loaded, err = e.LoadSession(ctx, in.Load); err != nil {
+			return nil, nil, err
 		}
 	}
-	return out, nil
+	if in.Save != nil && loaded == nil {
+		if err := e.SaveSession(ctx, in.Save, in.TTL); err != nil {
+			return nil, nil, err
+		}
+	}
+	return out, loaded, nil
 }
 
 // Immediate marks the engine as engine.Immediate: no call waits for I/O.

@@ -15,19 +15,25 @@ import (
 
 // Enter implements engine.Engine: one enterScript run — one command,
 // one round trip — for every entry and the session save.
-func (e *Engine) Enter(ctx context.Context, entries []engine.Entry, save *engine.Session, ttl time.Duration) ([]engine.Entered, error) {
-	keys := make([]string, 3, 3+3*len(entries))
-	args := make([]string, 5, 5+9*len(entries))
-	keys[0], keys[1], keys[2] = e.holdsKey(e.instance), e.nodesKey(), keys[0]
+func (e *Engine) Enter(ctx context.Context, in engine.Entering) ([]engine.Entered, *engine.Session, error) {
+	entries := in.Entries
+	keys := make([]string, 4, 4+3*len(entries))
+	args := make([]string, 6, 6+9*len(entries))
+	keys[0], keys[1] = e.holdsKey(e.instance), e.nodesKey()
+	keys[2], keys[3] = keys[0], keys[0] // unused unless a session is saved or loaded
 	args[0] = e.instance
 	args[1] = strconv.FormatInt(time.Now().Add(e.cfg.PresenceTTL).UnixMilli(), 10)
 	args[4] = strconv.Itoa(e.cfg.HistorySize)
-	if save != nil {
-		b, err := json.Marshal(save)
+	args[5] = "0"
+	if in.Save != nil {
+		b, err := json.Marshal(in.Save)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		keys[2], args[2], args[3] = e.sessionKey(save.ID), string(b), ms(ttl)
+		keys[2], args[2], args[3] = e.sessionKey(in.Save.ID), string(b), ms(in.TTL)
+	}
+	if in.Load != "" {
+		keys[3], args[5] = e.sessionKey(in.Load), "1"
 	}
 	for _, en := range entries {
 		var announce string
@@ -36,7 +42,7 @@ func (e *Engine) Enter(ctx context.Context, entries []engine.Entry, save *engine
 			p.Seq, p.Epoch, p.Count = 0, "", 0
 			b, err := json.Marshal(&p)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			announce = string(b)
 		}
@@ -79,11 +85,18 @@ func (e *Engine) Enter(ctx context.Context, entries []engine.Entry, save *engine
 		res, err = enterScript.Exec(ctx, e.client, keys, args).ToArray()
 		return err
 	})
-	if err == nil && len(res) != len(entries) {
-		err = unavailable("enter", fmt.Errorf("%d results for %d entries", len(res), len(entries)))
+	if err == nil && len(res) < 1+7*len(entries) {
+		err = unavailable("enter", fmt.Errorf("%d values for %d entries", len(res), len(entries)))
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	var loaded *engine.Session
+	if b, err := res[0].AsBytes(); err == nil {
+		var s engine.Session
+		if json.Unmarshal(b, &s) == nil { // unreadable: as if expired
+			loaded = &s
+		}
 	}
 	e.mu.Lock()
 	for _, en := range entries {
@@ -96,32 +109,47 @@ func (e *Engine) Enter(ctx context.Context, entries []engine.Entry, save *engine
 	}
 	e.mu.Unlock()
 	out := make([]engine.Entered, len(entries))
+	at := 1
 	for i, en := range entries {
-		vals, err := res[i].ToArray()
-		if err != nil || len(vals) != 7 {
-			return nil, unavailable("enter", fmt.Errorf("a malformed result: %v", err))
+		// added, count, listed (-1: not), seq, epoch, oldest, publications,
+		// then the members and the publications.
+		v := res[at : at+7]
+		added, _ := v[0].AsInt64()
+		count, _ := v[1].AsInt64()
+		listed, _ := v[2].AsInt64()
+		npubs, _ := v[6].AsInt64()
+		at += 7
+		if at+int(max(listed, 0))+int(npubs) > len(res) {
+			return nil, nil, unavailable("enter", fmt.Errorf("a malformed result: %d values", len(res)))
 		}
 		r := &out[i]
-		added, _ := vals[0].AsInt64()
-		count, _ := vals[1].AsInt64()
-		listed, _ := vals[3].AsInt64()
-		r.Added, r.Count, r.Listed = added == 1, int(count), listed == 1
+		r.Added, r.Count, r.Listed = added == 1, int(count), listed >= 0
 		if r.Listed {
-			r.Members, _ = vals[2].AsStrSlice()
+			r.Members = make([]string, listed)
+			for j := range r.Members {
+				r.Members[j], _ = res[at+j].ToString()
+			}
+			at += int(listed)
 			sortStrings(r.Members)
 		}
+		page := make([]string, npubs)
+		for j := range page {
+			page[j], _ = res[at+j].ToString()
+		}
+		at += int(npubs)
 		if en.Stream != "" {
-			meta, _ := vals[4].ToArray()
-			low, _ := vals[5].AsStrSlice()
-			page, _ := vals[6].AsStrSlice()
-			r.History = e.history(meta, low, page, false)
+			var low []string
+			if oldest, err := v[5].ToString(); err == nil {
+				low = []string{"", oldest}
+			}
+			r.History = e.history(v[3:5], low, page, false)
 			if !en.Replay {
 				r.History.Oldest = 0 // not read
 			}
 			e.sub.noteBase(en.Stream, r.History.Epoch, r.History.Top)
 		}
 	}
-	return out, nil
+	return out, loaded, nil
 }
 
 func flag(b bool) string {

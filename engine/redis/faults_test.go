@@ -333,7 +333,7 @@ func TestLostReplyEntersOnce(t *testing.T) {
 	if _, err := e.Publish(ctx, publish, engine.PublishOptions{}); err != nil { // Redis knows the scripts now
 		t.Fatal(err)
 	}
-	if _, err := e.Enter(ctx, []engine.Entry{{Set: "warm", User: "w", Add: true}}, nil, 0); err != nil {
+	if _, _, err := e.Enter(ctx, engine.Entering{Entries: []engine.Entry{{Set: "warm", User: "w", Add: true}}}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -341,8 +341,8 @@ func TestLostReplyEntersOnce(t *testing.T) {
 	ann := &engine.Publication{Stream: "room:q", Type: "presence", Room: "q", User: "lost-enter-user", Action: "join"}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	got, err := e.Enter(cctx, []engine.Entry{{Set: "q", User: "lost-enter-user", Add: true, Announce: ann, AnnounceMax: 10,
-		List: 10, Stream: "room:q", Replay: true}}, &engine.Session{ID: "s-lost", User: "lost-enter-user"}, time.Minute)
+	got, _, err := e.Enter(cctx, engine.Entering{Entries: []engine.Entry{{Set: "q", User: "lost-enter-user", Add: true, Announce: ann,
+		AnnounceMax: 10, List: 10, Stream: "room:q", Replay: true}}, Save: &engine.Session{ID: "s-lost", User: "lost-enter-user"}, TTL: time.Minute})
 	if proxy.Lost() == 0 {
 		t.Fatal("the proxy lost no reply: the fault was not injected")
 	}

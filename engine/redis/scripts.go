@@ -144,31 +144,36 @@ return out
 // enterScript is one Engine.Enter call: for each entry, the presence add
 // (as presenceAddScript) with its announcement, the set's size and, when
 // small, its members, and a stream's position with, on request, its
-// publications after a seq; then the session save. Running it twice is
-// running it once: a second run adds nothing and so announces nothing.
+// publications after a seq; the session being resumed; the session save.
+// Running it twice is running it once: a second run adds nothing and so
+// announces nothing.
 //
 // KEYS[1] this instance's holds  KEYS[2] zset instance -> liveness
-// KEYS[3] the session's key (unused without a session)
-// per entry i = 0, 1, ...: KEYS[4+3i] hash user -> holding instances, of
-// the set  KEYS[5+3i] the stream's meta  KEYS[6+3i] the stream's history
-// ARGV[1] instance  ARGV[2] liveness expiry ms  ARGV[3] session JSON ("":
-// none)  ARGV[4] session TTL ms  ARGV[5] at most this many publications
-// per replay
-// per entry, from a = 6+9i: ARGV[a] user  ARGV[a+1] set  ARGV[a+2] "1" to
+// KEYS[3] the session to save  KEYS[4] the session to load (each unused
+// when not asked for)
+// per entry i = 0, 1, ...: KEYS[5+3i] hash user -> holding instances, of
+// the set  KEYS[6+3i] the stream's meta  KEYS[7+3i] the stream's history
+// ARGV[1] instance  ARGV[2] liveness expiry ms  ARGV[3] session JSON to
+// save ("": none) when there is none to load  ARGV[4] its TTL ms
+// ARGV[5] at most this many publications per replay  ARGV[6] "1" to load
+// per entry, from a = 7+9i: ARGV[a] user  ARGV[a+1] set  ARGV[a+2] "1" to
 // add  ARGV[a+3] announcement JSON without its count ("": none)
 // ARGV[a+4] announce when the set has at most this many  ARGV[a+5] the
 // channel to announce on  ARGV[a+6] list the members when at most this
 // many (0: never)  ARGV[a+7] the stream: "0" not read, "1" its position,
 // "2" and its oldest retained seq and publications after ARGV[a+8]
-// Returns, per entry, {added, count, members, listed, {seq, epoch},
-// {oldest member, oldest score}, {publications...}}.
+// Returns one flat array (Redis converts nested tables slowly: a dozen
+// microseconds for a set-up's): the loaded session or false, then per
+// entry added, count, the number of members listed (-1: not listed), seq,
+// epoch, the oldest retained seq (false: none or not read), the number of
+// publications, the members, the publications.
 var enterScript = rueidis.NewLuaScript(`
 local holds, nodes = KEYS[1], KEYS[2]
 local page = tonumber(ARGV[5])
 local live = false
-local out = {}
-for i = 0, (#KEYS - 3) / 3 - 1 do
-  local k, a = 4 + 3 * i, 6 + 9 * i
+local out = {false}
+for i = 0, (#KEYS - 4) / 3 - 1 do
+  local k, a = 5 + 3 * i, 7 + 9 * i
   local users, user, set = KEYS[k], ARGV[a], ARGV[a + 1]
   local added = 0
   if ARGV[a + 2] == '1' then
@@ -184,23 +189,37 @@ for i = 0, (#KEYS - 3) / 3 - 1 do
   if added == 1 and ARGV[a + 3] ~= '' and count <= tonumber(ARGV[a + 4]) then
     redis.call('PUBLISH', ARGV[a + 5], '{"c":' .. count .. ',' .. string.sub(ARGV[a + 3], 2))
   end
-  local members, listed = {}, 0
+  local members, listed = nil, -1
   local list = tonumber(ARGV[a + 6])
   if list > 0 and count <= list then
-    members, listed = redis.call('HKEYS', users), 1
+    members = redis.call('HKEYS', users)
+    listed = #members
   end
-  local meta, low, pubs = {}, {}, {}
+  local seq, epoch, oldest, pubs = false, false, false, nil
   local mode = ARGV[a + 7]
   if mode ~= '0' then
-    meta = redis.call('HMGET', KEYS[k + 1], 'seq', 'epoch')
+    local meta = redis.call('HMGET', KEYS[k + 1], 'seq', 'epoch')
+    seq, epoch = meta[1], meta[2]
     if mode == '2' then
-      low = redis.call('ZRANGE', KEYS[k + 2], 0, 0, 'WITHSCORES')
+      local low = redis.call('ZRANGE', KEYS[k + 2], 0, 0, 'WITHSCORES')
+      if low[2] then oldest = low[2] end
       pubs = redis.call('ZRANGEBYSCORE', KEYS[k + 2], '(' .. ARGV[a + 8], '+inf', 'LIMIT', 0, page)
     end
   end
-  out[#out + 1] = {added, count, members, listed, meta, low, pubs}
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = added, count, listed, seq
+  out[n + 5], out[n + 6], out[n + 7] = epoch, oldest, pubs and #pubs or 0
+  if members then
+    for j = 1, #members do out[#out + 1] = members[j] end
+  end
+  if pubs then
+    for j = 1, #pubs do out[#out + 1] = pubs[j] end
+  end
 end
-if ARGV[3] ~= '' then
+if ARGV[6] == '1' then
+  out[1] = redis.call('GET', KEYS[4])
+end
+if ARGV[3] ~= '' and not out[1] then
   redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
 end
 return out
