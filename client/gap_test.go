@@ -145,3 +145,42 @@ func TestFirstMessageOfAQuietRoomWhileAway(t *testing.T) {
 		}
 	}
 }
+
+// TestRoomsComeBackWhenTheSessionExpired: a client away for longer than
+// the resume window comes back in a new session, but in its rooms (it asks
+// for them as it connects) and with what its rooms published meanwhile,
+// which their history still holds.
+func TestRoomsComeBackWhenTheSessionExpired(t *testing.T) {
+	_, addr := startServer(t, server.Config{ResumeWindow: 300 * time.Millisecond, PresenceGrace: 100 * time.Millisecond})
+	proxy := testnet.NewProxy(t, addr)
+	alice, bob := dialT(t, proxy.Addr(), fast("alice")), dialT(t, addr, fast("bob"))
+	ctx := context.Background()
+	for _, c := range []*Client{alice, bob} {
+		if err := c.Join(ctx, "ops"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := next(t, alice, protocol.TypeWelcome).Welcome
+	proxy.SetTarget("127.0.0.1:1") // nothing listens there: alice's retries fail
+	proxy.Cut()
+	if _, err := bob.Send(ctx, "ops", "while away"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1200 * time.Millisecond) // the resume window and more
+	proxy.SetTarget(addr)
+	w := next(t, alice, protocol.TypeWelcome).Welcome
+	if w.Resumed || w.Session == first.Session || !strings.Contains(strings.Join(w.Rooms, ","), "ops") {
+		t.Fatalf("welcome after the window = %+v; want a new session in ops", w)
+	}
+	if m := next(t, alice, protocol.TypeChat).Chat; m.Text != "while away" {
+		t.Fatalf("alice got %+v", m)
+	}
+	for {
+		if r := next(t, alice, protocol.TypeRecovered).Recovered; r.Room == "ops" {
+			if !r.Recovered || r.Count != 1 {
+				t.Fatalf("recovered = %+v", r)
+			}
+			break
+		}
+	}
+}

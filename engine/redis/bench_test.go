@@ -62,3 +62,36 @@ func BenchmarkPublish(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkEnter: a connection's set-up (online, two rooms with their
+// positions, the session save) through a real redis-server, from 32
+// callers at once, as a storm of connections makes it. The node's CPU per
+// call is what -benchtime reports with -cpu and a CPU profile.
+func BenchmarkEnter(b *testing.B) {
+	srv := testredis.Start(b)
+	e, err := New(cfgFor(srv.URL, 100))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	e.Start(context.Background(), nopHandler{})
+	ctx := context.Background()
+	var n atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.SetParallelism(32)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			u := fmt.Sprint("u", n.Add(1))
+			_, _, err := e.Enter(ctx, engine.Entering{Entries: []engine.Entry{
+				{Set: "", User: u, Add: true, Stream: engine.UserStream(u)},
+				{Set: "general", User: u, Add: true, AnnounceMax: 100, List: 100, Stream: "room:general",
+					Announce: &engine.Publication{Stream: "room:general", Type: "presence", Room: "general", User: u, Action: "join", TS: 1}},
+				{Set: "bench", User: u, Add: true, AnnounceMax: 100, List: 100, Stream: "room:bench"},
+			}, Save: &engine.Session{ID: "s" + u, User: u, Rooms: []string{"bench", "general"}}, TTL: time.Minute})
+			if err != nil {
+				b.Error(err)
+			}
+		}
+	})
+}
