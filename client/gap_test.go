@@ -136,14 +136,7 @@ func TestFirstMessageOfAQuietRoomWhileAway(t *testing.T) {
 	if m := next(t, alice, protocol.TypeChat).Chat; m.Text != "first" || m.Seq != 1 {
 		t.Fatalf("alice got %+v", m)
 	}
-	for {
-		if r := next(t, alice, protocol.TypeRecovered).Recovered; r.Room == "quiet" {
-			if !r.Recovered || r.Count != 1 {
-				t.Fatalf("recovered = %+v", r)
-			}
-			break
-		}
-	}
+	expectRecovered(t, alice, "quiet", 1)
 }
 
 // TestRoomsComeBackWhenTheSessionExpired: a client away for longer than
@@ -175,12 +168,19 @@ func TestRoomsComeBackWhenTheSessionExpired(t *testing.T) {
 	if m := next(t, alice, protocol.TypeChat).Chat; m.Text != "while away" {
 		t.Fatalf("alice got %+v", m)
 	}
+	expectRecovered(t, alice, "ops", 1)
+}
+
+// expectRecovered waits for c's recovered event of room and checks that
+// it replayed count messages.
+func expectRecovered(t *testing.T, c *Client, room string, count int) {
+	t.Helper()
 	for {
-		if r := next(t, alice, protocol.TypeRecovered).Recovered; r.Room == "ops" {
-			if !r.Recovered || r.Count != 1 {
+		if r := next(t, c, protocol.TypeRecovered).Recovered; r.Room == room {
+			if !r.Recovered || r.Count != count {
 				t.Fatalf("recovered = %+v", r)
 			}
-			break
+			return
 		}
 	}
 }

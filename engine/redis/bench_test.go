@@ -16,6 +16,17 @@ type nopHandler struct{}
 func (nopHandler) Deliver(*engine.Publication) {}
 func (nopHandler) Lost(string)                 {}
 
+// benchEngine is a started engine on url, closed when b ends.
+func benchEngine(b *testing.B, url string) *Engine {
+	e, err := New(cfgFor(url, 100))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { e.Close() })
+	e.Start(context.Background(), nopHandler{})
+	return e
+}
+
 // BenchmarkPublish: one publish through a real redis-server, from one
 // caller at a time (a client's messages are handled in order) and from
 // many at once (rueidis pipelines them), with and without an idempotency
@@ -26,12 +37,7 @@ func BenchmarkPublish(b *testing.B) {
 	for _, parallel := range []bool{false, true} {
 		for _, keyed := range []bool{false, true} {
 			b.Run(fmt.Sprintf("parallel=%v/keyed=%v", parallel, keyed), func(b *testing.B) {
-				e, err := New(cfgFor(srv.URL, 100))
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer e.Close()
-				e.Start(context.Background(), nopHandler{})
+				e := benchEngine(b, srv.URL)
 				ctx := context.Background()
 				e.Subscribe(ctx, "room:b")
 				var n atomic.Int64
@@ -68,13 +74,7 @@ func BenchmarkPublish(b *testing.B) {
 // callers at once, as a storm of connections makes it. The node's CPU per
 // call is what -benchtime reports with -cpu and a CPU profile.
 func BenchmarkEnter(b *testing.B) {
-	srv := testredis.Start(b)
-	e, err := New(cfgFor(srv.URL, 100))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer e.Close()
-	e.Start(context.Background(), nopHandler{})
+	e := benchEngine(b, testredis.Start(b).URL)
 	ctx := context.Background()
 	var n atomic.Int64
 	b.ReportAllocs()
