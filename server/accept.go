@@ -164,6 +164,9 @@ func parseUpgrade(head []byte) (req wsRequest, ok bool) {
 	if strings.IndexByte(path, '%') >= 0 {
 		return req, false // escaped path: net/http unescapes {client_id}
 	}
+	if rest, ok := strings.CutPrefix(path, "/tether"); ok {
+		path, req.tether = rest, true
+	}
 	switch {
 	case path == "/ws":
 	case strings.HasPrefix(path, "/ws/"):
@@ -171,7 +174,7 @@ func parseUpgrade(head []byte) (req wsRequest, ok bool) {
 		if id == "" || id == "." || id == ".." || strings.Contains(id, "/") {
 			return req, false
 		}
-		req.clientID = id
+		req.clientID, req.withID = id, true
 	default:
 		return req, false
 	}

@@ -108,6 +108,16 @@ type Config struct {
 	// this soon. Zero means 1.5s; it cannot exceed PresenceGrace.
 	PresenceGraceAway time.Duration
 
+	// WSDialect is what GET /ws speaks, and WSIDDialect what GET
+	// /ws/{client_id} speaks: "tether" (the default, the protocol of
+	// docs/protocol.md), or one of the FastAPI tutorials' protocols, for
+	// their clients unchanged: "tutorial-001" (JSON {type, data}, rooms
+	// joined by name) on either, "tutorial-003" (plain-text private chat,
+	// the user named by the path) on /ws/{client_id} only. GET /tether/ws
+	// and /tether/ws/{client_id} always speak tether (dialect.go).
+	WSDialect   string
+	WSIDDialect string
+
 	// AllowedOrigins are glob patterns (path.Match syntax, e.g.
 	// "https://*.example.com") of browser origins allowed to open a
 	// WebSocket, besides the server's own origin. In open mode loopback
@@ -237,6 +247,12 @@ func (c Config) Validate() error {
 		if msg := protocol.ValidateRoom(c.AutoJoin); msg != "" {
 			return fmt.Errorf("auto-join: %s", msg)
 		}
+	}
+	if _, err := dialectNamed(c.WSDialect, false); err != nil {
+		return fmt.Errorf("ws-dialect: %v", err)
+	}
+	if _, err := dialectNamed(c.WSIDDialect, true); err != nil {
+		return fmt.Errorf("ws-id-dialect: %v", err)
 	}
 	return nil
 }

@@ -85,8 +85,12 @@ type Conn struct {
 	session string // the session this connection holds
 	// savedAtStop is set by Shutdown when it has saved the session.
 	savedAtStop atomic.Bool
-	registered  bool         // the hub knows it (set by the handshake goroutine before the reader starts)
+	registered  bool         // the hub knows it (set by the handshake goroutine before the reader starts, or by a dialect's deferred set-up on the reader)
 	claims      *auth.Claims // token mode: what the token allows; nil in open mode
+	// dialect is the tutorial protocol the connection speaks (dialect.go);
+	// nil for tether's own. texts is tutorial-003's messages in flight.
+	dialect dialect
+	texts   texts003
 
 	// resuming is set while a resumed connection replays what it missed;
 	// deliveries meanwhile wait in held, so that nothing published during
@@ -479,7 +483,7 @@ func (c *Conn) writeBatch(bp *[]byte, batch []outFrame) error {
 	var delivered int
 	closes := false
 	for _, f := range batch {
-		buf = appendOut(buf, f)
+		buf = c.appendOut(buf, f)
 		switch f.op {
 		case opText:
 			delivered++
@@ -513,10 +517,18 @@ func (c *Conn) writeBatch(bp *[]byte, batch []outFrame) error {
 	return nil
 }
 
-// appendOut appends f as it goes on the wire.
-func appendOut(buf []byte, f outFrame) []byte {
+// appendOut appends f as it goes on the wire: in the connection's dialect,
+// if it speaks one (a frame the dialect has no words for is left out).
+func (c *Conn) appendOut(buf []byte, f outFrame) []byte {
 	if f.op == opRaw {
 		return append(buf, f.data...)
+	}
+	if c.dialect != nil && f.op == opText {
+		data := c.dialect.encode(c, f.data)
+		if data == nil {
+			return buf
+		}
+		return appendFrame(buf, opText, data)
 	}
 	return appendFrame(buf, f.op, f.data)
 }
@@ -553,7 +565,7 @@ func (c *Conn) writeNow() bool {
 	buf := (*bp)[:0]
 	delivered := 0
 	for _, f := range batch {
-		buf = appendOut(buf, f)
+		buf = c.appendOut(buf, f)
 		if f.op == opText {
 			delivered++
 		}

@@ -708,6 +708,21 @@ func (h *hub) direct(ctx context.Context, c *Conn, to, text, id string) (*engine
 }
 
 // snapshot returns every connection, for the heartbeat and shutdown.
+// track and untrack add and remove a connection the hub does not hold
+// otherwise (a dialect's before its first join), so that the heartbeat and
+// a shutdown reach it.
+func (h *hub) track(c *Conn) {
+	h.mu.Lock()
+	h.all[c] = struct{}{}
+	h.mu.Unlock()
+}
+
+func (h *hub) untrack(c *Conn) {
+	h.mu.Lock()
+	delete(h.all, c)
+	h.mu.Unlock()
+}
+
 func (h *hub) snapshot(buf []*Conn) []*Conn {
 	h.mu.RLock()
 	defer h.mu.RUnlock()

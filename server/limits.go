@@ -50,6 +50,22 @@ func (s *Server) admit(ip, user string) *protocol.Disconnect {
 	return nil
 }
 
+// rename moves a connection's share of the per-user limit from one user
+// name to another (a tutorial-001 client names itself in its join).
+func (s *Server) rename(ip, from, to string) *protocol.Disconnect {
+	cfg, l := &s.cfg, s.limits
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if cfg.MaxConnsPerUser > 0 && l.byUser[to] >= cfg.MaxConnsPerUser {
+		return &protocol.Disconnect{Code: protocol.CloseTryAgainLater, Reason: "too many connections for this user"}
+	}
+	if l.byUser[from]--; l.byUser[from] <= 0 {
+		delete(l.byUser, from)
+	}
+	l.byUser[to]++
+	return nil
+}
+
 func (s *Server) release(ip, user string) {
 	l := s.limits
 	l.mu.Lock()

@@ -144,11 +144,17 @@ func (c *Conn) onMessage(op byte, data []byte) {
 		c.close(protocol.DisconnectInvalidUTF8, closeDrain)
 		return
 	}
-	cmd, perr := protocol.Decode(data, protocol.Limits{MaxText: c.srv.cfg.MaxText})
-	if perr != nil {
-		c.srv.metrics.inByType.WithLabelValues("invalid").Inc()
+	var cmd protocol.Command
+	var perr *protocol.Error
+	if c.dialect != nil {
+		c.srv.metrics.inByType.WithLabelValues("dialect").Inc()
 	} else {
-		c.srv.metrics.inByType.WithLabelValues(cmd.Type).Inc()
+		cmd, perr = protocol.Decode(data, protocol.Limits{MaxText: c.srv.cfg.MaxText})
+		if perr != nil {
+			c.srv.metrics.inByType.WithLabelValues("invalid").Inc()
+		} else {
+			c.srv.metrics.inByType.WithLabelValues(cmd.Type).Inc()
+		}
 	}
 	if !c.allow() {
 		if c.closeReason() == nil {
@@ -173,6 +179,10 @@ func (c *Conn) onMessage(op byte, data []byte) {
 	}
 	c.busy.Store(true)
 	defer c.busy.Store(false)
+	if c.dialect != nil {
+		c.dialect.onText(c, data) // its commands go through handle
+		return
+	}
 	c.handle(cmd)
 }
 

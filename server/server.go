@@ -47,6 +47,9 @@ type Server struct {
 	immediate bool
 	hub       *hub
 	nodeID    string
+	// wsDialect and wsIDDialect are what /ws and /ws/{client_id} speak
+	// (Config.WSDialect); nil is tether's own protocol.
+	wsDialect, wsIDDialect dialect
 
 	ctx       context.Context // cancelled when Shutdown finishes
 	cancel    context.CancelFunc
@@ -112,6 +115,8 @@ func New(cfg Config) (*Server, error) {
 		s.eng = memory.New(memory.Config{HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL, KeyTTL: KeyTTL(cfg.ResumeWindow)})
 	}
 	_, s.immediate = s.eng.(engine.Immediate)
+	s.wsDialect, _ = dialectNamed(cfg.WSDialect, false) // Validate checked both
+	s.wsIDDialect, _ = dialectNamed(cfg.WSIDDialect, true)
 	if s.nodeID == "" {
 		s.nodeID = randomID(6)
 	}
@@ -135,6 +140,8 @@ func (s *Server) routes() {
 	s.mux = http.NewServeMux()
 	s.mux.HandleFunc("GET /ws", s.serveWS)
 	s.mux.HandleFunc("GET /ws/{client_id}", s.serveWS)
+	s.mux.HandleFunc("GET /tether/ws", s.serveWS)
+	s.mux.HandleFunc("GET /tether/ws/{client_id}", s.serveWS)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
@@ -247,20 +254,23 @@ func (s *Server) openWS(h *handshake) {
 		queue:  []outFrame{{op: opRaw, data: resp}},
 		queued: len(resp),
 	}
+	if !r.tether {
+		c.dialect = s.wsDialect
+		if r.withID {
+			c.dialect = s.wsIDDialect
+		}
+	}
 	c.attach()
 	c.touch()
 	s.conns.Add(1)
 	s.metrics.opened.Add(1)
-	if err := s.setUp(c, r); err != nil {
+	if c.dialect != nil && c.dialect.deferSetUp() {
+		// Set up by its first join (dialect.go); until then the heartbeat
+		// and a shutdown know it, nothing else does.
+		s.hub.track(c)
 		c.uncork()
-		var d protocol.Disconnect
-		if errors.As(err, &d) {
-			s.log.Warn("connection refused", "user", user, "remote", c.remote, "code", int(d.Code), "reason", d.Reason)
-			c.close(d, closeDrain)
-		} else {
-			s.log.Error("connection set-up failed", "user", user, "remote", c.remote, "err", err)
-			c.close(protocol.DisconnectInternal, closeDrain)
-		}
+	} else if err := s.setUp(c, r); err != nil {
+		s.setUpFailed(c, err)
 	}
 	c.flushLater()
 	// Reading is driven by the poller (or a goroutine of its own) and the
@@ -272,7 +282,36 @@ func (s *Server) openWS(h *handshake) {
 
 // setUp runs connected when its turn comes (maxSetups). A panic in it
 // fails this set-up (close 1011), nothing else.
-func (s *Server) setUp(c *Conn, r *wsRequest) (err error) {
+func (s *Server) setUp(c *Conn, r *wsRequest) error {
+	return s.runSetUp(c, func() error {
+		return s.connected(c, r.query("session"), parseSince(r.query("since")), r.query("rooms"))
+	})
+}
+
+// setUpLater sets up, from its reader, a connection whose dialect defers
+// its set-up to its first join: in room, with a new session.
+func (s *Server) setUpLater(c *Conn, room string) {
+	if err := s.runSetUp(c, func() error { return s.connected(c, "", nil, room) }); err != nil {
+		s.setUpFailed(c, err)
+	}
+}
+
+// setUpFailed closes a connection whose set-up failed: with the close
+// code err carries, or 1011.
+func (s *Server) setUpFailed(c *Conn, err error) {
+	c.uncork()
+	var d protocol.Disconnect
+	if errors.As(err, &d) {
+		s.log.Warn("connection refused", "user", c.user, "remote", c.remote, "code", int(d.Code), "reason", d.Reason)
+		c.close(d, closeDrain)
+	} else {
+		s.log.Error("connection set-up failed", "user", c.user, "remote", c.remote, "err", err)
+		c.close(protocol.DisconnectInternal, closeDrain)
+	}
+}
+
+// runSetUp runs one connection's set-up, f, when its turn comes.
+func (s *Server) runSetUp(c *Conn, f func() error) (err error) {
 	select {
 	case s.setups <- struct{}{}:
 	default:
@@ -292,7 +331,7 @@ func (s *Server) setUp(c *Conn, r *wsRequest) (err error) {
 	}
 	c.busy.Store(true)
 	defer c.busy.Store(false)
-	return s.connected(c, r.query("session"), parseSince(r.query("since")), r.query("rooms"))
+	return f()
 }
 
 // authenticate checks the token of a request in token mode. The token
@@ -374,8 +413,9 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position,
 	if sessionID != "" {
 		c.session = sessionID
 	}
+	autoJoin := s.cfg.AutoJoin != "-" && c.dialect == nil // a tutorial client joins its rooms itself
 	var asked []string
-	if sessionID == "" && s.cfg.AutoJoin != "-" {
+	if sessionID == "" && autoJoin {
 		asked = append(asked, s.cfg.AutoJoin)
 	}
 	asked = append(asked, splitRooms(rooms)...)
@@ -411,7 +451,7 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position,
 		// The session expired: this is a new one (the call saved it), with
 		// the room every new session starts in.
 		c.session = fresh.ID
-		if s.cfg.AutoJoin != "-" && !slices.Contains(joined, s.cfg.AutoJoin) {
+		if autoJoin && !slices.Contains(joined, s.cfg.AutoJoin) {
 			extra, no := p.rooms([]string{s.cfg.AutoJoin}, since, joined)
 			joined, refused = append(joined, extra...), append(refused, no...)
 			more = extra
@@ -611,7 +651,9 @@ func (s *Server) disconnected(c *Conn) {
 	case peer != nil: // the client closed first
 		code, reason = peer.Code, peer.Reason
 		clean = code == protocol.CloseNormal
-		if code == protocol.CloseGoingAway {
+		if code == protocol.CloseGoingAway || c.dialect != nil {
+			// A page going away; or a tutorial client, which never
+			// resumes: its close() (1005, no code) is a leave.
 			grace = s.cfg.PresenceGraceAway
 		}
 	case closing != nil:
@@ -621,6 +663,7 @@ func (s *Server) disconnected(c *Conn) {
 	ctx, cancel := s.opContext(5 * time.Second)
 	switch {
 	case !c.registered:
+		s.hub.untrack(c) // a dialect's connection that never joined
 	case clean:
 		s.hub.unregister(ctx, c)
 		s.eng.DeleteSession(ctx, c.session)

@@ -138,6 +138,8 @@ func validKey(key string) bool {
 // query: a few substrings of one copy of the head).
 type wsRequest struct {
 	clientID          string // {client_id} of /ws/{client_id}; "" for /ws
+	withID            bool   // the path was /ws/{client_id}
+	tether            bool   // the path was under /tether/: tether's protocol whatever the dialects
 	rawQuery          string
 	host              string
 	remote            string // the peer's host:port
@@ -149,7 +151,9 @@ type wsRequest struct {
 
 func requestFromHTTP(r *http.Request) wsRequest {
 	return wsRequest{
-		clientID: r.PathValue("client_id"), rawQuery: r.URL.RawQuery, host: r.Host, remote: r.RemoteAddr,
+		clientID: r.PathValue("client_id"), withID: r.PathValue("client_id") != "",
+		tether:   strings.HasPrefix(r.URL.Path, "/tether/"),
+		rawQuery: r.URL.RawQuery, host: r.Host, remote: r.RemoteAddr,
 		connectionUpgrade: headerHasToken(r.Header, "Connection", "upgrade"),
 		upgradeWebSocket:  headerHasToken(r.Header, "Upgrade", "websocket"),
 		version:           r.Header.Get("Sec-Websocket-Version"), key: r.Header.Get("Sec-Websocket-Key"),

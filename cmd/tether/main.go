@@ -117,6 +117,8 @@ func serveFlags(fs *flag.FlagSet, cfg *server.Config, addr, logFormat, logLevel 
 	fs.IntVar(&cfg.RateStrikes, "rate-strikes", 50, "rate_limited errors within one second before closing with 4029")
 	fs.IntVar(&cfg.MaxRoomsPerConn, "max-rooms", 100, "rooms one connection may be in")
 	fs.StringVar(&cfg.AutoJoin, "auto-join", protocol.DefaultRoom, "room every new connection joins ('-' for none)")
+	fs.StringVar(&cfg.WSDialect, "ws-dialect", "tether", "what GET /ws speaks: tether, or tutorial-001 (the FastAPI tutorial's JSON {type, data} clients, unchanged); /tether/ws always speaks tether")
+	fs.StringVar(&cfg.WSIDDialect, "ws-id-dialect", "tether", "what GET /ws/{client_id} speaks: tether, tutorial-001, or tutorial-003 (the FastAPI tutorial's plain-text private chat); /tether/ws/{client_id} always speaks tether")
 	fs.IntVar(&cfg.PresenceEventsMax, "presence-events-max", 100, "room size (users) up to which each join/leave is an event; bigger rooms get coalesced counts")
 	fs.DurationVar(&cfg.PresenceInterval, "presence-interval", 2*time.Second, "how often big rooms get their coalesced presence count")
 	fs.IntVar(&cfg.MembersMax, "members-max", 100, "most users listed in a members reply")

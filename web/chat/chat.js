@@ -43,7 +43,11 @@ function start(name) {
   $('app').hidden = false
   // persist: a reload resumes the session and gets what it missed. In
   // token mode the token names the user.
+  // /tether/ws speaks Tether's protocol even when /ws is given to a
+  // tutorial's clients (--ws-dialect).
+  const ws = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/tether/ws`
   const client = new TetherClient({ user: name || undefined, token, autoConnect: true,
+    url: name ? `${ws}?user=${encodeURIComponent(name)}` : ws,
     persist: `tether.session.${name || 'token'}` })
   window.tether = client // for the browser tests and for curious users
 
