@@ -66,6 +66,9 @@ type Publication struct {
 	Count    int    `json:"c,omitempty"` // presence
 	TS       int64  `json:"ts"`          // ms since the Unix epoch, set by the publisher
 
+	// File describes the file this message carries (stored with PutFile).
+	File *FileRef `json:"fl,omitempty"`
+
 	// SkipConn, when not zero, is the one connection (on the publishing node)
 	// that must not receive this publication: the tab that sent a direct
 	// message gets an ack, its other tabs get the copy.
@@ -223,6 +226,12 @@ type Engine interface {
 	LoadSession(ctx context.Context, id string) (*Session, error)
 	DeleteSession(ctx context.Context, id string) error
 
+	// PutFile stores a file for ttl. Storing an id again stores the same
+	// file (a re-sent upload): it is idempotent. GetFile returns a stored
+	// file, or nil when it is unknown or expired.
+	PutFile(ctx context.Context, f *File, ttl time.Duration) error
+	GetFile(ctx context.Context, id string) (*File, error)
+
 	// Ready reports whether the engine can take traffic now. It answers
 	// from what the engine already knows (its own end-to-end checks) and
 	// never waits on the store: readiness must not stall with it.
@@ -230,6 +239,28 @@ type Engine interface {
 
 	// Close stops delivery and releases resources.
 	Close() error
+}
+
+// FileRef is what a message says of the file it carries.
+type FileRef struct {
+	ID    string `json:"id"`
+	Name  string `json:"n"`
+	Mime  string `json:"m"`
+	Size  int    `json:"z"`
+	Image bool   `json:"i,omitempty"`
+}
+
+// File is a stored file: its bytes, and who may read it (the members of
+// Room, or the two users of a private conversation).
+type File struct {
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Mime  string `json:"mime"`
+	Image bool   `json:"image,omitempty"`
+	Room  string `json:"room,omitempty"`
+	From  string `json:"from,omitempty"`
+	To    string `json:"to,omitempty"`
+	Data  []byte `json:"-"`
 }
 
 // Entering is one Engine.Enter call.

@@ -46,6 +46,8 @@ type Welcome struct {
 	Inbox     Position  `json:"inbox"`
 	Heartbeat Heartbeat `json:"heartbeat"`
 	MaxText   int       `json:"max_text"` // longest text accepted, in characters
+	// MaxFile is the largest file accepted, in bytes; 0 when files are off.
+	MaxFile int `json:"max_file"`
 }
 
 // Position is where a stream stands: its epoch and latest sequence. A
@@ -64,19 +66,23 @@ type Chat struct {
 	Epoch string `json:"epoch"`
 	ID    string `json:"id,omitempty"` // the sender's client message id
 	TS    int64  `json:"ts"`           // server time of publication, ms since the epoch
+	// File is the file this message carries (its Text is then a caption,
+	// possibly empty).
+	File *FileInfo `json:"file,omitempty"`
 }
 
 // Direct is a private message as delivered to the recipient's connections
 // and to the sender's other connections. Seq and Epoch are those of the
 // receiving user's inbox.
 type Direct struct {
-	From  string `json:"from"`
-	To    string `json:"to"`
-	Text  string `json:"text"`
-	Seq   uint64 `json:"seq"`
-	Epoch string `json:"epoch"`
-	ID    string `json:"id,omitempty"`
-	TS    int64  `json:"ts"`
+	From  string    `json:"from"`
+	To    string    `json:"to"`
+	Text  string    `json:"text"`
+	Seq   uint64    `json:"seq"`
+	Epoch string    `json:"epoch"`
+	ID    string    `json:"id,omitempty"`
+	TS    int64     `json:"ts"`
+	File  *FileInfo `json:"file,omitempty"`
 }
 
 // Presence actions.

@@ -36,6 +36,9 @@ const (
 	TypePing    = "ping"
 	TypeHistory = "history"
 	TypeWho     = "who"
+	// TypeFile is a file frame's header type (a binary frame, see
+	// EncodeFile); the file arrives as a chat or direct message.
+	TypeFile = "file"
 )
 
 // Server → client message types (TypeChat and TypeDirect are used in both
@@ -82,7 +85,9 @@ const (
 	ErrBadRoom       ErrorCode = "bad_room"       // room name empty, too long or with forbidden characters
 	ErrBadUser       ErrorCode = "bad_user"       // user name empty, too long or with forbidden characters
 	ErrBadText       ErrorCode = "bad_text"       // text empty, too long or with control characters
-	ErrBadFrame      ErrorCode = "bad_frame"      // a binary frame: the protocol is JSON text
+	ErrBadFrame      ErrorCode = "bad_frame"      // a binary frame that is not a file frame, or files are off
+	ErrBadFile       ErrorCode = "bad_file"       // a file frame that is malformed, empty, or whose bytes are not what it says
+	ErrFileTooLarge  ErrorCode = "file_too_large" // a file over the server's size limit
 	ErrNotMember     ErrorCode = "not_member"     // chat or history on a room the connection has not joined
 	ErrTooManyRooms  ErrorCode = "too_many_rooms" // the per-connection room limit is reached
 	ErrForbiddenRoom ErrorCode = "forbidden_room" // the token does not allow this room

@@ -37,6 +37,12 @@ type Config struct {
 	// MaxText is the longest chat or direct text, in characters.
 	// Zero means 4000.
 	MaxText int
+	// MaxFileSize is the largest file (a picture, or any file) a client may
+	// send in a binary frame (files.go), in bytes. Zero means 1 MiB;
+	// negative turns files off. FilesPerMinute bounds the files one user
+	// sends through this node (bursts of a third of that). Zero means 20.
+	MaxFileSize    int
+	FilesPerMinute int
 
 	// SendQueueMessages and SendQueueBytes bound what may wait to be written
 	// to one connection. A connection that lets its queue overflow is a slow
@@ -168,6 +174,9 @@ func (c Config) withDefaults() Config {
 		c.MaxMessageSize = 64 << 10
 	}
 	defInt(&c.MaxText, protocol.DefaultMaxText)
+	def(&c.HistoryTTL, 10*time.Minute) // the engines' default too; files are kept as long
+	defInt(&c.MaxFileSize, 1<<20)
+	defInt(&c.FilesPerMinute, 20)
 	defInt(&c.SendQueueMessages, 1024)
 	defInt(&c.SendQueueBytes, 1<<20)
 	if c.RateLimit == 0 {
@@ -221,10 +230,14 @@ func (c Config) Validate() error {
 		{"rate-strikes", c.RateStrikes}, {"max-rooms", c.MaxRoomsPerConn},
 		{"history-size", c.HistorySize}, {"members-max", c.MembersMax},
 		{"max-conns-per-ip", c.MaxConnsPerIP}, {"max-conns-per-user", c.MaxConnsPerUser},
+		{"files-per-minute", c.FilesPerMinute},
 	} {
 		if i.v < 0 {
 			return fmt.Errorf("%s must not be negative (got %d)", i.name, i.v)
 		}
+	}
+	if c.MaxFileSize > 64<<20 {
+		return fmt.Errorf("max-file-size must be at most 64 MiB (got %d): a file travels in one frame", c.MaxFileSize)
 	}
 	if c.MaxMessageSize < 256 {
 		return fmt.Errorf("max-message-size must be at least 256 bytes (got %d)", c.MaxMessageSize)

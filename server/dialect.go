@@ -185,11 +185,11 @@ func (tutorial001) encode(c *Conn, frame []byte) []byte {
 	case protocol.TypeChat:
 		var m protocol.Chat
 		json.Unmarshal(e.Payload, &m)
-		return out("chat", map[string]any{"from": m.From, "text": m.Text, "ts": m.TS / 1000, "room": m.Room})
+		return out("chat", withFile(map[string]any{"from": m.From, "text": m.Text, "ts": m.TS / 1000, "room": m.Room}, m.File))
 	case protocol.TypeDirect:
 		var m protocol.Direct
 		json.Unmarshal(e.Payload, &m)
-		return out("chat", map[string]any{"from": m.From, "to": m.To, "text": m.Text, "ts": m.TS / 1000})
+		return out("chat", withFile(map[string]any{"from": m.From, "to": m.To, "text": m.Text, "ts": m.TS / 1000}, m.File))
 	case protocol.TypeMembers:
 		var m protocol.Members
 		json.Unmarshal(e.Payload, &m)
@@ -202,6 +202,14 @@ func (tutorial001) encode(c *Conn, frame []byte) []byte {
 		return out("error", map[string]any{"code": m.Code, "message": m.Message})
 	}
 	return nil
+}
+
+// withFile adds a message's file, if it has one, to a tutorial-001 chat.
+func withFile(data map[string]any, f *protocol.FileInfo) map[string]any {
+	if f != nil {
+		data["file"] = f
+	}
+	return data
 }
 
 // tutorial003 is the protocol of tutorial 003, private chat in plain
@@ -269,10 +277,14 @@ func (tutorial003) encode(c *Conn, frame []byte) []byte {
 	case protocol.TypeDirect:
 		var m protocol.Direct
 		json.Unmarshal(e.Payload, &m)
-		if m.From == c.user { // a copy of what another tab of this user sent
-			return []byte("You wrote: " + m.Text)
+		text := m.Text
+		if m.File != nil {
+			text = strings.TrimSpace(text + " [file " + m.File.Name + ": " + m.File.URL + "]")
 		}
-		return []byte("Client #" + m.From + " says: " + m.Text)
+		if m.From == c.user { // a copy of what another tab of this user sent
+			return []byte("You wrote: " + text)
+		}
+		return []byte("Client #" + m.From + " says: " + text)
 	case protocol.TypeAck:
 		if text, ok := c.texts.take(e.ID); ok {
 			return []byte("You wrote: " + text)

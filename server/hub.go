@@ -283,7 +283,7 @@ func encodePublication(p *engine.Publication) []byte {
 		return protocol.Encode(protocol.TypeChat, "", chatOf(p))
 	case protocol.TypeDirect:
 		return protocol.Encode(protocol.TypeDirect, "", protocol.Direct{From: p.From, To: p.To, Text: p.Text,
-			Seq: p.Seq, Epoch: p.Epoch, ID: p.ClientID, TS: p.TS})
+			Seq: p.Seq, Epoch: p.Epoch, ID: p.ClientID, TS: p.TS, File: fileInfo(p.File)})
 	case protocol.TypePresence:
 		return protocol.Encode(protocol.TypePresence, "", protocol.Presence{Room: p.Room, User: p.User,
 			Action: p.Action, Count: p.Count})
@@ -294,7 +294,8 @@ func encodePublication(p *engine.Publication) []byte {
 }
 
 func chatOf(p *engine.Publication) protocol.Chat {
-	return protocol.Chat{Room: p.Room, From: p.From, Text: p.Text, Seq: p.Seq, Epoch: p.Epoch, ID: p.ClientID, TS: p.TS}
+	return protocol.Chat{Room: p.Room, From: p.From, Text: p.Text, Seq: p.Seq, Epoch: p.Epoch, ID: p.ClientID, TS: p.TS,
+		File: fileInfo(p.File)}
 }
 
 // dropConnOfUser removes c from its user's connections, leaving a ghost in
@@ -681,16 +682,25 @@ func (h *hub) isMember(c *Conn, room string) bool {
 // message's id. It returns the publication in the recipient's inbox (with
 // its seq), also when refusing it (the caller checks a refused re-send
 // against the record of its first attempt).
-func (h *hub) direct(ctx context.Context, c *Conn, to, text, id string) (*engine.Publication, error) {
+//
+// file, when not nil, is the file the message carries; store is called to
+// store it once the recipient is known to be online, before anything is
+// published.
+func (h *hub) direct(ctx context.Context, c *Conn, to, text, id string, file *engine.FileRef, store func() error) (*engine.Publication, error) {
 	eng := h.srv.eng
 	p := &engine.Publication{Stream: engine.UserStream(to), Type: protocol.TypeDirect, From: c.user, To: to,
-		Text: text, ClientID: id, TS: time.Now().UnixMilli(), SkipConn: c.id, Node: h.srv.nodeID}
+		Text: text, ClientID: id, TS: time.Now().UnixMilli(), SkipConn: c.id, Node: h.srv.nodeID, File: file}
 	online, err := eng.PresenceHas(ctx, "", to)
 	if err != nil {
 		return p, h.srv.engineFailed("presence", err)
 	}
 	if !online {
 		return p, &protocol.Error{Code: protocol.ErrUserOffline, Message: "user " + to + " is not online"}
+	}
+	if store != nil {
+		if err := store(); err != nil {
+			return p, err
+		}
 	}
 	if err := h.srv.publish(ctx, p, c.key(id)); err != nil {
 		return p, err

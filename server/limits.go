@@ -17,10 +17,25 @@ type limiter struct {
 	byIP   map[string]int
 	byUser map[string]int
 	rate   map[string]*bucket // new connections per address
+	files  map[string]*bucket // files per user
 }
 
 func newLimiter() *limiter {
-	return &limiter{byIP: map[string]int{}, byUser: map[string]int{}, rate: map[string]*bucket{}}
+	return &limiter{byIP: map[string]int{}, byUser: map[string]int{}, rate: map[string]*bucket{}, files: map[string]*bucket{}}
+}
+
+// allowFile takes one of user's files per minute.
+func (s *Server) allowFile(user string) bool {
+	l, perMin := s.limits, float64(s.cfg.FilesPerMinute)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.files[user]
+	if b == nil {
+		burst := max(1, perMin/3)
+		b = &bucket{rate: perMin / 60, burst: burst, tokens: burst}
+		l.files[user] = b
+	}
+	return b.take(time.Now())
 }
 
 // admit counts a new connection of user from ip, or says why not.
@@ -87,6 +102,11 @@ func (s *Server) sweepRates(now time.Time) {
 	for ip, b := range l.rate {
 		if now.Sub(b.last).Seconds()*b.rate >= b.burst {
 			delete(l.rate, ip)
+		}
+	}
+	for user, b := range l.files {
+		if now.Sub(b.last).Seconds()*b.rate >= b.burst {
+			delete(l.files, user)
 		}
 	}
 }

@@ -27,6 +27,10 @@ type metrics struct {
 	inByType  *prometheus.CounterVec // client messages by type
 	outByType *prometheus.CounterVec // publications fanned out by this node, by type
 	latency   prometheus.Histogram   // publish to enqueue on this node
+
+	files        *prometheus.CounterVec // files stored, by kind (image, other)
+	fileBytes    prometheus.Counter
+	filesRefused *prometheus.CounterVec // by error code
 }
 
 // historySizer is implemented by engines that can tell how many messages
@@ -45,13 +49,19 @@ func (s *Server) initMetrics() {
 	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "tether_publish_to_deliver_seconds",
 		Help:    "From a message's publication to its frame being queued for this node's members.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}})
+	m.files = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_files_total",
+		Help: "Files sent by clients and stored, by kind (image: shown inline; other: a download)."}, []string{"kind"})
+	m.fileBytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_file_bytes_total",
+		Help: "Bytes of the files stored."})
+	m.filesRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_files_refused_total",
+		Help: "Files refused, by error code (bad_file, file_too_large, rate_limited, ...)."}, []string{"code"})
 	counter := func(name, help string, v *atomic.Int64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
 	}
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.closedBy, m.inByType, m.outByType, m.latency,
+		m.closedBy, m.inByType, m.outByType, m.latency, m.files, m.fileBytes, m.filesRefused,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_connections",
 			Help: "Connections open now."}, func() float64 { return float64(s.hub.count()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_setups_waiting",

@@ -53,7 +53,11 @@ func (c *Conn) onData(p []byte) {
 		if h.size == 0 {
 			break // the rest of the header has not arrived
 		}
-		if h.op <= opBinary && int64(len(rd.msg))+h.length > max {
+		limit := max
+		if h.op == opBinary || h.op == opContinuation && rd.msgOp == opBinary {
+			limit = c.srv.maxBinary() // a file
+		}
+		if h.op <= opBinary && int64(len(rd.msg))+h.length > limit {
 			// Refused from the header: the payload is never buffered.
 			c.readFailed(protocol.DisconnectTooBig)
 			return
@@ -136,8 +140,17 @@ func (c *Conn) onMessage(op byte, data []byte) {
 	}
 	c.srv.metrics.received.Add(1)
 	if op != opText {
-		c.sendError(&protocol.Error{Code: protocol.ErrBadFrame,
-			Message: "binary frames are not supported: send JSON text frames"})
+		if c.dialect != nil || c.srv.cfg.MaxFileSize < 0 {
+			c.sendError(&protocol.Error{Code: protocol.ErrBadFrame,
+				Message: "binary frames are not taken here: send text frames"})
+			return
+		}
+		if !c.allow() {
+			c.sendError(&protocol.Error{Code: protocol.ErrRateLimited, Message: "too many messages: this file was not processed; slow down"})
+			return
+		}
+		c.srv.metrics.inByType.WithLabelValues(protocol.TypeFile).Inc()
+		c.processing(func() { c.onFile(data) }, "")
 		return
 	}
 	if !utf8.Valid(data) {
@@ -167,23 +180,30 @@ func (c *Conn) onMessage(op byte, data []byte) {
 		c.sendError(perr)
 		return
 	}
+	if c.dialect != nil {
+		c.processing(func() { c.dialect.onText(c, data) }, "") // its commands go through handle
+		return
+	}
+	c.processing(func() { c.handle(cmd) }, cmd.ID)
+}
+
+// processing runs f, the handling of one client message, unless the node
+// is stopping (the message with this id is then refused as not
+// processed); see Server.processing.
+func (c *Conn) processing(f func(), id string) {
 	if c.srv.shuttingDown.Load() {
-		c.refuseRestarting(cmd.ID)
+		c.refuseRestarting(id)
 		return
 	}
 	c.srv.processing.RLock()
 	defer c.srv.processing.RUnlock()
 	if c.srv.shuttingDown.Load() {
-		c.refuseRestarting(cmd.ID)
+		c.refuseRestarting(id)
 		return
 	}
 	c.busy.Store(true)
 	defer c.busy.Store(false)
-	if c.dialect != nil {
-		c.dialect.onText(c, data) // its commands go through handle
-		return
-	}
-	c.handle(cmd)
+	f()
 }
 
 // refuseRestarting answers a message that arrived once the node began to
@@ -274,7 +294,7 @@ func (c *Conn) handle(cmd protocol.Command) {
 		}
 		c.answer(ctx, cmd.ID, p, err)
 	case protocol.TypeDirect:
-		p, err := h.direct(ctx, c, cmd.To, cmd.Text, cmd.ID)
+		p, err := h.direct(ctx, c, cmd.To, cmd.Text, cmd.ID, nil, nil)
 		c.answer(ctx, cmd.ID, p, err)
 	}
 }

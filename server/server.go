@@ -142,6 +142,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /ws/{client_id}", s.serveWS)
 	s.mux.HandleFunc("GET /tether/ws", s.serveWS)
 	s.mux.HandleFunc("GET /tether/ws/{client_id}", s.serveWS)
+	s.mux.HandleFunc("GET /files/{id}", s.serveFile)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
@@ -473,7 +474,7 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position,
 		Protocol: protocol.Version, User: c.user, Session: c.session, Resumed: resumed, Online: entered[0].Count, Rooms: joined,
 		Inbox:     protocol.Position{Epoch: inbox.Epoch, Top: inbox.Top},
 		Heartbeat: protocol.Heartbeat{Interval: s.cfg.PingInterval.Milliseconds(), Timeout: s.cfg.PongTimeout.Milliseconds()},
-		MaxText:   s.cfg.MaxText,
+		MaxText:   s.cfg.MaxText, MaxFile: max(s.cfg.MaxFileSize, 0),
 	}))
 	for _, e := range refused {
 		c.sendError(e) // after the welcome, which lists the rooms joined

@@ -262,9 +262,9 @@ func TestBadInputGetsErrorAndConnectionStays(t *testing.T) {
 		}
 		c.roundTrip(fmt.Sprint("alive-", i))
 	}
-	c.sendRaw(websocket.BinaryMessage, []byte{1, 2, 3})
-	if e := payloadOf[protocol.Error](t, c.expect(protocol.TypeError, nil)); e.Code != protocol.ErrBadFrame {
-		t.Fatalf("binary frame: %+v, want bad_frame", e)
+	c.sendRaw(websocket.BinaryMessage, []byte{1, 2, 3}) // binary frames are files: this is not one
+	if e := payloadOf[protocol.Error](t, c.expect(protocol.TypeError, nil)); e.Code != protocol.ErrBadFile {
+		t.Fatalf("binary frame: %+v, want bad_file", e)
 	}
 	c.roundTrip("after-binary")
 	bystander.expectNone(protocol.TypeError, nil, 0)

@@ -1,19 +1,9 @@
 // The web chat in real headless Chromium against the real tether binary.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { browserMissing, TetherProcess, launchBrowser, screenshot, until } from './harness.mjs'
+import { browserMissing, TetherProcess, launchBrowser, openChat, screenshot, until } from './harness.mjs'
 
 const skip = browserMissing()
-
-async function openChat(browser, server, user) {
-  const page = await (await browser.newContext({ viewport: { width: 1280, height: 720 } })).newPage()
-  const errors = []
-  page.on('pageerror', (e) => errors.push(e.message))
-  await page.goto(`${server.url}/?user=${encodeURIComponent(user)}`)
-  await until(() => page.evaluate(() => window.tether?.state === 'OPEN'), `${user} OPEN`)
-  page.jsErrors = errors
-  return page
-}
 
 async function say(page, text) {
   await page.fill('#text', text)

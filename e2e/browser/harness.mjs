@@ -249,3 +249,17 @@ export async function sdkPage(browser, origin) {
   await page.evaluate(async () => { window.T = await import('/sdk/tether.js') })
   return page
 }
+
+/**
+ * Opens the web chat as user in a fresh browser context and waits for it
+ * to be OPEN; page.jsErrors collects the page's uncaught errors.
+ */
+export async function openChat(browser, server, user) {
+  const page = await (await browser.newContext({ viewport: { width: 1280, height: 720 } })).newPage()
+  const errors = []
+  page.on('pageerror', (e) => errors.push(e.message))
+  await page.goto(`${server.url}/?user=${encodeURIComponent(user)}`)
+  await until(() => page.evaluate(() => window.tether?.state === 'OPEN'), `${user} OPEN`)
+  page.jsErrors = errors
+  return page
+}

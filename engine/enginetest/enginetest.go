@@ -561,6 +561,36 @@ func Run(t *testing.T, f Factory) {
 		}
 	})
 
+	t.Run("Files", func(t *testing.T) {
+		e, _ := start(t, f, 10)
+		data := []byte("\x89PNG\r\n\x1a\n and the rest")
+		in := &engine.File{ID: "f1", Name: "cat.png", Mime: "image/png", Image: true, Room: "r", Data: data}
+		if err := e.PutFile(ctx, in, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		data[0] = 0 // the engine keeps its own copy
+		got, err := e.GetFile(ctx, "f1")
+		if err != nil || got == nil {
+			t.Fatalf("GetFile = %v, %v", got, err)
+		}
+		if got.Name != "cat.png" || got.Mime != "image/png" || !got.Image || got.Room != "r" || string(got.Data) != "\x89PNG\r\n\x1a\n and the rest" {
+			t.Fatalf("GetFile = %+v %q", got, got.Data)
+		}
+		if err := e.PutFile(ctx, in, time.Minute); err != nil { // a re-sent upload
+			t.Fatal(err)
+		}
+		if missing, err := e.GetFile(ctx, "nope"); err != nil || missing != nil {
+			t.Fatalf("an unknown file = %v, %v", missing, err)
+		}
+		if err := e.PutFile(ctx, &engine.File{ID: "short", Data: []byte("x")}, 50*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(150 * time.Millisecond)
+		if gone, err := e.GetFile(ctx, "short"); err != nil || gone != nil {
+			t.Fatalf("an expired file = %v, %v", gone, err)
+		}
+	})
+
 	t.Run("ReadyAndClose", func(t *testing.T) {
 		e := f(t, Options{HistorySize: 5})
 		if err := e.Start(ctx, NewCollector()); err != nil {

@@ -27,6 +27,9 @@ type Config struct {
 	// KeyTTL is how long an idempotent publish's result is remembered
 	// (engine.PublishOptions.Key). Zero means 4 minutes.
 	KeyTTL time.Duration
+	// FileBytes bounds the bytes of the files kept (PutFile); the oldest
+	// go first when it is reached. Zero means 256 MiB.
+	FileBytes int64
 }
 
 func (c Config) withDefaults() Config {
@@ -42,6 +45,9 @@ func (c Config) withDefaults() Config {
 	if c.KeyTTL <= 0 {
 		c.KeyTTL = 4 * time.Minute
 	}
+	if c.FileBytes <= 0 {
+		c.FileBytes = 256 << 20
+	}
 	return c
 }
 
@@ -55,6 +61,7 @@ type Engine struct {
 	subs    map[string]bool
 	sets    map[string]map[string]struct{}
 	sess    map[string]*session
+	files   fileStore
 	started bool
 	closed  bool
 

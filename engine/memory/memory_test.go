@@ -95,3 +95,22 @@ func TestWindowKeepsTheNewest(t *testing.T) {
 		t.Fatal("expiry left publications behind")
 	}
 }
+
+// TestFilesAreBoundedInBytes: past FileBytes the oldest files go first.
+func TestFilesAreBoundedInBytes(t *testing.T) {
+	e := New(Config{FileBytes: 10})
+	ctx := context.Background()
+	for _, id := range []string{"a", "b", "c"} {
+		if err := e.PutFile(ctx, &engine.File{ID: id, Data: []byte("1234")}, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f, _ := e.GetFile(ctx, "a"); f != nil {
+		t.Fatal("the oldest file outlived the bound")
+	}
+	for _, id := range []string{"b", "c"} {
+		if f, _ := e.GetFile(ctx, id); f == nil {
+			t.Fatalf("file %s is gone, within the bound", id)
+		}
+	}
+}

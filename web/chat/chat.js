@@ -120,7 +120,7 @@ function start(name) {
     }
   }
 
-  function messageLi(from, text, ts, mine) {
+  function messageLi(from, text, ts, mine, file) {
     const li = document.createElement('li')
     if (mine) li.classList.add('mine')
     const f = document.createElement('span')
@@ -132,8 +132,34 @@ function start(name) {
     const meta = document.createElement('span')
     meta.className = 'meta'
     meta.textContent = time(ts)
-    li.append(f, t, meta)
+    li.append(f, t)
+    if (file) li.append(attachment(file))
+    li.append(meta)
     return li
+  }
+
+  // attachment shows a message's file: a picture as a thumbnail that opens
+  // full size, anything else as a link to download. The name is text.
+  function attachment(file) {
+    const url = file.local || client.fileURL(file)
+    const a = document.createElement('a')
+    a.href = url
+    a.target = '_blank'
+    a.rel = 'noopener'
+    if (file.image) {
+      a.className = 'picture'
+      const img = document.createElement('img')
+      img.src = url
+      img.alt = file.name
+      img.title = `${file.name} · ${size(file.size)} · click to open`
+      img.loading = 'lazy'
+      a.append(img)
+    } else {
+      a.className = 'file'
+      a.download = file.name
+      a.textContent = `${file.name} (${size(file.size)}, download)`
+    }
+    return a
   }
 
   function notice(c, text) {
@@ -199,7 +225,7 @@ function start(name) {
       markSent(el, m.seq)
       return
     }
-    add(c, messageLi(m.from, m.text, m.ts, m.from === client.user))
+    add(c, messageLi(m.from, m.text, m.ts, m.from === client.user, m.file))
   }
   client.on('chat', showChat)
   client.on('direct', (m) => {
@@ -207,7 +233,7 @@ function start(name) {
     const other = m.from === client.user ? m.to : m.from
     const c = conv('dm', other)
     c.gone = false
-    add(c, messageLi(m.from, m.text, m.ts, m.from === client.user))
+    add(c, messageLi(m.from, m.text, m.ts, m.from === client.user, m.file))
   })
   // After a reconnect that could not replay a room (the server restarted,
   // or the gap is older than its history), fill the screen from history.
@@ -263,6 +289,46 @@ function start(name) {
       li.querySelector('.meta').textContent = `not sent: ${err.message}`
     }).finally(() => id && pendingEls.delete(id))
   }
+  // Files: the picker, a drop on the conversation, a paste in the message
+  // box. A picture appears for everyone as a thumbnail; a file the server
+  // refuses (too big, not what it says it is) shows why, in words.
+  function sendFiles(files) {
+    if (!current) return
+    const c = current
+    for (const file of files) {
+      const li = document.createElement('li')
+      li.className = 'notice pending'
+      li.textContent = `sending ${file.name || 'a pasted picture'} (${size(file.size)})…`
+      add(c, li, false)
+      const caption = $('text').value.trim()
+      if (caption) $('text').value = ''
+      const opts = { name: file.name || 'pasted.png', text: caption }
+      const p = c.kind === 'room' ? client.sendFile(c.name, file, opts) : client.directFile(c.name, file, opts)
+      p.then(() => {
+        li.remove()
+        if (c.kind === 'dm') { // a room's own copy comes back from the server; a private one does not
+          const local = { name: opts.name, size: file.size, image: /^image\/(png|jpeg|gif|webp)$/.test(file.type), local: URL.createObjectURL(file) }
+          add(c, messageLi(client.user, caption, Date.now(), true, local))
+        }
+      }, (err) => {
+        li.classList.remove('pending')
+        li.classList.add('failed')
+        li.textContent = `${opts.name} was not sent: ${err.message}`
+      })
+    }
+  }
+  $('file').addEventListener('change', (e) => { sendFiles([...e.target.files]); e.target.value = '' })
+  $('messages').addEventListener('dragover', (e) => { e.preventDefault(); $('messages').classList.add('drop') })
+  $('messages').addEventListener('dragleave', () => $('messages').classList.remove('drop'))
+  $('messages').addEventListener('drop', (e) => {
+    e.preventDefault()
+    $('messages').classList.remove('drop')
+    if (e.dataTransfer?.files?.length) sendFiles([...e.dataTransfer.files])
+  })
+  $('text').addEventListener('paste', (e) => {
+    const files = [...(e.clipboardData?.files || [])]
+    if (files.length) { e.preventDefault(); sendFiles(files) }
+  })
   $('composer').addEventListener('submit', (e) => { e.preventDefault(); submit() })
   $('text').addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); submit() }
@@ -319,6 +385,12 @@ function start(name) {
   }
   setInterval(renderPanel, 250)
   renderPanel()
+}
+
+function size(n) {
+  if (n >= 1 << 20) return `${+(n / (1 << 20)).toFixed(1)} MiB`
+  if (n >= 1 << 10) return `${+(n / (1 << 10)).toFixed(1)} KiB`
+  return `${n} bytes`
 }
 
 function time(ts) {

@@ -68,8 +68,15 @@ export interface TetherOptions {
 export interface CloseSnapshot { code: number; reason: string; wasClean: boolean; at: number }
 export interface LogLine { at: number; text: string }
 
-export interface Chat { room: string; from: string; text: string; seq: number; epoch: string; id?: string; ts: number }
-export interface Direct { from: string; to: string; text: string; seq: number; epoch: string; id?: string; ts: number }
+/** A file a message carries; fetch it from client.fileURL(file). Show `name` as text. */
+export interface FileInfo {
+  id: string; name: string; mime: string; size: number
+  /** A PNG, JPEG, GIF or WebP picture: safe to show inline. Anything else is a download. */
+  image?: boolean
+  url: string
+}
+export interface Chat { room: string; from: string; text: string; seq: number; epoch: string; id?: string; ts: number; file?: FileInfo }
+export interface Direct { from: string; to: string; text: string; seq: number; epoch: string; id?: string; ts: number; file?: FileInfo }
 export interface Presence { room: string; user?: string; action: 'join' | 'leave' | 'count'; count: number }
 export interface Members { room: string; users: string[]; count: number; truncated?: boolean; epoch: string; top: number }
 export interface Recovered { room?: string; inbox?: boolean; recovered: boolean; count: number; epoch: string; top: number }
@@ -79,6 +86,8 @@ export interface Welcome {
   /** The private inbox's position when this connection started receiving it. */
   inbox: { epoch: string; top: number }
   heartbeat: { interval: number; timeout: number }; max_text: number
+  /** The largest file the server takes, in bytes; 0 when files are off. */
+  max_file: number
 }
 export interface HistoryPage { room: string; epoch: string; top: number; oldest: number; messages: Chat[] }
 export interface Ack { id: string; seq?: number }
@@ -137,6 +146,14 @@ export declare class TetherClient {
   leave(room: string): Sent<Ack>
   send(room: string, text: string): Sent<Ack>
   direct(user: string, text: string): Sent<Ack>
+  /** Send a file (a picture or any file) to a room; it enters the outbox once its bytes are read. */
+  sendFile(room: string, file: Blob | ArrayBuffer | Uint8Array, opts?: { name?: string; type?: string; text?: string }): Promise<Ack>
+  /** Send a file to a user, like sendFile. */
+  directFile(user: string, file: Blob | ArrayBuffer | Uint8Array, opts?: { name?: string; type?: string; text?: string }): Promise<Ack>
+  /** Where to fetch a message's file, with the token in token mode. */
+  fileURL(file: FileInfo): string
+  /** The largest file the server takes (from the welcome); 0 before it or when files are off. */
+  readonly maxFile: number
   who(room: string): Promise<Members>
   history(room: string, opts?: { before?: number; after?: number; limit?: number }): Promise<HistoryPage>
   destroy(): void

@@ -94,6 +94,28 @@ function defaultURL(user) {
   return user ? `${base}?user=${encodeURIComponent(user)}` : base
 }
 
+// fileFrame is a file's binary frame: the header's length (2 bytes, big
+// endian), the header (JSON), the bytes (docs/protocol.md, Files).
+function fileFrame(id, p) {
+  const header = { type: 'file', id, name: p.name, mime: p.mime }
+  if (p.room) header.room = p.room
+  else header.to = p.to
+  if (p.text) header.text = p.text
+  const h = new TextEncoder().encode(JSON.stringify(header))
+  const out = new Uint8Array(2 + h.length + p.bytes.length)
+  out[0] = h.length >> 8
+  out[1] = h.length & 0xff
+  out.set(h, 2)
+  out.set(p.bytes, 2 + h.length)
+  return out
+}
+
+function sizeText(n) {
+  if (n >= 1 << 20) return `${+(n / (1 << 20)).toFixed(1)} MiB`
+  if (n >= 1 << 10) return `${+(n / (1 << 10)).toFixed(1)} KiB`
+  return `${n} bytes`
+}
+
 // redact is a URL fit for the log: the token and session are secrets (a
 // session can be resumed by whoever holds it), and the positions are
 // long; what is left says who connects where, and whether it resumes.
@@ -157,6 +179,7 @@ export class TetherClient {
     this.resumed = false
     this.rooms = new Set()
     this._asked = []          // the rooms the current attempt asked for (?rooms=)
+    this.maxFile = 0          // the largest file the server takes (welcome.max_file)
     this.log = []
 
     this._listeners = new Map()
@@ -240,6 +263,47 @@ export class TetherClient {
 
   /** Send a private message to a user; resolves with {id, seq} on ack. */
   direct(user, text) { return this._enqueue('direct', { to: user, text }) }
+
+  /**
+   * Send a file (a picture, or any file: a Blob, File, ArrayBuffer or
+   * Uint8Array) to a room; resolves with {id, seq} on ack, like send. It
+   * enters the outbox once its bytes are read (await it before sending
+   * more to keep the order), waits there while disconnected, and is
+   * delivered exactly once, as a chat message with `file`. Rejects with
+   * `file_too_large` past the server's limit (welcome.max_file), `bad_file`
+   * when empty or when a picture's bytes are not what its type says.
+   */
+  sendFile(room, file, opts = {}) { return this._enqueueFile({ room }, file, opts) }
+
+  /** Send a file to a user, like sendFile. */
+  directFile(user, file, opts = {}) { return this._enqueueFile({ to: user }, file, opts) }
+
+  /** Where to fetch a message's file (`message.file`), with the token in token mode. */
+  fileURL(file) {
+    if (!file || !file.url) return ''
+    let base
+    try { base = new URL(this._ws?.url || this._url()) } catch { return file.url }
+    base.protocol = base.protocol === 'wss:' ? 'https:' : 'http:'
+    const u = new URL(file.url, base)
+    const tok = typeof this.options.token === 'function' ? this.options.token() : this.options.token
+    if (tok) u.searchParams.set('token', tok)
+    return u.toString()
+  }
+
+  async _enqueueFile(to, file, opts) {
+    const name = opts.name || file?.name || 'file'
+    const mime = opts.type || file?.type || ''
+    let bytes
+    if (file instanceof Uint8Array) bytes = file
+    else if (file instanceof ArrayBuffer) bytes = new Uint8Array(file)
+    else if (file && typeof file.arrayBuffer === 'function') bytes = new Uint8Array(await file.arrayBuffer())
+    else throw new TetherError('bad_file', 'sendFile takes a Blob, File, ArrayBuffer or Uint8Array')
+    if (bytes.length === 0) throw new TetherError('bad_file', `"${name}" is empty`)
+    if (this.maxFile > 0 && bytes.length > this.maxFile) {
+      throw new TetherError('file_too_large', `"${name}" is ${sizeText(bytes.length)}; the limit is ${sizeText(this.maxFile)}`)
+    }
+    return this._enqueue('file', { ...to, name, mime, text: opts.text || '', bytes })
+  }
 
   /** Ask who is in a room (answered by a `members` event). Not queued. */
   who(room) { return this._request('who', { room }) } // answered by `members` with the same id
@@ -533,6 +597,10 @@ export class TetherClient {
     const ws = this._ws
     if (!ws || ws.readyState !== 1) return false
     try {
+      if (msg.type === 'file') {
+        ws.send(fileFrame(msg.id, msg.payload))
+        return true
+      }
       ws.send(JSON.stringify({ ...msg, ts: this._t.now() }))
       return true
     } catch (e) {
@@ -597,6 +665,7 @@ export class TetherClient {
     this.user = w.user
     this.session = w.session
     this.resumed = !!w.resumed
+    this.maxFile = w.max_file || 0
     // The inbox's position at this connection's start: a first private
     // message sent while the client is away is recovered from it. A client
     // that has a position keeps it (a resume's welcome is already past

@@ -27,7 +27,16 @@ class FakeClock {
 class FakeWS {
   static all = []
   constructor(url) { this.url = url; this.readyState = 0; this.sent = []; FakeWS.all.push(this) }
-  send(s) { if (this.readyState !== 1) throw new Error('not open'); this.sent.push(JSON.parse(s)) }
+  send(s) {
+    if (this.readyState !== 1) throw new Error('not open')
+    if (s instanceof Uint8Array) { // a file frame: [2-byte length][JSON header][bytes]
+      const n = (s[0] << 8) | s[1]
+      const header = JSON.parse(new TextDecoder().decode(s.subarray(2, 2 + n)))
+      this.sent.push({ ...header, bytes: s.subarray(2 + n) })
+      return
+    }
+    this.sent.push(JSON.parse(s))
+  }
   close(code, reason) { this.readyState = 3; this.closedWith = { code, reason } }
   // test helpers: what the server or the network does
   open() { this.readyState = 1; this.onopen?.({}) }
@@ -579,4 +588,22 @@ test('lastClose keeps how the last connection ended; attempts that fail without 
   last().open()
   last().drop(4401, 'token expired', true) // a refusal with words is shown
   assert.equal(client.lastClose.code, 4401)
+})
+
+test('sendFile: a file frame with its header and bytes, queued while disconnected, sent once after the welcome; the limits checked at once', async () => {
+  const { client, last } = setup()
+  client.connect()
+  const p = client.sendFile('general', new Uint8Array([1, 2, 3]), { name: 'a.bin', text: 'caption' })
+  await new Promise((r) => setTimeout(r, 0)) // the bytes are read
+  assert.equal(client.pending, 1, 'queued while not yet open')
+  last().welcome({ max_file: 10 })
+  const sent = last().sent.filter((m) => m.type === 'file')
+  assert.equal(sent.length, 1)
+  assert.deepEqual({ ...sent[0], bytes: [...sent[0].bytes] },
+    { type: 'file', id: sent[0].id, room: 'general', name: 'a.bin', mime: '', text: 'caption', bytes: [1, 2, 3] })
+  last().receive('ack', { id: sent[0].id, seq: 7 }, sent[0].id)
+  assert.equal((await p).seq, 7)
+  await assert.rejects(client.sendFile('general', new Uint8Array(11), { name: 'big.bin' }), { code: 'file_too_large' })
+  await assert.rejects(client.directFile('bob', new Uint8Array(0), { name: 'empty.bin' }), { code: 'bad_file' })
+  assert.equal(client.fileURL({ id: 'f', name: 'x', mime: 'image/png', size: 1, url: '/files/f' }).endsWith('/files/f'), true)
 })
