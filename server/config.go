@@ -43,6 +43,10 @@ type Config struct {
 	// sends through this node (bursts of a third of that). Zero means 20.
 	MaxFileSize    int
 	FilesPerMinute int
+	// ImagesOnly refuses files that are not pictures (PNG, JPEG, GIF,
+	// WebP) with bad_file; by default other files are taken and offered
+	// as downloads.
+	ImagesOnly bool
 
 	// SendQueueMessages and SendQueueBytes bound what may wait to be written
 	// to one connection. A connection that lets its queue overflow is a slow

@@ -50,6 +50,12 @@ func (c *Conn) onFile(data []byte) {
 		c.sendError(perr)
 		return
 	}
+	if s.cfg.ImagesOnly && !image {
+		s.metrics.filesRefused.WithLabelValues(string(protocol.ErrBadFile)).Inc()
+		c.sendError(&protocol.Error{Code: protocol.ErrBadFile, ID: h.ID,
+			Message: `"` + h.Name + `" is not a picture; only PNG, JPEG, GIF and WebP pictures are taken here`})
+		return
+	}
 	if !s.allowFile(c.user) {
 		s.metrics.filesRefused.WithLabelValues(string(protocol.ErrRateLimited)).Inc()
 		c.sendError(&protocol.Error{Code: protocol.ErrRateLimited, ID: h.ID,

@@ -194,6 +194,15 @@ func TestFileLimitsAndAccess(t *testing.T) {
 		t.Fatalf("an unknown file: %d", r.StatusCode)
 	}
 
+	pics := newTestServer(t, Config{ImagesOnly: true})
+	d2 := connect(t, pics, "dora")
+	d2.sendFile(protocol.FileHeader{ID: "i1", Room: "general", Name: "notes.txt"}, notAPicture)
+	if e := payloadOf[protocol.Error](t, d2.expect(protocol.TypeError, nil)); e.Code != protocol.ErrBadFile || !strings.Contains(e.Message, "not a picture") {
+		t.Fatalf("a file that is no picture with --images-only: %+v", e)
+	}
+	d2.sendFile(protocol.FileHeader{ID: "i2", Room: "general", Name: "dot.png"}, png1x1)
+	d2.expect(protocol.TypeAck, isAck("i2"))
+
 	off := newTestServer(t, Config{MaxFileSize: -1})
 	c := connect(t, off, "carol")
 	if c.welcome.MaxFile != 0 {

@@ -119,6 +119,7 @@ func serveFlags(fs *flag.FlagSet, cfg *server.Config, addr, logFormat, logLevel 
 	fs.StringVar(&cfg.AutoJoin, "auto-join", protocol.DefaultRoom, "room every new connection joins ('-' for none)")
 	fs.IntVar(&cfg.MaxFileSize, "max-file-size", 1<<20, "largest file (picture or other) a client may send, in bytes; -1 turns files off")
 	fs.IntVar(&cfg.FilesPerMinute, "files-per-minute", 20, "files one user may send through this node per minute")
+	fs.BoolVar(&cfg.ImagesOnly, "images-only", false, "take pictures only (PNG, JPEG, GIF, WebP); by default other files are taken as downloads")
 	fs.StringVar(&cfg.WSDialect, "ws-dialect", "tether", "what GET /ws speaks: tether, or tutorial-001 (the FastAPI tutorial's JSON {type, data} clients, unchanged); /tether/ws always speaks tether")
 	fs.StringVar(&cfg.WSIDDialect, "ws-id-dialect", "tether", "what GET /ws/{client_id} speaks: tether, tutorial-001, or tutorial-003 (the FastAPI tutorial's plain-text private chat); /tether/ws/{client_id} always speaks tether")
 	fs.IntVar(&cfg.PresenceEventsMax, "presence-events-max", 100, "room size (users) up to which each join/leave is an event; bigger rooms get coalesced counts")

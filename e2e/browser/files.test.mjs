@@ -62,6 +62,18 @@ test('web chat: a picture sent by one user appears for the other, also after a d
   assert.equal(await bob.locator('#messages img[alt="while-away.png"]').count(), 1, 'once')
   await screenshot(bob, 'chat-pictures')
 
+  // Dropped on the conversation, and pasted into the message box.
+  const viaEvent = (page, kind, name) => page.evaluate(({ kind, name, bytes }) => {
+    const dt = new DataTransfer()
+    dt.items.add(new File([new Uint8Array(bytes)], name, { type: 'image/png' }))
+    if (kind === 'drop') document.getElementById('messages').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }))
+    else document.getElementById('text').dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }))
+  }, { kind, name, bytes: [...png1] })
+  await viaEvent(alice, 'drop', 'dropped.png')
+  assert.equal(await loaded(bob, 'dropped.png'), 1, 'a dropped picture')
+  await viaEvent(alice, 'paste', 'pasted.png')
+  assert.equal(await loaded(bob, 'pasted.png'), 1, 'a pasted picture')
+
   // A private picture.
   await bob.locator('#members li', { hasText: /^alice$/ }).click()
   await pick(bob, 'for-alice.png', 'image/png', png1)
