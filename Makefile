@@ -4,13 +4,18 @@
 GO ?= go
 export CGO_ENABLED ?= 1
 
-.PHONY: run test deps lint gotest jstest e2e fuzz bench build
+.PHONY: run test deps lint gotest jstest e2e fuzz bench build dist
 
 run:
 	$(GO) run ./cmd/tether
 
 build:
-	$(GO) build -o bin/tether ./cmd/tether
+	$(GO) build -ldflags "-X main.commit=$$(git rev-parse --short=12 HEAD 2>/dev/null)" -o bin/tether ./cmd/tether
+
+# Release binaries for linux, darwin and windows on amd64 and arm64, with
+# SHA256SUMS, in dist/ (VERSION=v1.2.3 make dist; scripts/dist.sh).
+dist:
+	./scripts/dist.sh
 
 test: deps lint gotest jstest e2e
 	@echo; cat artifacts/fault-counts.txt

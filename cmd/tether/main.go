@@ -17,6 +17,8 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -26,8 +28,41 @@ import (
 	"github.com/tether-chat/tether/server"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "dev"
+// version and commit are set at build time (make dist):
+// -ldflags "-X main.version=v1.2.3 -X main.commit=abc1234". A plain go
+// build or go install from a checkout leaves version "dev" and takes the
+// commit from the build's VCS stamp.
+var (
+	version = "dev"
+	commit  = ""
+)
+
+// buildInfo is what `tether version` prints after the version: the commit
+// (with "+dirty" for uncommitted changes), the Go version and the platform.
+func buildInfo() string {
+	c, dirty := commit, false
+	if bi, ok := debug.ReadBuildInfo(); ok && c == "" {
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				c = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+	}
+	c, suffix, _ := strings.Cut(c, "+") // make dist stamps "abc1234+dirty"
+	if len(c) > 12 {
+		c = c[:12]
+	}
+	if c == "" {
+		c = "unknown"
+	}
+	if dirty || suffix == "dirty" {
+		c += "+dirty"
+	}
+	return fmt.Sprintf("commit %s, %s, %s/%s", c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -52,7 +87,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "chat":
 		return chatCmd(args, os.Stdin, stdout, stderr)
 	case "version":
-		fmt.Fprintf(stdout, "tether %s (protocol v%d)\n", version, protocol.Version)
+		fmt.Fprintf(stdout, "tether %s (protocol v%d; %s)\n", version, protocol.Version, buildInfo())
 		return 0
 	case "help":
 		usage(stdout)
@@ -245,7 +280,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	if cfg.AuthSecret != "" {
 		mode = "token"
 	}
-	logger.Info("tether listening", "version", version, "addr", ln.Addr().String(),
+	logger.Info("tether listening", "version", version, "build", buildInfo(), "addr", ln.Addr().String(),
 		"chat", scheme+"://"+ln.Addr().String()+"/", "engine", engineName, "node", cfg.NodeID, "auth", mode)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
