@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: Debian packages
 # (chromium for the browser tests; redis-server and nginx for the cluster
-# tests) and the npm packages in package-lock.json. Safe to run repeatedly.
+# tests; systemd-analyze for the service unit) and the npm packages in package-lock.json. Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,7 @@ need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) # verifies deploy/systemd/tether.service
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then

@@ -67,3 +67,21 @@ func TestDist(t *testing.T) {
 		}
 	}
 }
+
+// TestGoInstall: the README's install line from a checkout works.
+func TestGoInstall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	dir := t.TempDir()
+	cmd := exec.Command("go", "install", "./cmd/tether")
+	cmd.Dir = filepath.Join("..", "..")
+	cmd.Env = append(os.Environ(), "GOBIN="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go install ./cmd/tether: %v\n%s", err, out)
+	}
+	out, err := exec.Command(filepath.Join(dir, "tether"), "version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "tether dev (protocol v1; ") {
+		t.Fatalf("tether version = %q, %v", out, err)
+	}
+}

@@ -47,6 +47,8 @@ test('every JavaScript example in the docs type-checks against tether.d.ts', () 
           'http://127.0.0.1:8000/sdk/tether.js': [join(sdk, 'tether.d.ts')],
           '/sdk/tether.js': [join(sdk, 'tether.d.ts')],
           '/sdk/vue.js': [join(sdk, 'vue.d.ts')],
+          '@tether-chat/sdk': [join(sdk, 'tether.d.ts')],
+          '@tether-chat/sdk/vue': [join(sdk, 'vue.d.ts')],
           vue: [join(root, 'node_modules', 'vue')],
         },
       },
