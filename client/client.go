@@ -101,9 +101,12 @@ type Event struct {
 	Presence  *protocol.Presence
 	Members   *protocol.Members
 	Left      *protocol.Left
-	Recovered *protocol.Recovered
-	History   *protocol.HistoryPage
-	Error     *protocol.Error // an error reply not answering a pending call
+	// Unsubscribed: the application took the user out of a room (the
+	// client no longer asks for it).
+	Unsubscribed *protocol.Unsubscribed
+	Recovered    *protocol.Recovered
+	History      *protocol.HistoryPage
+	Error        *protocol.Error // an error reply not answering a pending call
 }
 
 // Ack is the server's confirmation of a message.
@@ -1072,6 +1075,15 @@ func (c *Client) handle(conn *websocket.Conn, b []byte, gap *gapState) {
 		var l protocol.Left
 		json.Unmarshal(env.Payload, &l)
 		c.emit(Event{Type: env.Type, Left: &l})
+	case protocol.TypeUnsubscribed:
+		var u protocol.Unsubscribed
+		json.Unmarshal(env.Payload, &u)
+		c.mu.Lock()
+		c.rooms = remove(c.rooms, u.Room)
+		delete(c.joinedAt, u.Room)
+		delete(c.positions, "room:"+u.Room)
+		c.mu.Unlock()
+		c.emit(Event{Type: env.Type, Unsubscribed: &u})
 	}
 }
 

@@ -11,6 +11,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"sort"
 	"strings"
 	"time"
 )
@@ -355,3 +356,37 @@ type Stats struct {
 
 // StatsReporter is implemented by engines that keep Stats.
 type StatsReporter interface{ Stats() Stats }
+
+// Inspector is implemented by engines that can list what the cluster
+// holds, for the server API and the admin page. Listing is not on any
+// message's path; it may cost the store time proportional to what it
+// lists.
+type Inspector interface {
+	// Sets lists the presence sets (rooms; not the online set "") with
+	// their sizes, the largest first, at most limit of them.
+	Sets(ctx context.Context, limit int) ([]SetSize, error)
+	// Instances lists the node instances alive now (one per running node),
+	// or nil when the engine serves one node only.
+	Instances(ctx context.Context) ([]string, error)
+}
+
+// SetSize is a presence set and its number of users.
+type SetSize struct {
+	Set   string `json:"room"`
+	Count int    `json:"count"`
+}
+
+// TopSets sorts sets by size, largest first (then by name), and keeps at
+// most limit (all when limit <= 0).
+func TopSets(sets []SetSize, limit int) []SetSize {
+	sort.Slice(sets, func(i, j int) bool {
+		if sets[i].Count != sets[j].Count {
+			return sets[i].Count > sets[j].Count
+		}
+		return sets[i].Set < sets[j].Set
+	})
+	if limit > 0 && len(sets) > limit {
+		sets = sets[:limit]
+	}
+	return sets
+}

@@ -129,6 +129,12 @@ type Left struct {
 	User string `json:"user"`
 }
 
+// Unsubscribed says the connection is no longer in Room: the application
+// took the user out of it.
+type Unsubscribed struct {
+	Room string `json:"room"`
+}
+
 // Ack confirms that the message with this id was processed. For chat and
 // direct it carries the sequence the message got.
 type Ack struct {

@@ -52,6 +52,10 @@ const (
 	TypeAck       = "ack"
 	TypeError     = "error"
 	TypeRecovered = "recovered"
+	// TypeUnsubscribed tells a connection that the application took its
+	// user out of a room (the server API); the client must not join it
+	// again on its own.
+	TypeUnsubscribed = "unsubscribed"
 )
 
 // InboxKey names the user's private inbox in a client's `since` positions

@@ -174,6 +174,12 @@ func (h *hub) Deliver(p *engine.Publication) {
 	if !ok {
 		return
 	}
+	if p.Type == typeControl {
+		if kind == "user" {
+			h.control(name, p)
+		}
+		return
+	}
 	frame := encodePublication(p)
 	if frame == nil {
 		return
@@ -211,6 +217,52 @@ func (h *hub) Deliver(p *engine.Publication) {
 		return
 	}
 	startWriters(later)
+}
+
+// Control messages: the server API's disconnect and unsubscribe, published
+// (ephemerally) on the user's inbox stream so that they reach every node
+// holding a connection of the user. They are never sent to clients.
+const (
+	typeControl    = "_control"
+	ctlDisconnect  = "disconnect"  // Count: the close code; Text: the reason
+	ctlUnsubscribe = "unsubscribe" // Room
+)
+
+// control carries out a control message for user's connections on this
+// node. Deliver must not block: the work that waits on the engine runs on
+// a goroutine of its own.
+func (h *hub) control(user string, p *engine.Publication) {
+	h.mu.RLock()
+	var conns []*Conn
+	if u := h.users[user]; u != nil {
+		conns = append(conns, u.conns...)
+	}
+	h.mu.RUnlock()
+	switch p.Action {
+	case ctlDisconnect:
+		h.srv.log.Info("disconnected by the application", "user", user, "connections", len(conns), "code", p.Count)
+		for _, c := range conns {
+			c.close(protocol.Disconnect{Code: protocol.CloseCode(p.Count), Reason: p.Text}, closeDrain)
+		}
+	case ctlUnsubscribe:
+		if len(conns) == 0 {
+			return
+		}
+		go func() {
+			defer h.srv.recoverPanic("unsubscribe", nil)
+			ctx, cancel := h.srv.opContext(10 * time.Second)
+			defer cancel()
+			frame := protocol.Encode(protocol.TypeUnsubscribed, "", protocol.Unsubscribed{Room: p.Room})
+			for _, c := range conns {
+				if !h.isMember(c, p.Room) {
+					continue
+				}
+				h.leave(ctx, c, p.Room)
+				h.srv.saveSession(ctx, c)
+				c.enqueue(frame)
+			}
+		}()
+	}
 }
 
 // Lost is the engine telling that this node may have missed publications

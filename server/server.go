@@ -57,6 +57,7 @@ type Server struct {
 
 	mux *http.ServeMux
 
+	started      time.Time
 	nextID       atomic.Uint64
 	shuttingDown atomic.Bool
 	// stopSaveGen is hub.partnerAdds when Shutdown saved every session.
@@ -120,6 +121,7 @@ func New(cfg Config) (*Server, error) {
 	if s.nodeID == "" {
 		s.nodeID = randomID(6)
 	}
+	s.started = time.Now()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.limits = newLimiter()
 	s.hub = newHub(s)
@@ -148,8 +150,7 @@ func (s *Server) routes() {
 	})
 	s.mux.HandleFunc("GET /readyz", s.serveReady)
 	s.mux.Handle("GET /metrics", s.metricsHandler())
-	s.mux.HandleFunc("POST /api/publish", s.apiPublish)
-	s.mux.HandleFunc("GET /api/presence", s.apiPresence)
+	s.apiRoutes()
 	chat, _ := fs.Sub(web.FS, "chat")
 	sdk, _ := fs.Sub(web.FS, "sdk")
 	s.mux.Handle("GET /sdk/", sdkHandler(http.StripPrefix("/sdk/", http.FileServerFS(sdk))))

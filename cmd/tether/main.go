@@ -247,6 +247,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		engineName = "redis"
 	}
 
+	server.Version = version
 	srv, err := server.New(cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "tether: invalid configuration:", err)

@@ -591,6 +591,30 @@ func Run(t *testing.T, f Factory) {
 		}
 	})
 
+	t.Run("Inspector", func(t *testing.T) {
+		e, _ := start(t, f, 10)
+		in, ok := e.(engine.Inspector)
+		if !ok {
+			t.Skip("the engine lists nothing")
+		}
+		for _, m := range [][2]string{{"a", "u1"}, {"a", "u2"}, {"b", "u1"}, {"", "u1"}, {"c", "u3"}} {
+			if _, _, err := e.PresenceAdd(ctx, m[0], m[1]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e.PresenceRemove(ctx, "c", "u3") // an empty room is not listed
+		sets, err := in.Sets(ctx, 10)
+		if err != nil || fmt.Sprint(sets) != "[{a 2} {b 1}]" {
+			t.Fatalf("Sets = %v, %v", sets, err)
+		}
+		if top, _ := in.Sets(ctx, 1); fmt.Sprint(top) != "[{a 2}]" {
+			t.Fatalf("Sets(1) = %v", top)
+		}
+		if _, err := in.Instances(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("ReadyAndClose", func(t *testing.T) {
 		e := f(t, Options{HistorySize: 5})
 		if err := e.Start(ctx, NewCollector()); err != nil {

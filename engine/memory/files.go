@@ -78,3 +78,19 @@ func (e *Engine) isClosed() bool {
 	defer e.mu.RUnlock()
 	return e.closed
 }
+
+// Sets implements engine.Inspector.
+func (e *Engine) Sets(ctx context.Context, limit int) ([]engine.SetSize, error) {
+	e.mu.RLock()
+	out := make([]engine.SetSize, 0, len(e.sets))
+	for name, users := range e.sets {
+		if name != "" && len(users) > 0 {
+			out = append(out, engine.SetSize{Set: name, Count: len(users)})
+		}
+	}
+	e.mu.RUnlock()
+	return engine.TopSets(out, limit), nil
+}
+
+// Instances implements engine.Inspector: one node.
+func (e *Engine) Instances(ctx context.Context) ([]string, error) { return nil, nil }

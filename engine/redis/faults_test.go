@@ -300,9 +300,13 @@ func TestSweptWhileAliveAssertsAgain(t *testing.T) {
 	if evs[0].Action != "leave" || evs[1].Action != "join" || evs[1].User != "alice" {
 		t.Fatalf("events %+v %+v; want alice's leave then join", evs[0], evs[1])
 	}
-	if has, _ := b.PresenceHas(ctx, "p", "alice"); !has {
-		t.Fatal("alice is not present after a asserted its holds again")
-	}
+	// Eventually present: on a loaded machine a's renewals can run late by
+	// more than this test's tiny TTL again, and b then rightly sweeps a
+	// once more (and a asserts its holds once more).
+	waitFor(t, "alice present again after a asserted its holds", func() bool {
+		has, _ := b.PresenceHas(ctx, "p", "alice")
+		return has
+	})
 }
 
 func waitFor(t *testing.T, what string, ok func() bool) {

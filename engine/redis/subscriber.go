@@ -174,7 +174,10 @@ func (s *subscriber) run() {
 
 // streamPattern matches every stream's channel of this engine's prefix,
 // with the prefix's own glob characters escaped.
-func (e *Engine) streamPattern() string {
+func (e *Engine) streamPattern() string { return e.globPrefix() + "{*}:ch" }
+
+// globPrefix is the key prefix with glob characters escaped, for patterns.
+func (e *Engine) globPrefix() string {
 	var b strings.Builder
 	for _, r := range e.cfg.Prefix {
 		if strings.ContainsRune(`*?[]\`, r) {
@@ -182,7 +185,7 @@ func (e *Engine) streamPattern() string {
 		}
 		b.WriteRune(r)
 	}
-	return b.String() + "{*}:ch"
+	return b.String()
 }
 
 // onMessage is rueidis's hook: called for each message, one at a time, in

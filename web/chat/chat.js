@@ -257,6 +257,10 @@ function start(name) {
     if (current === c) client.who(p.room).catch(() => {})
   })
   client.on('members', renderMembers)
+  client.on('unsubscribed', ({ room }) => {
+    const c = convs.get(`room:${room}`)
+    if (c) notice(c, `you were taken out of #${room}`)
+  })
   client.on('left', (l) => {
     const c = convs.get(`dm:${l.user}`)
     if (!c) return

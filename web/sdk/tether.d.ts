@@ -104,6 +104,8 @@ export interface TetherEvents {
   presence: Presence
   members: Members
   left: { user: string }
+  /** The application took the user out of a room (server API); the client no longer asks for it. */
+  unsubscribed: { room: string }
   history: HistoryPage
   error: ErrorReply
   outbox: { pending: number }

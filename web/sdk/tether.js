@@ -652,6 +652,13 @@ export class TetherClient {
         this._settle(env.id, null, p, true)
         return this._emit('history', p)
       case 'recovered': return this._handleRecovered(p)
+      case 'unsubscribed':
+        // The application took this user out of the room: not asked for again.
+        this.rooms.delete(p.room)
+        this._joinedAt.delete(p.room)
+        this._positions.delete(`room:${p.room}`)
+        this._persist()
+        return this._emit('unsubscribed', p)
       default:
         return this._emit(env.type, p)
     }
