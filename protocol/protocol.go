@@ -96,6 +96,7 @@ const (
 	ErrTooManyRooms  ErrorCode = "too_many_rooms" // the per-connection room limit is reached
 	ErrForbiddenRoom ErrorCode = "forbidden_room" // the token does not allow this room
 	ErrUserOffline   ErrorCode = "user_offline"   // direct to a user with no connection
+	ErrRejected      ErrorCode = "rejected"       // the application's check (--check-url) refused this message
 	ErrRateLimited   ErrorCode = "rate_limited"   // too many messages; this one was not processed
 	ErrUnavailable   ErrorCode = "unavailable"    // the engine could not take the message; retry later
 	ErrInternal      ErrorCode = "internal"       // a bug on the server side; the message was not processed

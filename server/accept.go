@@ -203,6 +203,8 @@ func parseUpgrade(head []byte) (req wsRequest, ok bool) {
 			req.origin = firstValue(req.origin, value)
 		case asciiEqualFold(name, "Authorization"):
 			req.authorization = firstValue(req.authorization, value)
+		case asciiEqualFold(name, "Cookie"):
+			req.cookie = firstValue(req.cookie, value)
 		}
 	}
 	if !req.upgradeWebSocket || hosts != 1 || req.host == "" {

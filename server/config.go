@@ -128,6 +128,23 @@ type Config struct {
 	WSDialect   string
 	WSIDDialect string
 
+	// HookURL, when set, receives the node's events (hooks.go): room and
+	// private messages, joins and leaves, connects and disconnects, in
+	// signed JSON batches, retried until accepted (at least once), from a
+	// queue of at most HookQueue events (zero means 10,000). HookSecret
+	// signs them (HMAC-SHA256).
+	HookURL    string
+	HookSecret string
+	HookQueue  int
+	// CheckURL, when set, is asked before a connection is set up and before
+	// a client's message is published (hooks.go): allow, deny, or (a
+	// message) rewrite, within CheckTimeout (zero means 1s). When it does
+	// not answer, connections and messages are refused (fail closed)
+	// unless CheckFailOpen.
+	CheckURL      string
+	CheckTimeout  time.Duration
+	CheckFailOpen bool
+
 	// AllowedOrigins are glob patterns (path.Match syntax, e.g.
 	// "https://*.example.com") of browser origins allowed to open a
 	// WebSocket, besides the server's own origin. In open mode loopback
@@ -181,6 +198,8 @@ func (c Config) withDefaults() Config {
 	def(&c.HistoryTTL, 10*time.Minute) // the engines' default too; files are kept as long
 	defInt(&c.MaxFileSize, 1<<20)
 	defInt(&c.FilesPerMinute, 20)
+	defInt(&c.HookQueue, 10000)
+	def(&c.CheckTimeout, time.Second)
 	defInt(&c.SendQueueMessages, 1024)
 	defInt(&c.SendQueueBytes, 1<<20)
 	if c.RateLimit == 0 {

@@ -179,8 +179,11 @@ func (p *enterPlan) run(ctx context.Context, in engine.Entering) (*engine.Sessio
 		return nil, h.srv.engineFailed("enter", err)
 	}
 	for i, en := range in.Entries {
-		if en.Set != "" && res[i].Added && res[i].Count > en.AnnounceMax {
-			h.presenceChanged(ctx, en.Set, en.User, protocol.PresenceJoin, res[i].Count)
+		if en.Set != "" && res[i].Added {
+			h.srv.hook(HookEvent{Type: "join", User: en.User, Room: en.Set})
+			if res[i].Count > en.AnnounceMax {
+				h.presenceChanged(ctx, en.Set, en.User, protocol.PresenceJoin, res[i].Count)
+			}
 		}
 	}
 	p.entered = append(p.entered, res...)

@@ -70,11 +70,15 @@ func (c *Conn) onFile(data []byte) {
 	if h.Room != "" {
 		p := &engine.Publication{Stream: engine.RoomStream(h.Room), Type: protocol.TypeChat, Room: h.Room, From: c.user,
 			Text: h.Text, ClientID: h.ID, TS: time.Now().UnixMilli(), File: ref}
-		var err error
-		if !hub.isMember(c, h.Room) {
-			err = notMember(h.Room)
-		} else if err = s.storeFile(ctx, f); err == nil {
-			err = s.publish(ctx, p, c.key(h.ID))
+		err := error(notMember(h.Room))
+		if hub.isMember(c, h.Room) {
+			err = c.checkMessage(ctx, p)
+			if err == nil {
+				err = s.storeFile(ctx, f)
+			}
+			if err == nil {
+				err = s.publish(ctx, p, c.key(h.ID))
+			}
 		}
 		c.answer(ctx, h.ID, p, err)
 		return

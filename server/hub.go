@@ -667,6 +667,7 @@ func (h *hub) afterRelease(ctx context.Context, name, user string, lastTab, empt
 		return
 	}
 	if removed {
+		h.srv.hook(HookEvent{Type: "leave", User: user, Room: name})
 		h.presenceChanged(ctx, name, user, protocol.PresenceLeave, n)
 	}
 }
@@ -748,6 +749,9 @@ func (h *hub) direct(ctx context.Context, c *Conn, to, text, id string, file *en
 	}
 	if !online {
 		return p, &protocol.Error{Code: protocol.ErrUserOffline, Message: "user " + to + " is not online"}
+	}
+	if err := c.checkMessage(ctx, p); err != nil {
+		return p, err
 	}
 	if store != nil {
 		if err := store(); err != nil {

@@ -31,6 +31,7 @@ type metrics struct {
 	files        *prometheus.CounterVec // files stored, by kind (image, other)
 	fileBytes    prometheus.Counter
 	filesRefused *prometheus.CounterVec // by error code
+	checks       *prometheus.CounterVec // --check-url answers, by type and result
 }
 
 // historySizer is implemented by engines that can tell how many messages
@@ -55,13 +56,25 @@ func (s *Server) initMetrics() {
 		Help: "Bytes of the files stored."})
 	m.filesRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_files_refused_total",
 		Help: "Files refused, by error code (bad_file, file_too_large, rate_limited, ...)."}, []string{"code"})
+	m.checks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_checks_total",
+		Help: "Checks asked of the application (--check-url), by type (connect, publish) and result (allow, deny, rewrite, down)."}, []string{"type", "result"})
 	counter := func(name, help string, v *atomic.Int64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
 	}
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.closedBy, m.inByType, m.outByType, m.latency, m.files, m.fileBytes, m.filesRefused,
+		m.closedBy, m.inByType, m.outByType, m.latency, m.files, m.fileBytes, m.filesRefused, m.checks,
+		hookCounter("tether_hook_events_sent_total", "Events the application (--hook-url) accepted.", s, func(h *hookSender) int64 { return h.sent.Load() }),
+		hookCounter("tether_hook_events_dropped_total", "Events dropped because the hook queue (--hook-queue) was full: the application was not taking them.", s, func(h *hookSender) int64 { return h.lost.Load() }),
+		hookCounter("tether_hook_failures_total", "Hook deliveries that failed and were retried.", s, func(h *hookSender) int64 { return h.failures.Load() }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_hook_queue",
+			Help: "Events waiting to be posted to the application (--hook-url)."}, func() float64 {
+			if s.hooks == nil {
+				return 0
+			}
+			return float64(len(s.hooks.queue))
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_connections",
 			Help: "Connections open now."}, func() float64 { return float64(s.hub.count()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_setups_waiting",
@@ -121,4 +134,14 @@ func (m *metrics) observeDelivery(typ string, ts int64) {
 	if ts > 0 {
 		m.latency.Observe(time.Since(time.UnixMilli(ts)).Seconds())
 	}
+}
+
+// hookCounter is a counter of the hook sender's (0 without hooks).
+func hookCounter(name, help string, s *Server, v func(*hookSender) int64) prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 {
+		if s.hooks == nil {
+			return 0
+		}
+		return float64(v(s.hooks))
+	})
 }

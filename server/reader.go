@@ -289,7 +289,7 @@ func (c *Conn) handle(cmd protocol.Command) {
 		var err error
 		if !h.isMember(c, cmd.Room) {
 			err = notMember(cmd.Room)
-		} else {
+		} else if err = c.checkMessage(ctx, p); err == nil {
 			err = c.srv.publish(ctx, p, c.key(cmd.ID))
 		}
 		c.answer(ctx, cmd.ID, p, err)

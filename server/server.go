@@ -70,7 +70,8 @@ type Server struct {
 	processing   sync.RWMutex
 	conns        sync.WaitGroup // one per live connection
 	heartbeatOff chan struct{}
-	flusher      *flusher // nil without a write delay
+	flusher      *flusher    // nil without a write delay
+	hooks        *hookSender // nil without Config.HookURL
 
 	httpMu  sync.Mutex
 	httpSrv *http.Server
@@ -134,6 +135,9 @@ func New(cfg Config) (*Server, error) {
 	go s.upkeep()
 	if cfg.WriteDelay > 0 {
 		s.flusher = newFlusher(s.ctx, cfg.WriteDelay, &s.metrics.delayed)
+	}
+	if cfg.HookURL != "" {
+		s.hooks = newHookSender(s)
 	}
 	return s, nil
 }
@@ -286,6 +290,9 @@ func (s *Server) openWS(h *handshake) {
 // fails this set-up (close 1011), nothing else.
 func (s *Server) setUp(c *Conn, r *wsRequest) error {
 	return s.runSetUp(c, func() error {
+		if err := s.checkConnect(c, r.cookie, r.origin, r.query("session") != ""); err != nil {
+			return err
+		}
 		return s.connected(c, r.query("session"), parseSince(r.query("since")), r.query("rooms"))
 	})
 }
@@ -293,7 +300,12 @@ func (s *Server) setUp(c *Conn, r *wsRequest) error {
 // setUpLater sets up, from its reader, a connection whose dialect defers
 // its set-up to its first join: in room, with a new session.
 func (s *Server) setUpLater(c *Conn, room string) {
-	if err := s.runSetUp(c, func() error { return s.connected(c, "", nil, room) }); err != nil {
+	if err := s.runSetUp(c, func() error {
+		if err := s.checkConnect(c, "", "", false); err != nil {
+			return err
+		}
+		return s.connected(c, "", nil, room)
+	}); err != nil {
 		s.setUpFailed(c, err)
 	}
 }
@@ -500,6 +512,7 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position,
 		c.sendMembers(ctx, "", k, &entered[i+1])
 	}
 	s.log.Info("connect", "user", c.user, "conn", c.id, "remote", c.remote, "resumed", resumed, "rooms", len(joined))
+	s.hook(HookEvent{Type: "connect", User: c.user, Conn: c.id, Remote: c.remote, Resumed: resumed})
 	return nil
 }
 
@@ -690,6 +703,9 @@ func (s *Server) disconnected(c *Conn) {
 		s.hub.detach(ctx, c, c.session, grace)
 	}
 	cancel()
+	if c.registered {
+		s.hook(HookEvent{Type: "disconnect", User: c.user, Conn: c.id, Remote: c.remote, Code: int(code)})
+	}
 	s.release(c.ip, c.user)
 	s.metrics.closed.Add(1)
 	s.metrics.closedWith(int(code))
@@ -711,6 +727,7 @@ func (s *Server) publish(ctx context.Context, p *engine.Publication, key string)
 	if err != nil {
 		return s.engineFailed("publish", err)
 	}
+	s.hookPublished(p) // a duplicate too: at least once, the receiver drops it by (stream, seq)
 	if dup {
 		s.metrics.duplicates.Add(1) // a re-send, or a retry that found its first attempt done
 	}

@@ -146,7 +146,7 @@ type wsRequest struct {
 	connectionUpgrade bool   // Connection lists "upgrade"
 	upgradeWebSocket  bool   // Upgrade lists "websocket"
 	// The first value of each header.
-	version, key, origin, authorization string
+	version, key, origin, authorization, cookie string
 }
 
 func requestFromHTTP(r *http.Request) wsRequest {
@@ -157,7 +157,7 @@ func requestFromHTTP(r *http.Request) wsRequest {
 		connectionUpgrade: headerHasToken(r.Header, "Connection", "upgrade"),
 		upgradeWebSocket:  headerHasToken(r.Header, "Upgrade", "websocket"),
 		version:           r.Header.Get("Sec-Websocket-Version"), key: r.Header.Get("Sec-Websocket-Key"),
-		origin: r.Header.Get("Origin"), authorization: r.Header.Get("Authorization"),
+		origin: r.Header.Get("Origin"), authorization: r.Header.Get("Authorization"), cookie: r.Header.Get("Cookie"),
 	}
 }
 
