@@ -77,13 +77,26 @@ func (s *Server) apiAuthorized(w http.ResponseWriter, r *http.Request) bool {
 		apiError(w, http.StatusNotFound, apiDisabled, "the API is disabled: start the server with --api-key")
 		return false
 	}
-	key := r.Header.Get("X-API-Key")
-	if h := r.Header.Get("Authorization"); key == "" && len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
-		key = strings.TrimSpace(h[7:])
+	return s.bearerAuthorized(w, r, "API key", s.cfg.APIKey)
+}
+
+// bearerAuthorized answers 401 unless the request bears one of keys (the
+// empty ones are never accepted) as "Authorization: Bearer KEY" or
+// X-API-Key, compared in constant time. Keys are never logged.
+func (s *Server) bearerAuthorized(w http.ResponseWriter, r *http.Request, what string, keys ...string) bool {
+	got := r.Header.Get("X-API-Key")
+	if h := r.Header.Get("Authorization"); got == "" && len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		got = strings.TrimSpace(h[7:])
 	}
-	if subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.APIKey)) != 1 {
-		s.log.Warn("api request refused: missing or wrong API key", "remote", r.RemoteAddr, "path", r.URL.Path)
-		apiError(w, http.StatusUnauthorized, apiUnauthorized, "missing or wrong API key (Authorization: Bearer KEY)")
+	ok := 0
+	for _, k := range keys {
+		if k != "" {
+			ok |= subtle.ConstantTimeCompare([]byte(got), []byte(k))
+		}
+	}
+	if ok != 1 {
+		s.log.Warn("request refused: missing or wrong "+what, "remote", r.RemoteAddr, "path", r.URL.Path)
+		apiError(w, http.StatusUnauthorized, apiUnauthorized, "missing or wrong %s (Authorization: Bearer KEY)", what)
 		return false
 	}
 	return true

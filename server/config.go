@@ -150,10 +150,14 @@ type Config struct {
 	// WebSocket, besides the server's own origin. In open mode loopback
 	// origins are allowed too; in token mode nothing else is, by default.
 	AllowedOrigins []string
-	// APIKey enables the backend API (POST /api/publish, GET
-	// /api/presence); requests present it as "Authorization: Bearer KEY".
-	// Empty means the API is disabled.
+	// APIKey enables the server API (/api/..., docs/api.md); requests
+	// present it as "Authorization: Bearer KEY". Empty means the API is
+	// disabled.
 	APIKey string
+	// AdminSecret opens the admin page (/admin) to whoever presents it, so
+	// that operators need not hold the application's API key. The page
+	// takes the API key as well; with neither set it is off (404).
+	AdminSecret string
 	// MaxConnsPerIP and MaxConnsPerUser bound concurrent connections from
 	// one remote address and of one user; ConnRatePerIP bounds new
 	// connections per second from one address (bursts of twice that).

@@ -155,6 +155,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /readyz", s.serveReady)
 	s.mux.Handle("GET /metrics", s.metricsHandler())
 	s.apiRoutes()
+	s.adminRoutes()
 	chat, _ := fs.Sub(web.FS, "chat")
 	sdk, _ := fs.Sub(web.FS, "sdk")
 	s.mux.Handle("GET /sdk/", sdkHandler(http.StripPrefix("/sdk/", http.FileServerFS(sdk))))

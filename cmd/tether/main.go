@@ -122,7 +122,8 @@ func serveFlags(fs *flag.FlagSet, cfg *server.Config, addr, logFormat, logLevel 
 	fs.StringVar(&rc.tlsCert, "tls-cert", "", "TLS certificate (PEM) to serve https:// and wss:// directly")
 	fs.StringVar(&rc.tlsKey, "tls-key", "", "TLS private key (PEM) for --tls-cert")
 	fs.StringVar(&rc.pprof, "pprof", "", "serve /debug/pprof on this separate address (e.g. 127.0.0.1:6060); off when empty")
-	fs.StringVar(&cfg.APIKey, "api-key", "", "enables POST /api/publish and GET /api/presence for requests bearing this key")
+	fs.StringVar(&cfg.APIKey, "api-key", "", "enables the server API (/api/..., docs/api.md) and the admin page (/admin) for requests bearing this key")
+	fs.StringVar(&cfg.AdminSecret, "admin-secret", "", "opens the admin page (/admin) to operators bearing this secret (the API key works there too)")
 	fs.Func("allowed-origins", "comma-separated browser origins (globs, e.g. https://*.example.com) allowed besides the server's own", func(v string) error {
 		cfg.AllowedOrigins = nil
 		for _, o := range strings.Split(v, ",") {
