@@ -316,10 +316,16 @@ func isAck(id string) func(protocol.Envelope) bool {
 	return func(e protocol.Envelope) bool { return e.ID == id }
 }
 
+// types describes envs for a failure message: each one's type, and its
+// payload when it is short.
 func types(envs []protocol.Envelope) []string {
 	var out []string
 	for _, e := range envs {
-		out = append(out, e.Type)
+		if len(e.Payload) > 0 && len(e.Payload) <= 200 {
+			out = append(out, e.Type+string(e.Payload))
+		} else {
+			out = append(out, e.Type)
+		}
 	}
 	return out
 }
