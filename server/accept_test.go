@@ -204,7 +204,7 @@ func TestHandshakeHeadOneByteAtATime(t *testing.T) {
 				time.Sleep(time.Millisecond)
 			}
 		}
-		conn.Write(clientFrame(true, opText, []byte(`{"type":"ping","id":"after-slow-head"}`)))
+		conn.Write(textFrame([]byte(`{"type":"ping","id":"after-slow-head"}`)))
 		got := readUntil(t, conn, `"after-slow-head"`)
 		if !bytes.HasPrefix(got, []byte("HTTP/1.1 101 ")) || !bytes.Contains(got, []byte(`"user":"slow"`)) {
 			t.Fatalf("%s: answer %q", name, got)

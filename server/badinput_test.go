@@ -205,7 +205,7 @@ func TestFrameSplitAtEveryByte(t *testing.T) {
 	ts := newTestServer(t, Config{})
 	c := connect(t, ts, "trickle")
 	conn := c.ws.UnderlyingConn()
-	frame := clientFrame(true, opText, []byte(`{"type":"chat","id":"t1","payload":{"text":"one byte at a time"}}`))
+	frame := textFrame([]byte(`{"type":"chat","id":"t1","payload":{"text":"one byte at a time"}}`))
 	for _, b := range frame {
 		if _, err := conn.Write([]byte{b}); err != nil {
 			t.Fatal(err)
@@ -217,8 +217,8 @@ func TestFrameSplitAtEveryByte(t *testing.T) {
 	}
 	c.expect(protocol.TypeAck, isAck("t1"))
 	// Two frames in one write are two messages.
-	two := append(clientFrame(true, opText, []byte(`{"type":"ping","id":"p1"}`)),
-		clientFrame(true, opText, []byte(`{"type":"ping","id":"p2"}`))...)
+	two := append(textFrame([]byte(`{"type":"ping","id":"p1"}`)),
+		textFrame([]byte(`{"type":"ping","id":"p2"}`))...)
 	if _, err := conn.Write(two); err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestFrameSentWithTheHandshake(t *testing.T) {
 	defer conn.Close()
 	req := "GET /ws/eager HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-	if _, err := conn.Write(append([]byte(req), clientFrame(true, opText, []byte(`{"type":"ping","id":"early"}`))...)); err != nil {
+	if _, err := conn.Write(append([]byte(req), textFrame([]byte(`{"type":"ping","id":"early"}`))...)); err != nil {
 		t.Fatal(err)
 	}
 	got := readUntil(t, conn, `"early"`)
@@ -291,7 +291,7 @@ func senderAndSilentMember(t *testing.T, ts *testServer, room string) (*client, 
 	}
 	t.Cleanup(func() { ws.Close() })
 	join, _ := json.Marshal(map[string]any{"type": "join", "id": "j", "payload": map[string]any{"room": room}})
-	if _, err := ws.UnderlyingConn().Write(clientFrame(true, opText, join)); err != nil {
+	if _, err := ws.UnderlyingConn().Write(textFrame(join)); err != nil {
 		t.Fatal(err)
 	}
 	return sender, ws

@@ -104,7 +104,7 @@ func BenchmarkWriteBatch(b *testing.B) {
 func BenchmarkConnectionSetUp(b *testing.B) {
 	ts := newTestServer(b, Config{RateLimit: -1})
 	addr := strings.TrimPrefix(ts.ws, "ws://")
-	join := clientFrame(true, opText, []byte(`{"type":"join","id":"j","payload":{"room":"bench"}}`))
+	join := textFrame([]byte(`{"type":"join","id":"j","payload":{"room":"bench"}}`))
 	buf := make([]byte, 64<<10)
 	var open []net.Conn
 	const members = 150

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tether-chat/tether/auth"
+	"github.com/tether-chat/tether/internal/ws"
 	"github.com/tether-chat/tether/protocol"
 )
 
@@ -35,7 +36,8 @@ type Conn struct {
 
 	// Reading. rc and fd are set when the poller drives reads; rstate is
 	// the reader's state (readIdle, readBusy, ...).
-	rd           wsReader
+	rd           ws.Reader
+	later        []*Conn // holds this connection when send deferred starting its writer; reader-owned
 	rc           syscall.RawConn
 	fd           int
 	rstate       atomic.Int32
@@ -54,12 +56,16 @@ type Conn struct {
 	// nothing).
 	busy atomic.Bool
 
-	mu      sync.Mutex
-	queue   []outFrame
-	spare   []outFrame
-	queued  int  // bytes in queue
-	writing bool // the writer role is taken (a write, a writer goroutine, or parked for the write delay)
-	corked  bool // no writer may start yet (before the welcome)
+	mu     sync.Mutex
+	queue  []outFrame
+	spare  []outFrame
+	queued int // bytes in queue
+	// ctl is how many control frames (pings, pongs) lead the queue, after
+	// a raw head: they go out ahead of queued data, in the order they were
+	// queued. pongs is how many of them are pongs.
+	ctl, pongs int
+	writing    bool // the writer role is taken (a write, a writer goroutine, or parked for the write delay)
+	corked     bool // no writer may start yet (before the welcome)
 	// parked: the writer role is held by the flusher, which writes the
 	// queue once the write delay has passed (see flusher); an enqueue that
 	// makes the queue long takes the role back and writes at once.
@@ -119,7 +125,7 @@ type heldFrame struct {
 }
 
 type outFrame struct {
-	op   byte // opText, opPing, opPong, opClose, or opRaw
+	op   byte // ws.OpText, ws.OpPing, ws.OpPong, ws.OpClose, or opRaw
 	data []byte
 }
 
@@ -128,7 +134,7 @@ type outFrame struct {
 // head of the queue can be raw, and nothing is ever put before it.
 const opRaw byte = 0xff
 
-var pingFrame = outFrame{op: opPing}
+var pingFrame = outFrame{op: ws.OpPing}
 
 // enqueue queues a frame (shared, never modified) for writing. It never
 // blocks. It reports false when the connection is closing or overflowed; an
@@ -151,7 +157,7 @@ func (c *Conn) enqueueTo(data []byte, later *[]*Conn) bool {
 		c.close(protocol.DisconnectSlowConsumer, closeDrop)
 		return false
 	}
-	c.queue = append(c.queue, outFrame{op: opText, data: data})
+	c.queue = append(c.queue, outFrame{op: ws.OpText, data: data})
 	c.queued += len(data)
 	start := c.kickLocked()
 	if c.parked && c.queueFull() {
@@ -186,7 +192,7 @@ func (c *Conn) enqueueReplay(data []byte) bool {
 			return false
 		}
 		if len(c.queue) < cfg.SendQueueMessages/2 && c.queued+len(data) <= cfg.SendQueueBytes/2 {
-			c.queue = append(c.queue, outFrame{op: opText, data: data})
+			c.queue = append(c.queue, outFrame{op: ws.OpText, data: data})
 			c.queued += len(data)
 			start := c.kickLocked()
 			c.unlockAndStart(start)
@@ -241,7 +247,7 @@ func (c *Conn) goLive(replayed map[string]roomPos) {
 			overflow = true
 			break
 		}
-		c.queue = append(c.queue, outFrame{op: opText, data: f.data})
+		c.queue = append(c.queue, outFrame{op: ws.OpText, data: f.data})
 		c.queued += len(f.data)
 	}
 	c.held, c.resuming = nil, false
@@ -262,21 +268,83 @@ func (c *Conn) ping() {
 	c.mu.Lock()
 	start := false
 	if c.closing == nil {
-		c.prependLocked(pingFrame)
+		c.insertCtlLocked(pingFrame)
 		start = c.kickLocked()
 	}
 	c.unlockAndStart(start)
 }
 
-// pong answers a peer's ping, ahead of queued data.
+// maxPongs bounds the pongs waiting in a connection's queue. A peer that
+// pings faster than it reads gets, past this many, its most recent ping
+// answered in place of the last waiting pong (RFC 6455 section 5.5.3
+// allows answering only the most recent ping), so a ping flood costs
+// neither memory nor more than constant work per ping.
+const maxPongs = 16
+
+// pong answers a peer's ping ahead of queued data, after the control
+// frames already waiting (first in, first out). The pong counts toward the
+// send queue's limits like any frame.
 func (c *Conn) pong(payload []byte) {
 	c.mu.Lock()
-	start := false
-	if c.closing == nil {
-		c.prependLocked(outFrame{op: opPong, data: append([]byte(nil), payload...)})
-		start = c.kickLocked()
+	if c.closing != nil {
+		c.mu.Unlock()
+		return
 	}
-	c.unlockAndStart(start)
+	data := append([]byte(nil), payload...)
+	if c.pongs >= maxPongs {
+		// Answer this ping instead of the previous one still waiting.
+		last := c.ctlStartLocked() + c.ctl - 1
+		for c.queue[last].op != ws.OpPong {
+			last--
+		}
+		c.queued += len(data) - len(c.queue[last].data)
+		c.queue[last].data = data
+		c.mu.Unlock()
+		return
+	}
+	cfg := &c.srv.cfg
+	if len(c.queue) >= cfg.SendQueueMessages || c.queued+len(data) > cfg.SendQueueBytes {
+		c.mu.Unlock()
+		c.srv.metrics.slowConsumers.Add(1)
+		c.close(protocol.DisconnectSlowConsumer, closeDrop)
+		return
+	}
+	c.insertCtlLocked(outFrame{op: ws.OpPong, data: data})
+	c.pongs++
+	c.queued += len(data)
+	c.unlockAndStart(c.kickLocked())
+}
+
+// ctlStartLocked is where the queue's control frames start: after a raw
+// head (see opRaw).
+func (c *Conn) ctlStartLocked() int {
+	if len(c.queue) > 0 && c.queue[0].op == opRaw {
+		return 1
+	}
+	return 0
+}
+
+// insertCtlLocked queues a control frame after the control frames already
+// waiting, ahead of data; c.mu must be held.
+func (c *Conn) insertCtlLocked(f outFrame) {
+	c.insertLocked(c.ctlStartLocked()+c.ctl, f)
+	c.ctl++
+}
+
+// insertLocked puts f at position at of the queue; c.mu must be held.
+func (c *Conn) insertLocked(at int, f outFrame) {
+	c.queue = append(c.queue, outFrame{})
+	copy(c.queue[at+1:], c.queue[at:])
+	c.queue[at] = f
+}
+
+// takeQueueLocked hands the queue to a writer and starts an empty one;
+// c.mu must be held.
+func (c *Conn) takeQueueLocked() []outFrame {
+	batch := c.queue
+	c.queue, c.spare = c.spare[:0], nil
+	c.queued, c.ctl, c.pongs = 0, 0, 0
+	return batch
 }
 
 // peerClosed handles the peer's close frame. If the peer closed first, the
@@ -290,7 +358,7 @@ func (c *Conn) peerClosed(d protocol.Disconnect) {
 	if c.closing == nil {
 		c.peer, c.closing = &d, &d
 		c.dropQueueLocked()
-		c.queue = append(c.queue, outFrame{op: opClose, data: closePayload(d)})
+		c.queue = append(c.queue, outFrame{op: ws.OpClose, data: closePayload(d)})
 		c.corked = false
 		start = c.kickLocked()
 	}
@@ -300,25 +368,15 @@ func (c *Conn) peerClosed(d protocol.Disconnect) {
 	}
 }
 
-// sendFirst queues frame ahead of everything else and uncorks the writer:
-// the welcome is always a connection's first message.
+// sendFirst queues frame ahead of all data (after the control frames
+// waiting) and uncorks the writer: the welcome is always a connection's
+// first message.
 func (c *Conn) sendFirst(frame []byte) {
 	c.mu.Lock()
-	c.prependLocked(outFrame{op: opText, data: frame})
+	c.insertLocked(c.ctlStartLocked()+c.ctl, outFrame{op: ws.OpText, data: frame})
+	c.queued += len(frame)
 	c.mu.Unlock()
 	c.uncork()
-}
-
-// prependLocked puts f at the head of the queue, after a raw head (see
-// opRaw); c.mu must be held.
-func (c *Conn) prependLocked(f outFrame) {
-	at := 0
-	if len(c.queue) > 0 && c.queue[0].op == opRaw {
-		at = 1
-	}
-	c.queue = append(c.queue, outFrame{})
-	copy(c.queue[at+1:], c.queue[at:])
-	c.queue[at] = f
 }
 
 // dropQueueLocked drops what is queued, except a raw head: those bytes
@@ -332,7 +390,7 @@ func (c *Conn) dropQueueLocked() int {
 	dropped := len(c.queue) - keep
 	clear(c.queue[keep:])
 	c.queue = c.queue[:keep]
-	c.queued = 0
+	c.queued, c.ctl, c.pongs = 0, 0, 0
 	for _, f := range c.queue {
 		c.queued += len(f.data)
 	}
@@ -386,6 +444,12 @@ func (c *Conn) startWriterSafely() {
 	c.startWriter()
 }
 
+// closeGrace is how long a close started by the server waits for the
+// peer's close frame before it closes the socket anyway. A peer that
+// answers gets its socket closed as soon as both close frames have
+// crossed.
+const closeGrace = 2 * time.Second
+
 // closeMode says what happens to frames already queued when a close starts.
 type closeMode int
 
@@ -416,7 +480,7 @@ func (c *Conn) close(d protocol.Disconnect, mode closeMode) {
 	if mode == closeDrop {
 		c.srv.metrics.queueDrops.Add(int64(c.dropQueueLocked()))
 	}
-	c.queue = append(c.queue, outFrame{op: opClose, data: closePayload(d)})
+	c.queue = append(c.queue, outFrame{op: ws.OpClose, data: closePayload(d)})
 	start := c.kickLocked()
 	c.unlockAndStart(start)
 
@@ -424,7 +488,10 @@ func (c *Conn) close(d protocol.Disconnect, mode closeMode) {
 	// will not complete the closing handshake: give the close frame a moment
 	// to reach the socket, then close it. Closing the socket also ends a
 	// write blocked on such a peer.
-	grace := 2 * time.Second
+	grace := closeGrace
+	if g := c.srv.closeGrace.Load(); g > 0 {
+		grace = time.Duration(g) // a test's
+	}
 	switch mode {
 	case closeDrop:
 		grace = 100 * time.Millisecond
@@ -454,9 +521,7 @@ func (c *Conn) flush() {
 			c.mu.Unlock()
 			return
 		}
-		batch := c.queue
-		c.queue, c.spare = c.spare[:0], nil
-		c.queued = 0
+		batch := c.takeQueueLocked()
 		c.mu.Unlock()
 
 		err := c.writeBatch(bp, batch)
@@ -485,9 +550,9 @@ func (c *Conn) writeBatch(bp *[]byte, batch []outFrame) error {
 	for _, f := range batch {
 		buf = c.appendOut(buf, f)
 		switch f.op {
-		case opText:
+		case ws.OpText:
 			delivered++
-		case opClose:
+		case ws.OpClose:
 			closes = true
 		}
 		if len(buf) >= maxBatchBytes {
@@ -523,14 +588,14 @@ func (c *Conn) appendOut(buf []byte, f outFrame) []byte {
 	if f.op == opRaw {
 		return append(buf, f.data...)
 	}
-	if c.dialect != nil && f.op == opText {
+	if c.dialect != nil && f.op == ws.OpText {
 		data := c.dialect.encode(c, f.data)
 		if data == nil {
 			return buf
 		}
-		return appendFrame(buf, opText, data)
+		return ws.AppendFrame(buf, ws.OpText, data)
 	}
-	return appendFrame(buf, f.op, f.data)
+	return ws.AppendFrame(buf, f.op, f.data)
 }
 
 // writeNow is the writer's fast path, run by whoever queued a frame: it
@@ -551,13 +616,12 @@ func (c *Conn) writeNow() bool {
 		return false
 	}
 	for _, f := range batch {
-		if f.op == opClose {
+		if f.op == ws.OpClose {
 			c.mu.Unlock()
 			return false
 		}
 	}
-	c.queue, c.spare = c.spare[:0], nil
-	c.queued = 0
+	c.takeQueueLocked()
 	c.mu.Unlock()
 
 	bp := bufPool.Get().(*[]byte)
@@ -566,7 +630,7 @@ func (c *Conn) writeNow() bool {
 	delivered := 0
 	for _, f := range batch {
 		buf = c.appendOut(buf, f)
-		if f.op == opText {
+		if f.op == ws.OpText {
 			delivered++
 		}
 	}
@@ -595,9 +659,7 @@ func (c *Conn) writeNow() bool {
 	if n < len(buf) {
 		c.srv.metrics.socketFull.Add(1)
 		rest := outFrame{op: opRaw, data: append([]byte(nil), buf[n:]...)}
-		c.queue = append(c.queue, outFrame{})
-		copy(c.queue[1:], c.queue)
-		c.queue[0] = rest
+		c.insertLocked(0, rest)
 		c.queued += len(rest.data)
 		c.mu.Unlock()
 		return false
@@ -646,3 +708,6 @@ func (r *rawConn) write(p []byte) error {
 	_, err := r.Write(p)
 	return err
 }
+
+// closePayload is the payload of the close frame for d.
+func closePayload(d protocol.Disconnect) []byte { return ws.ClosePayload(ws.Status(d.Code), d.Reason) }

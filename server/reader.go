@@ -6,128 +6,54 @@ import (
 	"errors"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/tether-chat/tether/engine"
+	"github.com/tether-chat/tether/internal/ws"
 	"github.com/tether-chat/tether/protocol"
 )
 
-// wsReader is the reading side of a connection's WebSocket state. It is
-// owned by whichever goroutine is reading (see Conn) and takes no memory
-// while the connection is idle between whole frames.
-type wsReader struct {
-	pending []byte  // the start of a frame whose end has not arrived yet
-	msg     []byte  // a fragmented message being assembled
-	msgOp   byte    // its opcode; 0 when no fragmented message is in progress
-	done    bool    // a protocol error or a close frame ended reading: the rest is discarded
-	later   []*Conn // holds this connection when send deferred starting its writer
-}
-
-// onData processes bytes read from the socket: every whole frame in
-// them, and what is left over (part of a frame) is kept for the next read.
-// p may be modified (frames are unmasked in place) and is not retained.
+// onData processes bytes read from the socket (see ws.Reader.Feed): the
+// frames in them are handled through wsHandler, and one write carries
+// every reply to them. p may be modified and is not retained.
 func (c *Conn) onData(p []byte) {
-	rd := &c.rd
-	if rd.done {
+	if c.rd.Done() {
 		return
 	}
+	c.touch()
 	defer func() {
 		if r := recover(); r != nil {
-			rd.done, rd.pending, rd.msg, rd.msgOp = true, nil, nil, 0 // the rest is discarded until the socket closes
+			c.rd.Stop() // the rest is discarded until the socket closes
 			c.srv.panicked("reading", r, c)
 		}
 	}()
 	defer c.flushLater() // one write for every reply to what p held
-	carried := len(rd.pending) > 0
-	if carried {
-		rd.pending = append(rd.pending, p...)
-		p = rd.pending
-	}
-	max := c.srv.cfg.MaxMessageSize
-	for len(p) > 0 && !rd.done {
-		h, perr := parseFrameHeader(p)
-		if perr != nil {
-			c.readFailed(*perr)
-			return
-		}
-		if h.size == 0 {
-			break // the rest of the header has not arrived
-		}
-		limit := max
-		if h.op == opBinary || h.op == opContinuation && rd.msgOp == opBinary {
-			limit = c.srv.maxBinary() // a file
-		}
-		if h.op <= opBinary && int64(len(rd.msg))+h.length > limit {
-			// Refused from the header: the payload is never buffered.
-			c.readFailed(protocol.DisconnectTooBig)
-			return
-		}
-		end := int64(h.size) + h.length
-		if int64(len(p)) < end {
-			break // the rest of the payload has not arrived
-		}
-		payload := p[h.size:end]
-		unmask(h.mask, payload)
-		p = p[end:]
-		c.onFrame(h, payload)
-	}
-	switch {
-	case rd.done || len(p) == 0:
-		rd.pending = nil
-	case carried: // p is the tail of pending: move it to the front
-		rd.pending = rd.pending[:copy(rd.pending, p)]
-	default:
-		rd.pending = append([]byte(nil), p...)
-	}
+	c.rd.Feed(p, (*wsHandler)(c))
 }
 
-// onFrame handles one whole frame; payload is valid only during the call.
-func (c *Conn) onFrame(h frameHeader, payload []byte) {
-	c.touch()
-	rd := &c.rd
-	switch h.op {
-	case opPing:
-		c.pong(payload)
-	case opPong:
-		// touch was all it was for
-	case opClose:
-		d, perr := parseClose(payload)
-		if perr != nil {
-			c.readFailed(*perr)
-			return
-		}
-		rd.done = true
-		c.peerClosed(d)
-	case opContinuation:
-		if rd.msgOp == 0 {
-			c.readFailed(*protocolError("continuation frame without a message to continue"))
-			return
-		}
-		rd.msg = append(rd.msg, payload...)
-		if h.fin {
-			op, msg := rd.msgOp, rd.msg
-			rd.msg, rd.msgOp = nil, 0
-			c.onMessage(op, msg)
-		}
-	default: // text or binary
-		if rd.msgOp != 0 {
-			c.readFailed(*protocolError("new message before the fragmented one was finished"))
-			return
-		}
-		if !h.fin {
-			rd.msgOp = h.op
-			rd.msg = append(make([]byte, 0, 2*len(payload)), payload...)
-			return
-		}
-		c.onMessage(h.op, payload)
+// wsHandler is a connection as the WebSocket reader sees it
+// (ws.Handler).
+type wsHandler Conn
+
+func (h *wsHandler) Limit(op byte) int64 {
+	if op == ws.OpBinary {
+		return h.srv.maxBinary() // a file
 	}
+	return h.srv.cfg.MaxMessageSize
 }
 
-// readFailed ends reading after a protocol error: d is the close sent to
-// the peer, whatever else was queued is dropped.
-func (c *Conn) readFailed(d protocol.Disconnect) {
-	c.rd.done = true
-	c.rd.msg, c.rd.msgOp = nil, 0
+func (h *wsHandler) OnMessage(op byte, data []byte) { (*Conn)(h).onMessage(op, data) }
+func (h *wsHandler) OnPing(payload []byte)          { (*Conn)(h).pong(payload) }
+func (h *wsHandler) OnPong([]byte)                  {} // onData's touch was all it was for
+
+func (h *wsHandler) OnClose(code ws.Status, reason string) {
+	(*Conn)(h).peerClosed(protocol.Disconnect{Code: protocol.CloseCode(code), Reason: reason})
+}
+
+// OnFail closes a connection that broke the protocol, after what is
+// queued (the replies to what came before).
+func (h *wsHandler) OnFail(e *ws.Error) {
+	c := (*Conn)(h)
+	d := protocol.Disconnect{Code: protocol.CloseCode(e.Code), Reason: e.Reason}
 	c.srv.log.Info("closing a connection that broke the protocol", "user", c.user, "remote", c.remote,
 		"code", int(d.Code), "reason", d.Reason)
 	c.close(d, closeDrain)
@@ -139,7 +65,7 @@ func (c *Conn) onMessage(op byte, data []byte) {
 		return // closing: the rest is discarded until the peer answers
 	}
 	c.srv.metrics.received.Add(1)
-	if op != opText {
+	if op != ws.OpText {
 		if c.dialect != nil || c.srv.cfg.MaxFileSize < 0 {
 			c.sendError(&protocol.Error{Code: protocol.ErrBadFrame,
 				Message: "binary frames are not taken here: send text frames"})
@@ -151,10 +77,6 @@ func (c *Conn) onMessage(op byte, data []byte) {
 		}
 		c.srv.metrics.inByType.WithLabelValues(protocol.TypeFile).Inc()
 		c.processing(func() { c.onFile(data) }, "")
-		return
-	}
-	if !utf8.Valid(data) {
-		c.close(protocol.DisconnectInvalidUTF8, closeDrain)
 		return
 	}
 	var cmd protocol.Command
@@ -389,12 +311,12 @@ func membersFrame(id, room string, users cachedMembers, count int, pos roomPos) 
 // the set-up, by the goroutine that sets the connection up): the writer is
 // started by flushLater, once for everything the reader queued while
 // handling what one read brought, so the replies to it share one write.
-func (c *Conn) send(frame []byte) { c.enqueueTo(frame, &c.rd.later) }
+func (c *Conn) send(frame []byte) { c.enqueueTo(frame, &c.later) }
 
 // flushLater starts the writer if send deferred it.
 func (c *Conn) flushLater() {
-	if len(c.rd.later) > 0 {
-		c.rd.later = c.rd.later[:0]
+	if len(c.later) > 0 {
+		c.later = c.later[:0]
 		c.startWriter()
 	}
 }

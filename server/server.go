@@ -34,6 +34,7 @@ import (
 	"github.com/tether-chat/tether/auth"
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/engine/memory"
+	"github.com/tether-chat/tether/internal/ws"
 	"github.com/tether-chat/tether/protocol"
 	"github.com/tether-chat/tether/web"
 )
@@ -41,8 +42,10 @@ import (
 // Server is one Tether node.
 type Server struct {
 	cfg Config
-	log *slog.Logger
-	eng engine.Engine
+	// closeGrace, when set (nanoseconds), replaces the close grace (tests).
+	closeGrace atomic.Int64
+	log        *slog.Logger
+	eng        engine.Engine
 	// immediate: eng is an engine.Immediate, whose calls need no deadline.
 	immediate bool
 	hub       *hub
@@ -247,7 +250,7 @@ func (s *Server) openWS(h *handshake) {
 		// 1006 and retry forever.
 		s.metrics.refused.Add(1)
 		s.log.Warn("connection refused", "remote", r.remote, "user", user, "code", int(refuse.Code), "reason", refuse.Reason)
-		raw.write(appendFrame(resp, opClose, closePayload(*refuse)))
+		raw.write(ws.AppendFrame(resp, ws.OpClose, closePayload(*refuse)))
 		raw.Conn.Close()
 		return
 	}

@@ -1,8 +1,6 @@
 package server
 
 import (
-	"crypto/sha1"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +8,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/tether-chat/tether/internal/ws"
 )
 
 // handshake is one WebSocket opening request and the way to answer it:
@@ -92,7 +92,7 @@ func (s *Server) upgrade(h *handshake) (raw *rawConn, resp, early []byte, err er
 			"Sec-WebSocket-Version", "13")
 	}
 	key := r.key
-	if !validKey(key) {
+	if !ws.ValidKey(key) {
 		return fail(http.StatusBadRequest, "Sec-WebSocket-Key is not 16 bytes in base64")
 	}
 	if !s.checkOrigin(r) {
@@ -105,31 +105,9 @@ func (s *Server) upgrade(h *handshake) (raw *rawConn, resp, early []byte, err er
 	raw = &rawConn{Conn: conn, timeout: s.cfg.WriteTimeout}
 	resp = make([]byte, 0, 160)
 	resp = append(resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
-	resp = appendAcceptKey(resp, key)
+	resp = ws.AppendAcceptKey(resp, key)
 	resp = append(resp, "\r\n\r\n"...)
 	return raw, resp, early, nil
-}
-
-const acceptGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-// appendAcceptKey appends Sec-WebSocket-Accept for the client's key.
-func appendAcceptKey(b []byte, key string) []byte {
-	h := sha1.New()
-	h.Write([]byte(key))
-	h.Write([]byte(acceptGUID))
-	var sum [sha1.Size]byte
-	return base64.StdEncoding.AppendEncode(b, h.Sum(sum[:0]))
-}
-
-// validKey says whether key is 16 bytes in base64 (24 characters, the
-// last two "=="), without decoding it into a new slice.
-func validKey(key string) bool {
-	if len(key) != 24 {
-		return false
-	}
-	var k [18]byte
-	n, err := base64.StdEncoding.Decode(k[:], []byte(key))
-	return err == nil && n == 16
 }
 
 // wsRequest is what the handshake reads from a WebSocket opening request,
