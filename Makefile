@@ -46,7 +46,8 @@ fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzDecode$$' -fuzztime 60s ./protocol
 	$(GO) test -run XXX -fuzz FuzzEnvelope -fuzztime 30s ./protocol
 	$(GO) test -run XXX -fuzz FuzzDecodeFastPath -fuzztime 60s ./protocol
-	$(GO) test -run XXX -fuzz FuzzParseFrameHeader -fuzztime 30s ./server
+	$(GO) test -run XXX -fuzz FuzzParseFrameHeader -fuzztime 30s ./internal/ws
+	$(GO) test -run XXX -fuzz FuzzReader -fuzztime 60s ./internal/ws
 	$(GO) test -run XXX -fuzz FuzzQuery -fuzztime 30s ./server
 
 bench:
