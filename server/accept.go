@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/tether-chat/tether/internal/netpoll"
 )
 
 // Serve's own accept loop. A WebSocket connection is one HTTP request and
@@ -63,7 +65,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		handshakers.dispatch(newConn{s, nc, h})
+		handshakers.Dispatch(newConn{s, nc, h})
 	}
 }
 
@@ -74,7 +76,7 @@ const httpIdleTimeout = 2 * time.Minute
 // handshakers read new connections' first requests and set them up, on
 // reused goroutines: a fresh goroutine per connection grew its stack
 // several times during a set-up (7% of its CPU).
-var handshakers = newWorkerPool(func(n newConn) { n.s.firstRequest(n.nc, n.h) })
+var handshakers = netpoll.NewPool(func(n newConn) { n.s.firstRequest(n.nc, n.h) })
 
 type newConn struct {
 	s  *Server

@@ -170,10 +170,10 @@ func TestTenThousandConnectionsLeaveNothingBehind(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		time.Sleep(400 * time.Millisecond)               // ghosts' grace timers, session expiry, an engine sweep
-		for readers.n.Load()+handshakers.n.Load() != 0 { // reusable workers exit after readerHot + workerIdle
+		time.Sleep(400 * time.Millisecond)                 // ghosts' grace timers, session expiry, an engine sweep
+		for readers.Workers()+handshakers.Workers() != 0 { // reusable workers exit after readerHot + workerIdle
 			if time.Now().After(deadline) {
-				t.Fatalf("%d readers and %d handshakers still waiting", readers.n.Load(), handshakers.n.Load())
+				t.Fatalf("%d readers and %d handshakers still waiting", readers.Workers(), handshakers.Workers())
 			}
 			time.Sleep(50 * time.Millisecond)
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tether-chat/tether/auth"
+	"github.com/tether-chat/tether/internal/netpoll"
 	"github.com/tether-chat/tether/internal/ws"
 	"github.com/tether-chat/tether/protocol"
 )
@@ -34,15 +35,13 @@ type Conn struct {
 	srv    *Server
 	raw    *rawConn
 
-	// Reading. rc and fd are set when the poller drives reads; rstate is
-	// the reader's state (readIdle, readBusy, ...).
-	rd           ws.Reader
-	later        []*Conn // holds this connection when send deferred starting its writer; reader-owned
-	rc           syscall.RawConn
-	fd           int
-	rstate       atomic.Int32
-	readDeadline time.Time // the socket's read deadline; reader-owned
-	idleAt       time.Time // when the last reader returned; reader-owned
+	// Reading. sock is set when the poller drives reads; rstate is the
+	// reader's state (readIdle, readBusy, ...).
+	rd     ws.Reader
+	later  []*Conn // holds this connection when send deferred starting its writer; reader-owned
+	sock   *netpoll.Socket
+	rstate atomic.Int32
+	idleAt time.Time // when the last reader returned; reader-owned
 
 	// lastSeen is when the last frame of any kind arrived (unix nanos);
 	// pinged is when the heartbeat last queued a ping. Only the heartbeat
@@ -606,7 +605,7 @@ func (c *Conn) appendOut(buf []byte, f outFrame) []byte {
 // head), more was queued meanwhile, the queue holds a close frame (whose
 // bookkeeping is the writer goroutine's), or the socket is not polled.
 func (c *Conn) writeNow() bool {
-	if c.rc == nil {
+	if c.sock == nil {
 		return false
 	}
 	c.mu.Lock()
@@ -642,7 +641,7 @@ func (c *Conn) writeNow() bool {
 		c.raw.deadline = time.Time{}
 		c.raw.Conn.SetWriteDeadline(time.Time{})
 	}
-	n, err := c.rawWrite(buf)
+	n, err := c.sock.Write(buf)
 	*bp = buf[:0]
 	c.srv.metrics.delivered.Add(int64(delivered))
 	c.srv.metrics.writes.Add(1)

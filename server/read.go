@@ -4,9 +4,10 @@ import (
 	"errors"
 	"os"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/tether-chat/tether/internal/netpoll"
 )
 
 // The reader's states. A connection driven by the poller has a reader
@@ -28,10 +29,23 @@ const (
 // remembered (readAgain).
 func (c *Conn) attach() {
 	c.rstate.Store(readBusy)
-	if p := getPoller(); p == nil || !p.add(c) {
+	p := netpoll.Get()
+	if p == nil {
 		c.rstate.Store(readOwn)
+		return
 	}
+	sock, ok := p.Add(c.raw.Conn, (*connWaker)(c))
+	if !ok {
+		c.rstate.Store(readOwn)
+		return
+	}
+	c.sock = sock
 }
+
+// connWaker is a connection as the poller sees it (netpoll.Waker).
+type connWaker Conn
+
+func (w *connWaker) Wake() { (*Conn)(w).wake() }
 
 // startReading starts reading a set-up connection. early is what the
 // client sent right after its handshake request, read with it.
@@ -75,64 +89,13 @@ func (c *Conn) closeSocket() {
 	c.wake()
 }
 
-// Goroutines that read are reused: one that finishes with a connection
-// waits a moment for the next job. A fresh goroutine would start with a
-// small stack and grow it (copy it) on every message, since decoding and
-// handling a message goes deep; a reused one has grown it once. A pool
-// only ever holds goroutines that are idle, so a job that blocks (on the
-// engine, a slow client) never delays another: when no worker is idle, a
-// new one starts.
-type workerPool[T any] struct {
-	handoff chan T
-	n       atomic.Int32 // workers, idle or not, that will wait for another job
-	run     func(T)
-}
-
-const (
-	maxWorkers = 128             // reusable workers per pool; past this, workers are one-off
-	workerIdle = 2 * time.Second // a reusable worker with nothing to do for this long exits
-)
-
-func newWorkerPool[T any](run func(T)) *workerPool[T] {
-	return &workerPool[T]{handoff: make(chan T), run: run}
-}
-
-// dispatch runs job on an idle worker, or a new one.
-func (p *workerPool[T]) dispatch(job T) {
-	select {
-	case p.handoff <- job:
-	default:
-		go p.work(job)
-	}
-}
-
-func (p *workerPool[T]) work(job T) {
-	if p.n.Add(1) > maxWorkers {
-		p.n.Add(-1)
-		p.run(job)
-		return
-	}
-	defer p.n.Add(-1)
-	idle := time.NewTimer(workerIdle)
-	defer idle.Stop()
-	for {
-		p.run(job)
-		idle.Reset(workerIdle)
-		select {
-		case job = <-p.handoff:
-		case <-idle.C:
-			return
-		}
-	}
-}
-
 // readers run readReady for connections the poller found readable. (Set
 // in init: readReady itself dispatches.)
-var readers *workerPool[*Conn]
+var readers *netpoll.Pool[*Conn]
 
-func init() { readers = newWorkerPool(func(c *Conn) { c.readReady(nil) }) }
+func init() { readers = netpoll.NewPool(func(c *Conn) { c.readReady(nil) }) }
 
-func dispatchRead(c *Conn) { readers.dispatch(c) }
+func dispatchRead(c *Conn) { readers.Dispatch(c) }
 
 var readBufPool = sync.Pool{New: func() any { b := make([]byte, 8192); return &b }}
 
@@ -155,9 +118,9 @@ func (c *Conn) readReady(early []byte) {
 		c.onData(early)
 	}
 	bp := readBufPool.Get().(*[]byte)
-	hot := false
+	var hold time.Duration // 0: do not wait; readerHot once busy
 	for {
-		n, err := c.rawRead(*bp, hot)
+		n, err := c.sock.Read(*bp, hold)
 		switch {
 		case n > 0:
 			c.onData((*bp)[:n])
@@ -165,7 +128,7 @@ func (c *Conn) readReady(early []byte) {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN && time.Since(c.idleAt) < readerHot:
-			hot = true // busy: wait here for more
+			hold = readerHot // busy: wait here for more
 			continue
 		case err == syscall.EAGAIN, errors.Is(err, os.ErrDeadlineExceeded):
 			c.idleAt = time.Now()
@@ -174,12 +137,12 @@ func (c *Conn) readReady(early []byte) {
 				continue
 			}
 			readBufPool.Put(bp)
-			getPoller().rearm(c)
+			netpoll.Get().Rearm(c.sock)
 			return
 		}
 		readBufPool.Put(bp)
 		c.rstate.Store(readDone)
-		getPoller().remove(c)
+		netpoll.Get().Remove(c.sock, (*connWaker)(c))
 		c.srv.disconnected(c)
 		return
 	}

@@ -11,7 +11,7 @@
 // A Server is safe for concurrent use. Every goroutine it starts for its
 // connections, its heartbeat and its flusher ends by the time Shutdown
 // returns; the process-wide pools of reader and handshake goroutines
-// (workerPool) keep idle workers for up to two seconds more.
+// (netpoll.Pool) keep idle workers for up to two seconds more.
 package server
 
 import (

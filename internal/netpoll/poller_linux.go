@@ -1,9 +1,10 @@
 //go:build linux
 
-package server
+package netpoll
 
 import (
 	"io"
+	"net"
 	"os"
 	"sync"
 	"syscall"
@@ -12,12 +13,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// poller tells connections when their sockets become readable, with one
+// Poller tells connections when their sockets become readable, with one
 // epoll instance and one goroutine for the whole process, so that an idle
 // connection needs no goroutine (and no goroutine stack) of its own.
-// Sockets are registered one-shot: an event starts a reader and disarms the
-// socket; the reader then waits for more with Go's own netpoller while the
-// connection is busy, and re-arms the socket when it goes quiet (read.go).
+// Sockets are registered one-shot: an event wakes the socket's Waker and
+// disarms the socket; the woken reader then waits for more with Go's own
+// netpoller while the connection is busy (Socket.Read with a hold), and
+// re-arms the socket when it goes quiet (Rearm).
 // Re-arming a socket that is readable raises an event at once, so nothing
 // that arrives in between is missed.
 //
@@ -26,22 +28,31 @@ import (
 // netpoller, which wakes the goroutine when any socket has an event. The
 // scheduler then runs it like any goroutine woken by the network, with no
 // thread blocked in a system call and no hand-off between threads.
-type poller struct {
-	epfd  int
-	ep    syscall.RawConn // epfd as Go's netpoller sees it
-	mu    sync.RWMutex
-	conns []*Conn // by file descriptor
+type Poller struct {
+	epfd   int
+	ep     syscall.RawConn // epfd as Go's netpoller sees it
+	mu     sync.RWMutex
+	wakers []Waker // by file descriptor
+}
+
+// Socket is a registered socket: its descriptor, for reads and writes that
+// do not wait (Go's net.Conn always waits), and its read deadline.
+type Socket struct {
+	conn         net.Conn
+	fd           int
+	rc           syscall.RawConn
+	readDeadline time.Time // owned by the socket's reader
 }
 
 var (
 	pollerOnce sync.Once
-	thePoller  *poller
+	thePoller  *Poller
 	epollFile  *os.File
 )
 
-// getPoller returns the process's poller, started on first use; nil if
-// epoll is unavailable.
-func getPoller() *poller {
+// Get returns the process's Poller, started on first use; nil if epoll is
+// unavailable.
+func Get() *Poller {
 	pollerOnce.Do(func() {
 		fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 		if err != nil {
@@ -58,71 +69,75 @@ func getPoller() *poller {
 			f.Close()
 			return
 		}
-		thePoller = &poller{epfd: fd, ep: ep}
+		thePoller = &Poller{epfd: fd, ep: ep}
 		epollFile = f // kept alive: its finalizer would close epfd
 		go thePoller.run()
 	})
 	return thePoller
 }
 
-// add registers c's socket (and sets c.rc and c.fd). It reports false
+// Add registers conn's socket, whose events wake w. It reports false
 // when the socket cannot be polled (not a plain socket, or closed).
-func (p *poller) add(c *Conn) bool {
-	sc, ok := c.raw.Conn.(syscall.Conn)
+func (p *Poller) Add(conn net.Conn, w Waker) (*Socket, bool) {
+	sc, ok := conn.(syscall.Conn)
 	if !ok {
-		return false
+		return nil, false
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return false
+		return nil, false
 	}
+	s := &Socket{conn: conn, rc: rc}
 	added := false
 	// Inside Control the descriptor cannot be closed (and reused) under us.
-	// c is in the table before the socket is registered, so that no event
+	// w is in the table before the socket is registered, so that no event
 	// can be missed.
 	cerr := rc.Control(func(fd uintptr) {
-		c.fd, c.rc = int(fd), rc
+		s.fd = int(fd)
 		p.mu.Lock()
-		if c.fd >= len(p.conns) {
-			grown := make([]*Conn, max(2*len(p.conns), c.fd+1, 1024))
-			copy(grown, p.conns)
-			p.conns = grown
+		if s.fd >= len(p.wakers) {
+			grown := make([]Waker, max(2*len(p.wakers), s.fd+1, 1024))
+			copy(grown, p.wakers)
+			p.wakers = grown
 		}
-		p.conns[c.fd] = c
+		p.wakers[s.fd] = w
 		p.mu.Unlock()
 		ev := unix.EpollEvent{Events: pollEvents, Fd: int32(fd)}
 		if unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) == nil {
 			added = true
 		} else {
-			p.remove(c)
+			p.Remove(s, w)
 		}
 	})
-	return cerr == nil && added
+	if cerr != nil || !added {
+		return nil, false
+	}
+	return s, true
 }
 
 const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 
-// rearm lets the socket raise an event again. A closed socket is not
-// re-armed: closeSocket has woken the connection itself.
-func (p *poller) rearm(c *Conn) {
+// Rearm lets the socket raise an event again. A closed socket is not
+// re-armed: whoever closes it wakes its reader itself.
+func (p *Poller) Rearm(s *Socket) {
 	op := getSysOp()
 	op.epfd = p.epfd
-	c.rc.Control(op.rearm)
+	s.rc.Control(op.rearm)
 	putSysOp(op)
 }
 
-// remove forgets c. The kernel drops the registration itself when the
-// socket is closed; a descriptor number reused by a newer connection keeps
-// that connection's entry.
-func (p *poller) remove(c *Conn) {
+// Remove forgets the socket's Waker w. The kernel drops the registration
+// itself when the socket is closed; a descriptor number reused by a newer
+// socket keeps that socket's entry.
+func (p *Poller) Remove(s *Socket, w Waker) {
 	p.mu.Lock()
-	if c.fd < len(p.conns) && p.conns[c.fd] == c {
-		p.conns[c.fd] = nil
+	if s.fd < len(p.wakers) && p.wakers[s.fd] == w {
+		p.wakers[s.fd] = nil
 	}
 	p.mu.Unlock()
 }
 
-func (p *poller) run() {
+func (p *Poller) run() {
 	events := make([]unix.EpollEvent, 512)
 	for {
 		var n int
@@ -137,9 +152,9 @@ func (p *poller) run() {
 		}
 		p.mu.RLock()
 		for _, ev := range events[:n] {
-			if fd := int(ev.Fd); fd < len(p.conns) {
-				if c := p.conns[fd]; c != nil {
-					c.wake()
+			if fd := int(ev.Fd); fd < len(p.wakers) {
+				if w := p.wakers[fd]; w != nil {
+					w.Wake()
 				}
 			}
 		}
@@ -194,25 +209,27 @@ func (op *sysOp) doRearm(fd uintptr) {
 	unix.EpollCtl(op.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
 }
 
-// rawRead is one read(2). Without wait it returns EAGAIN when there is
-// nothing to read (and clears the read deadline); with wait it waits, in
-// Go's netpoller, for data or the connection's read deadline (readerHot
-// after the last data), which it pushes back when half of it is spent.
-func (c *Conn) rawRead(buf []byte, wait bool) (n int, err error) {
+// Read is one read(2). With hold 0 it returns EAGAIN when there is
+// nothing to read (and clears the read deadline); otherwise it waits, in
+// Go's netpoller, for data or the read deadline (hold after the last
+// data), which it pushes back when half of it is spent. One reader at a
+// time.
+func (s *Socket) Read(buf []byte, hold time.Duration) (n int, err error) {
+	wait := hold > 0
 	if wait {
-		if now := time.Now(); c.readDeadline.Sub(now) < readerHot/2 {
-			c.readDeadline = now.Add(readerHot)
-			c.raw.Conn.SetReadDeadline(c.readDeadline)
+		if now := time.Now(); s.readDeadline.Sub(now) < hold/2 {
+			s.readDeadline = now.Add(hold)
+			s.conn.SetReadDeadline(s.readDeadline)
 		}
-	} else if !c.readDeadline.IsZero() {
+	} else if !s.readDeadline.IsZero() {
 		// A deadline left from waiting, once passed, would fail every read
 		// before it is even tried.
-		c.readDeadline = time.Time{}
-		c.raw.Conn.SetReadDeadline(time.Time{})
+		s.readDeadline = time.Time{}
+		s.conn.SetReadDeadline(time.Time{})
 	}
 	op := getSysOp()
 	op.buf, op.wait = buf, wait
-	rerr := c.rc.Read(op.read)
+	rerr := s.rc.Read(op.read)
 	n, err = op.n, op.err
 	putSysOp(op)
 	if rerr != nil {
@@ -224,12 +241,13 @@ func (c *Conn) rawRead(buf []byte, wait bool) (n int, err error) {
 	return max(n, 0), err
 }
 
-// rawWrite is one non-blocking write(2): it returns how much the kernel
-// took, and EAGAIN when that was nothing, instead of waiting.
-func (c *Conn) rawWrite(buf []byte) (n int, err error) {
+// Write is one non-blocking write(2): it returns how much the kernel took,
+// and EAGAIN when that was nothing, instead of waiting. One writer at a
+// time.
+func (s *Socket) Write(buf []byte) (n int, err error) {
 	op := getSysOp()
 	op.buf = buf
-	werr := c.rc.Write(op.write)
+	werr := s.rc.Write(op.write)
 	n, err = op.n, op.err
 	putSysOp(op)
 	if werr != nil {
