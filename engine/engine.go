@@ -149,12 +149,45 @@ func (h History) Covers(epoch string, seq uint64) bool {
 	return epoch == h.Epoch && seq+1 >= h.Oldest && seq <= h.Top
 }
 
-// Engine is what the hub runs on.
+// Engine is what the hub runs on: the store behind a node, in memory for
+// one node or shared (Redis) by several. Its jobs are separate interfaces,
+// each with its own contract suite (enginetest.RunBroker, RunPresence,
+// RunSessions, RunFiles) run against both engines; Enter spans them so
+// that a connection's set-up costs one round trip to the store.
 type Engine interface {
 	// Start begins delivering the publications of subscribed streams to h.
 	// It is called once, before any other method.
 	Start(ctx context.Context, h Handler) error
 
+	Broker
+	PresenceManager
+	SessionStore
+	FileStore
+
+	// Enter does, in one step (one round trip to a store), what a
+	// connection needs when it is set up, resumes or joins: for each
+	// entry, add the user to the set if asked (and announce them), count
+	// the set and list it when small, and read the position of a stream
+	// (and replay it after a given seq); read the session being resumed;
+	// and save a session. Entries are independent: an error fails the
+	// call, and then some entries may have been carried out (each is
+	// idempotent). loaded is the session in.Load (nil when it does not
+	// exist or none was asked for).
+	Enter(ctx context.Context, in Entering) (entered []Entered, loaded *Session, err error)
+
+	// Ready reports whether the engine can take traffic now. It answers
+	// from what the engine already knows (its own end-to-end checks) and
+	// never waits on the store: readiness must not stall with it.
+	Ready(ctx context.Context) error
+
+	// Close stops delivery and releases resources.
+	Close() error
+}
+
+// Broker is the engine's job for streams (a room's messages, a user's
+// private inbox): idempotent publishing with sequence numbers and epochs,
+// retained history, and fan-out to every node subscribed to a stream.
+type Broker interface {
 	// Publish assigns p the stream's next sequence and its epoch, retains it
 	// in history (both unless opts.Ephemeral) and delivers it to every node
 	// subscribed to p.Stream. With opts.Key it is idempotent (see
@@ -183,22 +216,15 @@ type Engine interface {
 	Subscribe(ctx context.Context, stream string) error
 	Unsubscribe(ctx context.Context, stream string) error
 
-	// Enter does, in one step (one round trip to a store), what a
-	// connection needs when it is set up, resumes or joins: for each
-	// entry, add the user to the set if asked (and announce them), count
-	// the set and list it when small, and read the position of a stream
-	// (and replay it after a given seq); read the session being resumed;
-	// and save a session. Entries are independent: an error fails the
-	// call, and then some entries may have been carried out (each is
-	// idempotent). loaded is the session in.Load (nil when it does not
-	// exist or none was asked for).
-	Enter(ctx context.Context, in Entering) (entered []Entered, loaded *Session, err error)
-
 	// History returns retained publications of a stream. It never creates
 	// anything: reading a stream that does not exist returns its empty
 	// position ("", 0).
 	History(ctx context.Context, stream string, q HistoryQuery) (History, error)
+}
 
+// PresenceManager is the engine's job for presence: who is in each room,
+// and who is online anywhere, counted across nodes.
+type PresenceManager interface {
 	// PresenceAdd puts user in the named set (a room, or "" for the users
 	// online anywhere) and reports whether they were newly added and the
 	// set's size afterwards. The hub calls it when the user's first local
@@ -214,7 +240,11 @@ type Engine interface {
 	PresenceMembers(ctx context.Context, set string, limit int) ([]string, error)
 	PresenceHas(ctx context.Context, set, user string) (bool, error)
 	PresenceCount(ctx context.Context, set string) (int, error)
+}
 
+// SessionStore is the engine's job for sessions: what a reconnecting
+// client resumes, on any node.
+type SessionStore interface {
 	// SaveSession stores a session's state for ttl (a resume can happen on
 	// any node); saving again replaces it and its expiry. LoadSession returns
 	// nil for an unknown or expired session. DeleteSession forgets the
@@ -226,20 +256,15 @@ type Engine interface {
 	SaveSessions(ctx context.Context, ss []*Session, ttl time.Duration) error
 	LoadSession(ctx context.Context, id string) (*Session, error)
 	DeleteSession(ctx context.Context, id string) error
+}
 
+// FileStore is the engine's job for the files clients send.
+type FileStore interface {
 	// PutFile stores a file for ttl. Storing an id again stores the same
 	// file (a re-sent upload): it is idempotent. GetFile returns a stored
 	// file, or nil when it is unknown or expired.
 	PutFile(ctx context.Context, f *File, ttl time.Duration) error
 	GetFile(ctx context.Context, id string) (*File, error)
-
-	// Ready reports whether the engine can take traffic now. It answers
-	// from what the engine already knows (its own end-to-end checks) and
-	// never waits on the store: readiness must not stall with it.
-	Ready(ctx context.Context) error
-
-	// Close stops delivery and releases resources.
-	Close() error
 }
 
 // FileRef is what a message says of the file it carries.

@@ -133,8 +133,19 @@ func publish(t *testing.T, e engine.Engine, stream, text string) *engine.Publica
 	return p
 }
 
-// Run runs the whole contract against engines made by f.
+// Run runs the whole contract against engines made by f, job by job
+// (engine.Broker, engine.PresenceManager, engine.SessionStore,
+// engine.FileStore, and what spans them).
 func Run(t *testing.T, f Factory) {
+	t.Run("Broker", func(t *testing.T) { RunBroker(t, f) })
+	t.Run("Presence", func(t *testing.T) { RunPresence(t, f) })
+	t.Run("Sessions", func(t *testing.T) { RunSessions(t, f) })
+	t.Run("Files", func(t *testing.T) { RunFiles(t, f) })
+	t.Run("Node", func(t *testing.T) { RunNode(t, f) })
+}
+
+// RunBroker runs the contract of the streams: sequences and epochs, delivery to subscribed nodes in order, ephemeral publications, history and its bounds, idempotent publishes, expiry.
+func RunBroker(t *testing.T, f Factory) {
 	ctx := context.Background()
 
 	t.Run("SequenceAndEpoch", func(t *testing.T) {
@@ -270,109 +281,6 @@ func Run(t *testing.T, f Factory) {
 		c.Wait(t, "room:none", 1)
 	})
 
-	t.Run("Presence", func(t *testing.T) {
-		e, _ := start(t, f, 5)
-		check := func(gotAdded bool, gotN int, err error, wantAdded bool, wantN int) {
-			t.Helper()
-			if err != nil || gotAdded != wantAdded || gotN != wantN {
-				t.Fatalf("got (%v, %d, %v), want (%v, %d)", gotAdded, gotN, err, wantAdded, wantN)
-			}
-		}
-		a, n, err := e.PresenceAdd(ctx, "r", "alice")
-		check(a, n, err, true, 1)
-		a, n, err = e.PresenceAdd(ctx, "r", "bob")
-		check(a, n, err, true, 2)
-		a, n, err = e.PresenceAdd(ctx, "r", "alice")
-		check(a, n, err, false, 2)
-		a, n, err = e.PresenceAdd(ctx, "", "alice")
-		check(a, n, err, true, 1)
-		members, err := e.PresenceMembers(ctx, "r", 0)
-		if err != nil || fmt.Sprint(members) != "[alice bob]" {
-			t.Fatalf("members = %v, %v", members, err)
-		}
-		if few, err := e.PresenceMembers(ctx, "r", 1); err != nil || len(few) != 1 {
-			t.Fatalf("members with limit 1 = %v, %v", few, err)
-		}
-		if has, err := e.PresenceHas(ctx, "r", "alice"); err != nil || !has {
-			t.Fatalf("PresenceHas(r, alice) = %v, %v; want true", has, err)
-		}
-		if has, err := e.PresenceHas(ctx, "", "bob"); err != nil || has {
-			t.Fatalf("PresenceHas(\"\", bob) = %v, %v; want false", has, err)
-		}
-		a, n, err = e.PresenceRemove(ctx, "r", "alice")
-		check(a, n, err, true, 1)
-		a, n, err = e.PresenceRemove(ctx, "r", "alice")
-		check(a, n, err, false, 1)
-		if n, err := e.PresenceCount(ctx, "r"); err != nil || n != 1 {
-			t.Fatalf("count = %d, %v", n, err)
-		}
-		if n, err := e.PresenceCount(ctx, "nobody"); err != nil || n != 0 {
-			t.Fatalf("count of empty set = %d, %v", n, err)
-		}
-	})
-
-	t.Run("Sessions", func(t *testing.T) {
-		e, _ := start(t, f, 5)
-		s := &engine.Session{ID: "s1", User: "alice", Rooms: []string{"general", "ops"}, Partners: []string{"bob"}}
-		if err := e.SaveSession(ctx, s, time.Minute); err != nil {
-			t.Fatal(err)
-		}
-		s.Rooms[0] = "mutated" // the engine keeps its own copy
-		got, err := e.LoadSession(ctx, "s1")
-		if err != nil || got == nil || got.User != "alice" || fmt.Sprint(got.Rooms) != "[general ops]" || fmt.Sprint(got.Partners) != "[bob]" {
-			t.Fatalf("LoadSession = %+v, %v", got, err)
-		}
-		if got, err := e.LoadSession(ctx, "nope"); err != nil || got != nil {
-			t.Fatalf("unknown session = %+v, %v", got, err)
-		}
-		if err := e.SaveSession(ctx, &engine.Session{ID: "short", User: "x"}, 50*time.Millisecond); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(100 * time.Millisecond)
-		if got, err := e.LoadSession(ctx, "short"); err != nil || got != nil {
-			t.Fatalf("expired session = %+v, %v", got, err)
-		}
-		if err := e.DeleteSession(ctx, "s1"); err != nil {
-			t.Fatal(err)
-		}
-		if got, _ := e.LoadSession(ctx, "s1"); got != nil {
-			t.Fatalf("deleted session = %+v", got)
-		}
-	})
-
-	t.Run("SaveSessions", func(t *testing.T) {
-		e, _ := start(t, f, 5)
-		if err := e.SaveSessions(ctx, nil, time.Minute); err != nil {
-			t.Fatalf("no sessions: %v", err)
-		}
-		// More than one batch of any engine that batches (Redis: 512),
-		// one of them replacing a saved session.
-		e.SaveSession(ctx, &engine.Session{ID: "b7", User: "old"}, time.Minute)
-		ss := make([]*engine.Session, 1100)
-		for i := range ss {
-			ss[i] = &engine.Session{ID: fmt.Sprint("b", i), User: fmt.Sprint("u", i), Rooms: []string{"r", fmt.Sprint("r", i)}}
-		}
-		ss[7].Partners = []string{"p"}
-		if err := e.SaveSessions(ctx, ss, time.Minute); err != nil {
-			t.Fatal(err)
-		}
-		ss[0].Rooms[0] = "mutated" // the engine keeps its own copy
-		for _, i := range []int{0, 7, 511, 512, 513, 1099} {
-			got, err := e.LoadSession(ctx, fmt.Sprint("b", i))
-			if err != nil || got == nil || got.User != fmt.Sprint("u", i) || fmt.Sprint(got.Rooms) != fmt.Sprintf("[r r%d]", i) {
-				t.Fatalf("session b%d = %+v, %v", i, got, err)
-			}
-		}
-		if got, _ := e.LoadSession(ctx, "b7"); fmt.Sprint(got.Partners) != "[p]" {
-			t.Fatalf("b7's partners = %v", got.Partners)
-		}
-		e.SaveSessions(ctx, []*engine.Session{{ID: "brief", User: "x"}}, 50*time.Millisecond)
-		time.Sleep(100 * time.Millisecond)
-		if got, err := e.LoadSession(ctx, "brief"); err != nil || got != nil {
-			t.Fatalf("expired session = %+v, %v", got, err)
-		}
-	})
-
 	t.Run("IdempotentPublish", func(t *testing.T) {
 		e, c := start(t, f, 10)
 		e.Subscribe(ctx, "room:i")
@@ -483,6 +391,159 @@ func Run(t *testing.T, f Factory) {
 			t.Fatalf("after KeyTTL the key is new: dup=%v seq=%d err=%v", dup, again.Seq, err)
 		}
 	})
+}
+
+// RunPresence runs the contract of the presence sets.
+func RunPresence(t *testing.T, f Factory) {
+	ctx := context.Background()
+
+	t.Run("Presence", func(t *testing.T) {
+		e, _ := start(t, f, 5)
+		check := func(gotAdded bool, gotN int, err error, wantAdded bool, wantN int) {
+			t.Helper()
+			if err != nil || gotAdded != wantAdded || gotN != wantN {
+				t.Fatalf("got (%v, %d, %v), want (%v, %d)", gotAdded, gotN, err, wantAdded, wantN)
+			}
+		}
+		a, n, err := e.PresenceAdd(ctx, "r", "alice")
+		check(a, n, err, true, 1)
+		a, n, err = e.PresenceAdd(ctx, "r", "bob")
+		check(a, n, err, true, 2)
+		a, n, err = e.PresenceAdd(ctx, "r", "alice")
+		check(a, n, err, false, 2)
+		a, n, err = e.PresenceAdd(ctx, "", "alice")
+		check(a, n, err, true, 1)
+		members, err := e.PresenceMembers(ctx, "r", 0)
+		if err != nil || fmt.Sprint(members) != "[alice bob]" {
+			t.Fatalf("members = %v, %v", members, err)
+		}
+		if few, err := e.PresenceMembers(ctx, "r", 1); err != nil || len(few) != 1 {
+			t.Fatalf("members with limit 1 = %v, %v", few, err)
+		}
+		if has, err := e.PresenceHas(ctx, "r", "alice"); err != nil || !has {
+			t.Fatalf("PresenceHas(r, alice) = %v, %v; want true", has, err)
+		}
+		if has, err := e.PresenceHas(ctx, "", "bob"); err != nil || has {
+			t.Fatalf("PresenceHas(\"\", bob) = %v, %v; want false", has, err)
+		}
+		a, n, err = e.PresenceRemove(ctx, "r", "alice")
+		check(a, n, err, true, 1)
+		a, n, err = e.PresenceRemove(ctx, "r", "alice")
+		check(a, n, err, false, 1)
+		if n, err := e.PresenceCount(ctx, "r"); err != nil || n != 1 {
+			t.Fatalf("count = %d, %v", n, err)
+		}
+		if n, err := e.PresenceCount(ctx, "nobody"); err != nil || n != 0 {
+			t.Fatalf("count of empty set = %d, %v", n, err)
+		}
+	})
+}
+
+// RunSessions runs the contract of session storage.
+func RunSessions(t *testing.T, f Factory) {
+	ctx := context.Background()
+
+	t.Run("Sessions", func(t *testing.T) {
+		e, _ := start(t, f, 5)
+		s := &engine.Session{ID: "s1", User: "alice", Rooms: []string{"general", "ops"}, Partners: []string{"bob"}}
+		if err := e.SaveSession(ctx, s, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		s.Rooms[0] = "mutated" // the engine keeps its own copy
+		got, err := e.LoadSession(ctx, "s1")
+		if err != nil || got == nil || got.User != "alice" || fmt.Sprint(got.Rooms) != "[general ops]" || fmt.Sprint(got.Partners) != "[bob]" {
+			t.Fatalf("LoadSession = %+v, %v", got, err)
+		}
+		if got, err := e.LoadSession(ctx, "nope"); err != nil || got != nil {
+			t.Fatalf("unknown session = %+v, %v", got, err)
+		}
+		if err := e.SaveSession(ctx, &engine.Session{ID: "short", User: "x"}, 50*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if got, err := e.LoadSession(ctx, "short"); err != nil || got != nil {
+			t.Fatalf("expired session = %+v, %v", got, err)
+		}
+		if err := e.DeleteSession(ctx, "s1"); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := e.LoadSession(ctx, "s1"); got != nil {
+			t.Fatalf("deleted session = %+v", got)
+		}
+	})
+
+	t.Run("SaveSessions", func(t *testing.T) {
+		e, _ := start(t, f, 5)
+		if err := e.SaveSessions(ctx, nil, time.Minute); err != nil {
+			t.Fatalf("no sessions: %v", err)
+		}
+		// More than one batch of any engine that batches (Redis: 512),
+		// one of them replacing a saved session.
+		e.SaveSession(ctx, &engine.Session{ID: "b7", User: "old"}, time.Minute)
+		ss := make([]*engine.Session, 1100)
+		for i := range ss {
+			ss[i] = &engine.Session{ID: fmt.Sprint("b", i), User: fmt.Sprint("u", i), Rooms: []string{"r", fmt.Sprint("r", i)}}
+		}
+		ss[7].Partners = []string{"p"}
+		if err := e.SaveSessions(ctx, ss, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		ss[0].Rooms[0] = "mutated" // the engine keeps its own copy
+		for _, i := range []int{0, 7, 511, 512, 513, 1099} {
+			got, err := e.LoadSession(ctx, fmt.Sprint("b", i))
+			if err != nil || got == nil || got.User != fmt.Sprint("u", i) || fmt.Sprint(got.Rooms) != fmt.Sprintf("[r r%d]", i) {
+				t.Fatalf("session b%d = %+v, %v", i, got, err)
+			}
+		}
+		if got, _ := e.LoadSession(ctx, "b7"); fmt.Sprint(got.Partners) != "[p]" {
+			t.Fatalf("b7's partners = %v", got.Partners)
+		}
+		e.SaveSessions(ctx, []*engine.Session{{ID: "brief", User: "x"}}, 50*time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
+		if got, err := e.LoadSession(ctx, "brief"); err != nil || got != nil {
+			t.Fatalf("expired session = %+v, %v", got, err)
+		}
+	})
+}
+
+// RunFiles runs the contract of file storage.
+func RunFiles(t *testing.T, f Factory) {
+	ctx := context.Background()
+
+	t.Run("Files", func(t *testing.T) {
+		e, _ := start(t, f, 10)
+		data := []byte("\x89PNG\r\n\x1a\n and the rest")
+		in := &engine.File{ID: "f1", Name: "cat.png", Mime: "image/png", Image: true, Room: "r", Data: data}
+		if err := e.PutFile(ctx, in, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		data[0] = 0 // the engine keeps its own copy
+		got, err := e.GetFile(ctx, "f1")
+		if err != nil || got == nil {
+			t.Fatalf("GetFile = %v, %v", got, err)
+		}
+		if got.Name != "cat.png" || got.Mime != "image/png" || !got.Image || got.Room != "r" || string(got.Data) != "\x89PNG\r\n\x1a\n and the rest" {
+			t.Fatalf("GetFile = %+v %q", got, got.Data)
+		}
+		if err := e.PutFile(ctx, in, time.Minute); err != nil { // a re-sent upload
+			t.Fatal(err)
+		}
+		if missing, err := e.GetFile(ctx, "nope"); err != nil || missing != nil {
+			t.Fatalf("an unknown file = %v, %v", missing, err)
+		}
+		if err := e.PutFile(ctx, &engine.File{ID: "short", Data: []byte("x")}, 50*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(150 * time.Millisecond)
+		if gone, err := e.GetFile(ctx, "short"); err != nil || gone != nil {
+			t.Fatalf("an expired file = %v, %v", gone, err)
+		}
+	})
+}
+
+// RunNode runs the contract of what spans the jobs: a connection's set-up in one step (Enter), listing the cluster (Inspector), readiness and closing.
+func RunNode(t *testing.T, f Factory) {
+	ctx := context.Background()
 
 	t.Run("Enter", func(t *testing.T) {
 		e, c := start(t, f, 10)
@@ -558,36 +619,6 @@ func Run(t *testing.T, f Factory) {
 		}
 		if s, _ := e.LoadSession(ctx, "s2"); s == nil || s.User != "alice" {
 			t.Fatalf("the new session was not saved in place of the missing one: %+v", s)
-		}
-	})
-
-	t.Run("Files", func(t *testing.T) {
-		e, _ := start(t, f, 10)
-		data := []byte("\x89PNG\r\n\x1a\n and the rest")
-		in := &engine.File{ID: "f1", Name: "cat.png", Mime: "image/png", Image: true, Room: "r", Data: data}
-		if err := e.PutFile(ctx, in, time.Minute); err != nil {
-			t.Fatal(err)
-		}
-		data[0] = 0 // the engine keeps its own copy
-		got, err := e.GetFile(ctx, "f1")
-		if err != nil || got == nil {
-			t.Fatalf("GetFile = %v, %v", got, err)
-		}
-		if got.Name != "cat.png" || got.Mime != "image/png" || !got.Image || got.Room != "r" || string(got.Data) != "\x89PNG\r\n\x1a\n and the rest" {
-			t.Fatalf("GetFile = %+v %q", got, got.Data)
-		}
-		if err := e.PutFile(ctx, in, time.Minute); err != nil { // a re-sent upload
-			t.Fatal(err)
-		}
-		if missing, err := e.GetFile(ctx, "nope"); err != nil || missing != nil {
-			t.Fatalf("an unknown file = %v, %v", missing, err)
-		}
-		if err := e.PutFile(ctx, &engine.File{ID: "short", Data: []byte("x")}, 50*time.Millisecond); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(150 * time.Millisecond)
-		if gone, err := e.GetFile(ctx, "short"); err != nil || gone != nil {
-			t.Fatalf("an expired file = %v, %v", gone, err)
 		}
 	})
 
