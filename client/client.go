@@ -780,52 +780,85 @@ func wallNow() time.Time { return time.Now().Round(0) }
 // connectOnce makes one attempt and, if it opens, serves the connection
 // until it ends. It returns how it ended, and whether it was welcomed.
 func (c *Client) connectOnce() (CloseInfo, bool) {
+	conn, end, ok := c.dial()
+	if !ok {
+		return end, false
+	}
+	defer func() {
+		c.mu.Lock()
+		c.dialing = nil
+		c.mu.Unlock()
+	}()
+	w, end, ok := awaitWelcome(conn, c.opts.ConnectTimeout)
+	if !ok {
+		return end, false
+	}
+	if !c.goOpen(conn, w) {
+		conn.Close()
+		return CloseInfo{Code: protocol.CloseNormal, Reason: "client closed"}, false
+	}
+	return c.serve(conn), true
+}
+
+// dial opens one WebSocket connection within the connect timeout and
+// notes it (c.dialing) so that Close can end it; the caller clears the
+// note. It reports false, with why, when there is no connection to use.
+func (c *Client) dial() (*websocket.Conn, CloseInfo, bool) {
 	dctx, cancel := context.WithTimeout(c.ctx, c.opts.ConnectTimeout)
 	defer cancel()
 	target := c.attemptURL()
 	c.logf("[connect] attempt=%d", c.Info().Attempt)
 	conn, resp, err := c.opts.Dialer.DialContext(dctx, target, c.opts.Header)
 	if err != nil {
-		return refusal(resp, err), false
+		return nil, refusal(resp, err), false
 	}
 	c.mu.Lock()
 	c.dialing = conn
 	closing := c.ctx.Err() != nil
 	c.mu.Unlock()
-	defer func() {
+	if closing {
+		conn.Close()
 		c.mu.Lock()
 		c.dialing = nil
 		c.mu.Unlock()
-	}()
-	if closing {
-		conn.Close()
-		return CloseInfo{Code: protocol.CloseNormal, Reason: "client closed"}, false
+		return nil, CloseInfo{Code: protocol.CloseNormal, Reason: "client closed"}, false
 	}
-	// The welcome must come within the connect timeout.
-	conn.SetReadDeadline(time.Now().Add(c.opts.ConnectTimeout))
+	return conn, CloseInfo{}, true
+}
+
+// awaitWelcome reads the connection's first message, which must be a
+// welcome and must come within timeout. It closes conn when it reports
+// false.
+func awaitWelcome(conn *websocket.Conn, timeout time.Duration) (protocol.Welcome, CloseInfo, bool) {
+	var w protocol.Welcome
+	conn.SetReadDeadline(time.Now().Add(timeout))
 	_, first, err := conn.ReadMessage()
 	if err != nil {
 		conn.Close()
-		return closeInfoOf(err), false
+		return w, closeInfoOf(err), false
 	}
 	var env protocol.Envelope
-	var w protocol.Welcome
 	if json.Unmarshal(first, &env) != nil || env.Type != protocol.TypeWelcome || json.Unmarshal(env.Payload, &w) != nil {
 		conn.Close()
-		return CloseInfo{Code: protocol.CloseProtocolError, Reason: "first message was not a welcome", At: time.Now()}, false
+		return w, CloseInfo{Code: protocol.CloseProtocolError, Reason: "first message was not a welcome", At: time.Now()}, false
 	}
 	conn.SetReadDeadline(time.Time{})
+	return w, CloseInfo{}, true
+}
 
-	timeout := c.opts.HeartbeatTimeout
-	// Going OPEN, the rejoins and the re-send of the outbox happen with
-	// writeMu held, so no new message can be written before older ones.
+// goOpen takes the welcomed connection into use: state OPEN, the rooms the
+// server did not give back joined again, and every unacknowledged message
+// of the outbox sent again in order with its original id (the server acks
+// duplicates without processing them). All of it happens with writeMu
+// held, so that no new message can be written before older ones. It
+// reports false when the client was closed meanwhile.
+func (c *Client) goOpen(conn *websocket.Conn, w protocol.Welcome) bool {
 	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
 	c.mu.Lock()
 	if c.ctx.Err() != nil {
 		c.mu.Unlock()
-		c.writeMu.Unlock()
-		conn.Close()
-		return CloseInfo{Code: protocol.CloseNormal, Reason: "client closed"}, false
+		return false
 	}
 	c.conn = conn
 	c.user, c.session = w.User, w.Session
@@ -861,8 +894,6 @@ func (c *Client) connectOnce() (CloseInfo, bool) {
 	c.mu.Unlock()
 	c.logf("[open] user=%s resumed=%v", w.User, w.Resumed) // the session id is a secret: not logged
 
-	// Rejoin first, then re-send every unacknowledged message in order,
-	// with its original id: the server acks duplicates without processing.
 	for _, r := range rejoin {
 		b, _ := json.Marshal(map[string]any{"type": protocol.TypeJoin, "payload": map[string]any{"room": r}})
 		c.writeRawLocked(conn, b)
@@ -870,8 +901,13 @@ func (c *Client) connectOnce() (CloseInfo, bool) {
 	for _, it := range outbox {
 		c.writeItemLocked(conn, it)
 	}
-	c.writeMu.Unlock()
+	return true
+}
 
+// serve reads an open connection until it ends, with the heartbeat
+// watching it, and returns how it ended: a heartbeat timeout or a gap in
+// a stream's deliveries (resync) overrides what the socket said.
+func (c *Client) serve(conn *websocket.Conn) CloseInfo {
 	hbDone := make(chan struct{})
 	var timedOut bool
 	var hbMu sync.Mutex
@@ -879,7 +915,7 @@ func (c *Client) connectOnce() (CloseInfo, bool) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		c.heartbeat(conn, timeout, hbDone, func() { hbMu.Lock(); timedOut = true; hbMu.Unlock() })
+		c.heartbeat(conn, c.opts.HeartbeatTimeout, hbDone, func() { hbMu.Lock(); timedOut = true; hbMu.Unlock() })
 	}()
 	stable := time.AfterFunc(c.opts.StableAfter, func() {
 		c.mu.Lock()
@@ -924,7 +960,7 @@ func (c *Client) connectOnce() (CloseInfo, bool) {
 	if gap.found {
 		end = CloseInfo{Code: protocol.CloseResync, Reason: gap.why, At: time.Now()}
 	}
-	return end, true
+	return end
 }
 
 func (c *Client) touch() {
