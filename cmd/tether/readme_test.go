@@ -103,3 +103,59 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// TestLayoutMatchesTheTree: the README's Layout names directories that
+// exist and files that exist, and every file of server/ (tests aside) is
+// named in exactly one layer there and in docs/architecture.md's table.
+func TestLayoutMatchesTheTree(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	arch, err := os.ReadFile("../../docs/architecture.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout := regexp.MustCompile("(?s)## Layout\n.*?```\n(.*?)```").FindSubmatch(readme)
+	if layout == nil {
+		t.Fatal("no Layout block in the README")
+	}
+	for _, line := range strings.Split(string(layout[1]), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && strings.HasSuffix(f[0], "/") {
+			if st, err := os.Stat(filepath.Join("../..", f[0])); err != nil || !st.IsDir() {
+				t.Errorf("the Layout names %s, which is not a directory", f[0])
+			}
+		}
+	}
+	var files []string
+	entries, _ := os.ReadDir("../../server")
+	for _, e := range entries {
+		if n := e.Name(); strings.HasSuffix(n, ".go") && !strings.HasSuffix(n, "_test.go") {
+			files = append(files, n)
+		}
+	}
+	layers := regexp.MustCompile(`(?m)^\s+(transport|session|hub|node)\s+(.*)$`).FindAllSubmatch(layout[1], -1)
+	table := regexp.MustCompile("(?m)^\\| (transport|session|hub|node) \\| (.*?) \\|").FindAllSubmatch(arch, -1)
+	for _, doc := range []struct {
+		name string
+		rows [][][]byte
+	}{{"README", layers}, {"docs/architecture.md", table}} {
+		seen := map[string]string{}
+		for _, row := range doc.rows {
+			for _, f := range regexp.MustCompile(`[a-z_]+\.go`).FindAll(row[2], -1) {
+				if prev, ok := seen[string(f)]; ok {
+					t.Errorf("%s: %s is in %s and in %s", doc.name, f, prev, row[1])
+				}
+				seen[string(f)] = string(row[1])
+				if _, err := os.Stat(filepath.Join("../../server", string(f))); err != nil {
+					t.Errorf("%s names server/%s, which does not exist", doc.name, f)
+				}
+			}
+		}
+		for _, f := range files {
+			if _, ok := seen[f]; !ok {
+				t.Errorf("%s: server/%s is in no layer", doc.name, f)
+			}
+		}
+	}
+}

@@ -1,5 +1,11 @@
 package server
 
+// A connection's commands, once it is set up (session.go): each whole
+// message from the WebSocket layer (read.go) is rate-limited, decoded and
+// handled here — ping, who, history, join, leave, chat, direct, and files
+// (files.go) — and answered with an ack or an error. A new command is a
+// type in protocol/ and a case in handle.
+
 import (
 	"context"
 	"encoding/json"
@@ -11,53 +17,6 @@ import (
 	"github.com/tether-chat/tether/internal/ws"
 	"github.com/tether-chat/tether/protocol"
 )
-
-// onData processes bytes read from the socket (see ws.Reader.Feed): the
-// frames in them are handled through wsHandler, and one write carries
-// every reply to them. p may be modified and is not retained.
-func (c *Conn) onData(p []byte) {
-	if c.rd.Done() {
-		return
-	}
-	c.touch()
-	defer func() {
-		if r := recover(); r != nil {
-			c.rd.Stop() // the rest is discarded until the socket closes
-			c.srv.panicked("reading", r, c)
-		}
-	}()
-	defer c.flushLater() // one write for every reply to what p held
-	c.rd.Feed(p, (*wsHandler)(c))
-}
-
-// wsHandler is a connection as the WebSocket reader sees it
-// (ws.Handler).
-type wsHandler Conn
-
-func (h *wsHandler) Limit(op byte) int64 {
-	if op == ws.OpBinary {
-		return h.srv.maxBinary() // a file
-	}
-	return h.srv.cfg.MaxMessageSize
-}
-
-func (h *wsHandler) OnMessage(op byte, data []byte) { (*Conn)(h).onMessage(op, data) }
-func (h *wsHandler) OnPing(payload []byte)          { (*Conn)(h).pong(payload) }
-func (h *wsHandler) OnPong([]byte)                  {} // onData's touch was all it was for
-
-func (h *wsHandler) OnClose(code ws.Status, reason string) {
-	(*Conn)(h).peerClosed(protocol.Disconnect{Code: protocol.CloseCode(code), Reason: reason})
-}
-
-// OnFail closes a connection that broke the protocol, after what is
-// queued (the replies to what came before).
-func (h *wsHandler) OnFail(e *ws.Error) {
-	c := (*Conn)(h)
-	d := protocol.Disconnect{Code: protocol.CloseCode(e.Code), Reason: e.Reason}
-	c.srv.log.Info("closing a connection that broke the protocol", "user", c.user, "remote", c.remote,
-		"code", int(d.Code), "reason", d.Reason)
-	c.close(d, closeDrain)
-}
 
 // onMessage handles one whole message; data is valid only during the call.
 func (c *Conn) onMessage(op byte, data []byte) {

@@ -1,0 +1,584 @@
+package server
+
+// A connection's session: its opening (the handshake handed over by the
+// accept loop or net/http), its set-up in turn with the others (maxSetups),
+// authentication, the rooms it asks for, the resume of a session with the
+// replay of what it missed, and its end (disconnected). The commands it
+// sends afterwards are handled in commands.go; the hub (hub.go) holds the
+// rooms and presence it joins.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/tether-chat/tether/auth"
+	"github.com/tether-chat/tether/engine"
+	"github.com/tether-chat/tether/internal/ws"
+	"github.com/tether-chat/tether/protocol"
+)
+
+// serveWS is /ws served by net/http (Handler(), TLS): it upgrades one
+// connection and starts its reader.
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	s.openWS(&handshake{req: requestFromHTTP(r), w: w})
+}
+
+// openWS upgrades one connection, sets it up and starts its reader.
+func (s *Server) openWS(h *handshake) {
+	r := &h.req
+	if s.shuttingDown.Load() {
+		h.fail(http.StatusServiceUnavailable, "server is shutting down; reconnect to another node")
+		return
+	}
+	user := r.clientID
+	if user == "" {
+		user = r.query("user")
+	}
+	var claims *auth.Claims
+	var refuse *protocol.Disconnect
+	if s.cfg.AuthSecret != "" {
+		claims, refuse = s.authenticate(r, user)
+		if refuse == nil {
+			user = claims.Subject
+		}
+	} else if user == "" {
+		user = "guest-" + randomID(3)
+	}
+	if refuse == nil {
+		if msg := protocol.ValidateUser(user); msg != "" {
+			if claims == nil {
+				h.fail(http.StatusBadRequest, "invalid user: "+msg)
+				return
+			}
+			d := protocol.Unauthorized("token subject is not a valid user name")
+			refuse = &d
+		}
+	}
+	ip := remoteIP(r.remote)
+	admitted := false
+	if refuse == nil {
+		if refuse = s.admit(ip, user); refuse == nil {
+			admitted = true
+		}
+	}
+
+	raw, resp, early, err := s.upgrade(h)
+	if err != nil {
+		if admitted {
+			s.release(ip, user)
+		}
+		return // upgrade has answered and logged
+	}
+	if refuse != nil {
+		// Refused after the upgrade, with a close code, because a browser
+		// cannot read the status of a failed handshake: it would only see
+		// 1006 and retry forever.
+		s.metrics.refused.Add(1)
+		s.log.Warn("connection refused", "remote", r.remote, "user", user, "code", int(refuse.Code), "reason", refuse.Reason)
+		raw.write(ws.AppendFrame(resp, ws.OpClose, closePayload(*refuse)))
+		raw.Conn.Close()
+		return
+	}
+	c := &Conn{
+		id: s.nextID.Add(1), user: user, ip: ip, remote: r.remote, opened: time.Now(),
+		srv: s, raw: raw, rooms: make(map[string]struct{}), claims: claims,
+		corked:  true, // until the welcome is queued first
+		limiter: bucket{rate: s.cfg.RateLimit, burst: float64(s.cfg.RateBurst), tokens: float64(s.cfg.RateBurst)},
+		// The 101 response goes out in one write with the welcome and the
+		// first replies, once the set-up is done.
+		queue:  []outFrame{{op: opRaw, data: resp}},
+		queued: len(resp),
+	}
+	if !r.tether {
+		c.dialect = s.wsDialect
+		if r.withID {
+			c.dialect = s.wsIDDialect
+		}
+	}
+	c.attach()
+	c.touch()
+	s.conns.Add(1)
+	s.metrics.opened.Add(1)
+	if c.dialect != nil && c.dialect.deferSetUp() {
+		// Set up by its first join (dialect.go); until then the heartbeat
+		// and a shutdown know it, nothing else does.
+		s.hub.track(c)
+		c.uncork()
+	} else if err := s.setUp(c, r); err != nil {
+		s.setUpFailed(c, err)
+	}
+	c.flushLater()
+	// Reading is driven by the poller (or a goroutine of its own) and the
+	// handler returns, so net/http's per-request state (buffers, request,
+	// response writer) is garbage as soon as the set-up is done instead of
+	// living as long as the connection.
+	c.startReading(early)
+}
+
+// setUp runs connected when its turn comes (maxSetups). A panic in it
+// fails this set-up (close 1011), nothing else.
+func (s *Server) setUp(c *Conn, r *wsRequest) error {
+	return s.runSetUp(c, func() error {
+		if err := s.checkConnect(c, r.cookie, r.origin, r.query("session") != ""); err != nil {
+			return err
+		}
+		return s.connected(c, r.query("session"), parseSince(r.query("since")), r.query("rooms"))
+	})
+}
+
+// setUpLater sets up, from its reader, a connection whose dialect defers
+// its set-up to its first join: in room, with a new session.
+func (s *Server) setUpLater(c *Conn, room string) {
+	if err := s.runSetUp(c, func() error {
+		if err := s.checkConnect(c, "", "", false); err != nil {
+			return err
+		}
+		return s.connected(c, "", nil, room)
+	}); err != nil {
+		s.setUpFailed(c, err)
+	}
+}
+
+// setUpFailed closes a connection whose set-up failed: with the close
+// code err carries, or 1011.
+func (s *Server) setUpFailed(c *Conn, err error) {
+	c.uncork()
+	var d protocol.Disconnect
+	if errors.As(err, &d) {
+		s.log.Warn("connection refused", "user", c.user, "remote", c.remote, "code", int(d.Code), "reason", d.Reason)
+		c.close(d, closeDrain)
+	} else {
+		s.log.Error("connection set-up failed", "user", c.user, "remote", c.remote, "err", err)
+		c.close(protocol.DisconnectInternal, closeDrain)
+	}
+}
+
+// runSetUp runs one connection's set-up, f, when its turn comes.
+func (s *Server) runSetUp(c *Conn, f func() error) (err error) {
+	select {
+	case s.setups <- struct{}{}:
+	default:
+		s.setupsWaiting.Add(1)
+		s.setups <- struct{}{}
+		s.setupsWaiting.Add(-1)
+	}
+	defer func() { <-s.setups }()
+	defer func() {
+		if r := recover(); r != nil {
+			s.panicked("set-up", r, nil)
+			err = protocol.DisconnectInternal
+		}
+	}()
+	if s.shuttingDown.Load() { // it stopped while this one waited
+		return protocol.DisconnectShutdown
+	}
+	c.busy.Store(true)
+	defer c.busy.Store(false)
+	return f()
+}
+
+// authenticate checks the token of a request in token mode. The token
+// comes from ?token= (browsers cannot set headers on a WebSocket) or an
+// Authorization: Bearer header. It is never logged.
+func (s *Server) authenticate(r *wsRequest, named string) (*auth.Claims, *protocol.Disconnect) {
+	tok := r.query("token")
+	if h := r.authorization; tok == "" && len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		tok = strings.TrimSpace(h[7:])
+	}
+	if tok == "" {
+		d := protocol.Unauthorized("token required")
+		return nil, &d
+	}
+	claims, err := auth.Verify([]byte(s.cfg.AuthSecret), tok, time.Now())
+	if err != nil {
+		d := protocol.Unauthorized(err.Error())
+		return nil, &d
+	}
+	if named != "" && named != claims.Subject {
+		d := protocol.Forbidden("user does not match token")
+		return nil, &d
+	}
+	return claims, nil
+}
+
+// position is where a client was in one stream: (epoch, seq).
+type position struct {
+	epoch string
+	seq   uint64
+}
+
+// parseSince reads a client's positions: ?since= is a JSON object from room
+// name (or "@" for the inbox) to [epoch, seq]. Anything malformed is
+// ignored: the client then simply gets no replay for it.
+func parseSince(raw string) map[string]position {
+	if raw == "" || len(raw) > 64<<10 {
+		return nil
+	}
+	var m map[string][2]json.RawMessage
+	if json.Unmarshal([]byte(raw), &m) != nil {
+		return nil
+	}
+	out := make(map[string]position, len(m))
+	for k, v := range m {
+		var p position
+		if json.Unmarshal(v[0], &p.epoch) != nil || json.Unmarshal(v[1], &p.seq) != nil {
+			continue
+		}
+		if k == protocol.InboxKey || protocol.ValidateRoom(k) == "" {
+			out[k] = p
+		}
+	}
+	return out
+}
+
+// connected sets up a new connection: it resumes the session it presents
+// (or starts one), registers it and puts it in its rooms (the session's
+// and those the client asks for with ?rooms=), queues the welcome first,
+// replays what the client missed on every stream it gave a position for,
+// and only then lets live deliveries through.
+//
+// Everything it needs from the engine is one Enter call (one Redis round
+// trip). A resume reads its session in that same call, having entered the
+// rooms the client asks for (the SDKs ask for every room they are in, so
+// these are the session's); only a session with rooms the client did not
+// ask for, or one that expired, takes a second call.
+func (s *Server) connected(c *Conn, sessionID string, since map[string]position, rooms string) error {
+	ctx, cancel := s.opContext(10 * time.Second)
+	defer cancel()
+	c.mu.Lock()
+	c.resuming = true
+	c.mu.Unlock()
+	if s.shuttingDown.Load() {
+		return protocol.DisconnectShutdown
+	}
+	p := s.hub.plan(c)
+	resumed, joined, refused, err := s.enterSession(ctx, c, p, sessionID, since, rooms)
+	if err != nil {
+		return err
+	}
+	s.welcome(c, p, resumed, joined, refused)
+	s.replay(ctx, c, p, since)
+	s.log.Info("connect", "user", c.user, "conn", c.id, "remote", c.remote, "resumed", resumed, "rooms", len(joined))
+	s.hook(HookEvent{Type: "connect", User: c.user, Conn: c.id, Remote: c.remote, Resumed: resumed})
+	return nil
+}
+
+// enterSession enters c, through p, into its session: the user's presence
+// and inbox, the rooms it asked for (and, on a new session, the room every
+// session starts in), and, when it resumes, the stored session's rooms
+// and partners, all in one engine call when it can, two when the stored
+// session names rooms the first did not enter. It returns whether the
+// session was resumed, the rooms joined and the refusals (each names its
+// room).
+func (s *Server) enterSession(ctx context.Context, c *Conn, p *enterPlan, sessionID string, since map[string]position, rooms string) (resumed bool, joined []string, refused []*protocol.Error, err error) {
+	fresh := &engine.Session{ID: randomID(16), User: c.user}
+	c.session = fresh.ID
+	if sessionID != "" {
+		c.session = sessionID
+	}
+	autoJoin := s.cfg.AutoJoin != "-" && c.dialect == nil // a tutorial client joins its rooms itself
+	var asked []string
+	if sessionID == "" && autoJoin {
+		asked = append(asked, s.cfg.AutoJoin)
+	}
+	asked = append(asked, splitRooms(rooms)...)
+
+	p.user(sinceOf(since, protocol.InboxKey))
+	c.registered = true // from here on, disconnected undoes what this did
+	joined, refused = p.rooms(asked, since, nil)
+	fresh.Rooms = slices.Sorted(slices.Values(joined))
+	loaded, err := p.run(ctx, engine.Entering{Load: sessionID, Save: fresh})
+	if err != nil {
+		return false, nil, nil, err
+	}
+	if loaded != nil && loaded.User != c.user {
+		c.session = fresh.ID // what disconnected saves is this user's own
+		return false, nil, nil, protocol.DisconnectSessionUser
+	}
+	resumed = loaded != nil
+	var more []string // rooms this connection is in that the stored session does not list
+	switch {
+	case resumed:
+		for _, partner := range loaded.Partners {
+			s.hub.notePartner(c.user, partner)
+		}
+		extra, _ := p.rooms(loaded.Rooms, since, joined)
+		joined = append(joined, extra...)
+		for _, r := range joined {
+			if !slices.Contains(loaded.Rooms, r) {
+				more = append(more, r)
+			}
+		}
+	case sessionID != "":
+		// The session expired: this is a new one (the call saved it), with
+		// the room every new session starts in.
+		c.session = fresh.ID
+		if autoJoin && !slices.Contains(joined, s.cfg.AutoJoin) {
+			extra, no := p.rooms([]string{s.cfg.AutoJoin}, since, joined)
+			joined, refused = append(joined, extra...), append(refused, no...)
+			more = extra
+		}
+	}
+	if len(p.entered) < len(p.entries) || len(more) > 0 {
+		if _, err := p.run(ctx, engine.Entering{Save: s.sessionOf(c)}); err != nil {
+			return false, nil, nil, err
+		}
+	}
+	if resumed {
+		s.hub.releaseGhost(ctx, loaded.ID)
+		s.metrics.resumes.Add(1)
+	}
+	return resumed, joined, refused, nil
+}
+
+// welcome sends c its welcome, always its first message, then the
+// refusals of rooms it asked for.
+func (s *Server) welcome(c *Conn, p *enterPlan, resumed bool, joined []string, refused []*protocol.Error) {
+	inbox := p.entered[0].History
+	c.sendFirst(protocol.Encode(protocol.TypeWelcome, "", protocol.Welcome{
+		Protocol: protocol.Version, User: c.user, Session: c.session, Resumed: resumed, Online: p.entered[0].Count, Rooms: joined,
+		Inbox:     protocol.Position{Epoch: inbox.Epoch, Top: inbox.Top},
+		Heartbeat: protocol.Heartbeat{Interval: s.cfg.PingInterval.Milliseconds(), Timeout: s.cfg.PongTimeout.Milliseconds()},
+		MaxText:   s.cfg.MaxText, MaxFile: max(s.cfg.MaxFileSize, 0),
+	}))
+	for _, e := range refused {
+		c.sendError(e) // after the welcome, which lists the rooms joined
+	}
+}
+
+// replay sends c what it missed in every stream it gave a position for
+// (in the order of their keys), then takes it live: deliveries held
+// during the replay follow it, and then each room's members, whose
+// position comes after every message up to it that c is sent.
+func (s *Server) replay(ctx context.Context, c *Conn, p *enterPlan, since map[string]position) {
+	entered := p.entered
+	read := make(map[string]*engine.Entered, len(p.keys))
+	for i, k := range p.keys {
+		read[k] = &entered[i]
+	}
+	replayed := make(map[string]roomPos)
+	keys := make([]string, 0, len(since))
+	for k := range since {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		s.recover(ctx, c, k, since[k], read[k], replayed)
+	}
+	c.goLive(replayed)
+	for i, k := range p.keys[1:] {
+		c.sendMembers(ctx, "", k, &entered[i+1])
+	}
+}
+
+// rooms plans c's entry into each of names that is not in skip, and
+// returns those it may enter and, for the others, why not (an error that
+// names the room, for an error frame).
+func (p *enterPlan) rooms(names []string, since map[string]position, skip []string) (joined []string, refused []*protocol.Error) {
+	for _, room := range names {
+		if slices.Contains(skip, room) || slices.Contains(joined, room) {
+			continue
+		}
+		if msg := protocol.ValidateRoom(room); msg != "" {
+			refused = append(refused, &protocol.Error{Code: protocol.ErrBadRoom, Message: fmt.Sprintf("rooms: %q: %s", room, msg)})
+			continue
+		}
+		if err := p.room(room, sinceOf(since, room)); err != nil {
+			var pe *protocol.Error
+			if errors.As(err, &pe) {
+				refused = append(refused, &protocol.Error{Code: pe.Code, Message: fmt.Sprintf("rooms: %q: %s", room, pe.Message)})
+			}
+			continue
+		}
+		joined = append(joined, room)
+	}
+	return joined, refused
+}
+
+// splitRooms reads ?rooms=: room names separated by commas (a comma is
+// never part of a room's name), at most maxConnectRooms of them.
+func splitRooms(raw string) []string {
+	if raw == "" {
+		return nil
+	}
+	rooms := strings.Split(raw, ",")
+	if len(rooms) > maxConnectRooms {
+		rooms = rooms[:maxConnectRooms]
+	}
+	return rooms
+}
+
+// maxConnectRooms bounds ?rooms= before any room is looked at; the
+// per-connection room limit (MaxRoomsPerConn) applies after it.
+const maxConnectRooms = 1000
+
+// sinceOf is the client's position in one stream, if it gave one.
+func sinceOf(since map[string]position, key string) *position {
+	if p, ok := since[key]; ok {
+		return &p
+	}
+	return nil
+}
+
+// recover tells the client with `recovered` whether what it missed on one
+// stream since pos is still retained, and replays it if so. en is what
+// Enter read of the stream (its first page after pos); nil when the
+// client is not in the room (any more): nothing to replay or reveal.
+func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position, en *engine.Entered, replayed map[string]roomPos) {
+	rec := protocol.Recovered{}
+	stream := engine.RoomStream(key)
+	if key == protocol.InboxKey {
+		stream, rec.Inbox = engine.UserStream(c.user), true
+	} else {
+		rec.Room = key
+	}
+	if en == nil {
+		s.metrics.recoveriesFailed.Add(1)
+		c.send(protocol.Encode(protocol.TypeRecovered, "", rec))
+		return
+	}
+	hist := en.History
+	rec.Epoch, rec.Top = hist.Epoch, hist.Top
+	rec.Recovered = hist.Covers(pos.epoch, pos.seq)
+	if !rec.Recovered {
+		s.metrics.recoveriesFailed.Add(1)
+		c.send(protocol.Encode(protocol.TypeRecovered, "", rec))
+		return
+	}
+	last := pos.seq
+	for len(hist.Pubs) > 0 {
+		for _, p := range hist.Pubs {
+			if !c.enqueueReplay(encodePublication(p)) {
+				return
+			}
+			last = p.Seq
+			rec.Count++
+		}
+		if last >= hist.Top {
+			break
+		}
+		var err error
+		if hist, err = s.eng.History(ctx, stream, engine.HistoryQuery{After: last}); err != nil {
+			// Replayed up to last; the client's continuity check asks for
+			// the rest when the next message comes.
+			s.log.Warn("recovery cut short", "user", c.user, "stream", stream, "after", last, "err", err)
+			break
+		}
+	}
+	replayed[stream] = roomPos{epoch: rec.Epoch, top: last}
+	s.metrics.recoveries.Add(1)
+	c.send(protocol.Encode(protocol.TypeRecovered, "", rec))
+}
+
+// saveSession stores what a resume of c's session needs, for the resume
+// window. It is refreshed while the connection lives (heartbeat).
+func (s *Server) saveSession(ctx context.Context, c *Conn) {
+	if c.session == "" {
+		return
+	}
+	if err := s.eng.SaveSession(ctx, s.sessionOf(c), s.cfg.ResumeWindow); err != nil {
+		s.log.Warn("session not saved", "user", c.user, "err", err)
+	}
+}
+
+// sessionOf is what a resume of c's session needs: its user, rooms and
+// private-conversation partners.
+func (s *Server) sessionOf(c *Conn) *engine.Session {
+	return &engine.Session{ID: c.session, User: c.user, Rooms: s.hub.roomsOf(c), Partners: s.hub.partnersOf(c.user)}
+}
+
+// saveSessions saves the sessions of many connections in as few engine
+// round trips as the engine allows, and reports whether all were saved.
+func (s *Server) saveSessions(ctx context.Context, conns []*Conn) bool {
+	ss := make([]*engine.Session, 0, len(conns))
+	for _, c := range conns {
+		if c.session != "" {
+			ss = append(ss, s.sessionOf(c))
+		}
+	}
+	if err := s.eng.SaveSessions(ctx, ss, s.cfg.ResumeWindow); err != nil {
+		s.log.Warn("sessions not saved", "sessions", len(ss), "err", err)
+		return false
+	}
+	return true
+}
+
+// disconnected runs once per connection, when its reader has returned. A
+// clean end (the client closed with 1000, or the server with a terminal
+// code) leaves at once and forgets the session. Any other end keeps the
+// session for the resume window and the presence for the grace period —
+// a short one (PresenceGraceAway) when the client said 1001 "going away":
+// a page that was reloaded resumes and misses nothing, and the partners
+// of a tab that was closed learn of it within a second or two.
+func (s *Server) disconnected(c *Conn) {
+	c.raw.Conn.Close()
+	code, reason, clean := protocol.CloseAbnormal, "", false
+	grace := s.cfg.PresenceGrace
+	c.mu.Lock()
+	closing, peer := c.closing, c.peer
+	c.mu.Unlock()
+	switch {
+	case peer != nil: // the client closed first
+		code, reason = peer.Code, peer.Reason
+		clean = code == protocol.CloseNormal
+		if code == protocol.CloseGoingAway || c.dialect != nil {
+			// A page going away; or a tutorial client, which never
+			// resumes: its close() (1005, no code) is a leave.
+			grace = s.cfg.PresenceGraceAway
+		}
+	case closing != nil:
+		code, reason = closing.Code, closing.Reason
+		clean = protocol.PolicyFor(closing.Code) == protocol.Terminal
+	}
+	ctx, cancel := s.opContext(5 * time.Second)
+	switch {
+	case !c.registered:
+		s.hub.untrack(c) // a dialect's connection that never joined
+	case clean:
+		s.hub.unregister(ctx, c)
+		s.eng.DeleteSession(ctx, c.session)
+	case s.shuttingDown.Load():
+		// The client reconnects (1012) and resumes on the node that
+		// replaces this one: its session is saved for that. Its presence
+		// is left as a crashed node's is, to expire after the presence TTL
+		// unless it comes back (with the memory engine it ends with the
+		// process): users who resume within it never appear to leave (no
+		// leave/join flap in their rooms, no `left` to their partners), and
+		// stopping costs one engine call per connection instead of five.
+		// No ghost outlives this node. Shutdown has saved the sessions it
+		// found in one batch; only a connection it missed saves its own.
+		// (A partner noted since then, by a message from another node,
+		// makes every connection save again.)
+		if !c.savedAtStop.Load() || s.hub.partnerAdds.Load() != s.stopSaveGen.Load() {
+			s.saveSession(ctx, c)
+		}
+		s.hub.forget(c)
+	default:
+		s.saveSession(ctx, c)
+		s.hub.detach(ctx, c, c.session, grace)
+	}
+	cancel()
+	if c.registered {
+		s.hook(HookEvent{Type: "disconnect", User: c.user, Conn: c.id, Remote: c.remote, Code: int(code)})
+	}
+	s.release(c.ip, c.user)
+	s.metrics.closed.Add(1)
+	s.metrics.closedWith(int(code))
+	// A dropped connection (1006) is routine on real networks; only a
+	// server-side failure is worth a warning.
+	level := slog.LevelInfo
+	if code == protocol.CloseInternal {
+		level = slog.LevelWarn
+	}
+	s.log.Log(context.Background(), level, "disconnect", "user", c.user, "conn", c.id, "remote", c.remote,
+		"code", int(code), "reason", reason, "clean", clean, "duration", time.Since(c.opened).Round(time.Millisecond))
+	s.conns.Done()
+}
