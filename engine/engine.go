@@ -114,6 +114,23 @@ type PublishOptions struct {
 	Key string
 }
 
+// Published is the result of one publication of a PublishBatch: as
+// Publish's dup and err.
+type Published struct {
+	Dup bool
+	Err error
+}
+
+// PublishEach is PublishBatch for an engine whose store is in the process:
+// Publish, one after the other.
+func PublishEach(ctx context.Context, b Broker, ps []*Publication, opts []PublishOptions) []Published {
+	out := make([]Published, len(ps))
+	for i, p := range ps {
+		out[i].Dup, out[i].Err = b.Publish(ctx, p, opts[i])
+	}
+	return out
+}
+
 // HistoryQuery selects retained publications of one stream.
 type HistoryQuery struct {
 	After  uint64 // only Seq > After
@@ -199,6 +216,14 @@ type Broker interface {
 	// again with the same Key tells which, and publishes at most once.
 	// Without a Key such a publish is never retried by the engine.
 	Publish(ctx context.Context, p *Publication, opts PublishOptions) (dup bool, err error)
+
+	// PublishBatch publishes ps[i] with opts[i] as Publish would, in order
+	// (of the publications to one stream, a later one never gets a lower
+	// sequence), in as few round trips to the store as the engine can: a
+	// connection's consecutive messages go out together instead of one
+	// round trip each. Each publication has its own result; a failed one
+	// does not stop the others.
+	PublishBatch(ctx context.Context, ps []*Publication, opts []PublishOptions) []Published
 
 	// Recorded returns what an earlier Publish with key recorded for
 	// stream, while the record is kept (ok false otherwise). The server

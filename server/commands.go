@@ -25,6 +25,7 @@ func (c *Conn) onMessage(op byte, data []byte) {
 	}
 	c.srv.metrics.received.Add(1)
 	if op != ws.OpText {
+		c.flushChats()
 		if c.dialect != nil || c.srv.cfg.MaxFileSize < 0 {
 			c.sendError(&protocol.Error{Code: protocol.ErrBadFrame,
 				Message: "binary frames are not taken here: send text frames"})
@@ -50,6 +51,9 @@ func (c *Conn) onMessage(op byte, data []byte) {
 			c.srv.metrics.inByType.WithLabelValues(cmd.Type).Inc()
 		}
 	}
+	if cmd.Type != protocol.TypeChat || perr != nil {
+		c.flushChats() // every earlier chat is answered before anything else is
+	}
 	if !c.allow() {
 		if c.closeReason() == nil {
 			c.sendError(&protocol.Error{Code: protocol.ErrRateLimited, ID: cmd.ID,
@@ -65,7 +69,118 @@ func (c *Conn) onMessage(op byte, data []byte) {
 		c.processing(func() { c.dialect.onText(c, data) }, "") // its commands go through handle
 		return
 	}
+	if cmd.Type == protocol.TypeChat {
+		if c.openBatch() {
+			c.queueChat(cmd)
+		} else {
+			c.refuseRestarting(cmd.ID)
+		}
+		return
+	}
 	c.processing(func() { c.handle(cmd) }, cmd.ID)
+}
+
+// A connection's chat messages are published together when they arrive
+// together: the chats of one read wait in Conn.chats (reader-owned) until
+// the read is handled, or until a message of another kind comes, and then
+// go to the engine as one batch (engine.PublishBatch: one round trip to
+// Redis instead of one each), in order, each answered as before. A client
+// that sends faster than one round trip per message is then not held to
+// one message per round trip.
+
+// pendingChat is a chat message accepted and waiting for its batch.
+type pendingChat struct {
+	id  string
+	key string
+	p   *engine.Publication
+}
+
+// queueChat checks one chat message (membership, the application's check)
+// and queues it for the batch; one that cannot be sent is answered at
+// once, after the chats before it. Called with the batch open.
+func (c *Conn) queueChat(cmd protocol.Command) {
+	if testHookHandle != nil {
+		testHookHandle(c, cmd)
+	}
+	ctx, cancel := c.srv.opContext(5 * time.Second)
+	defer cancel()
+	p := &engine.Publication{Stream: engine.RoomStream(cmd.Room), Type: protocol.TypeChat,
+		Room: cmd.Room, From: c.user, Text: cmd.Text, ClientID: cmd.ID, TS: time.Now().UnixMilli()}
+	var err error
+	if !c.srv.hub.isMember(c, cmd.Room) {
+		err = notMember(cmd.Room)
+	} else {
+		err = c.checkMessage(ctx, p)
+	}
+	if err != nil {
+		c.publishChats()
+		c.answer(ctx, cmd.ID, p, err)
+		return
+	}
+	c.chats = append(c.chats, pendingChat{id: cmd.ID, key: c.key(cmd.ID), p: p})
+}
+
+// openBatch makes sure the connection is processing for its batch of
+// chats, as processing does for one message: a batch holds the node's
+// processing lock from its first chat until it is published, so that a
+// stop waits for it (and its messages are acked) or refuses its messages
+// before any is accepted. It reports false when the node is stopping.
+func (c *Conn) openBatch() bool {
+	if c.batchOpen {
+		return true
+	}
+	if c.srv.shuttingDown.Load() {
+		return false
+	}
+	c.srv.processing.RLock()
+	if c.srv.shuttingDown.Load() {
+		c.srv.processing.RUnlock()
+		return false
+	}
+	c.batchOpen = true
+	c.busy.Store(true)
+	return true
+}
+
+// flushChats publishes the waiting chats and ends the batch.
+func (c *Conn) flushChats() {
+	if !c.batchOpen {
+		return
+	}
+	defer c.closeBatch()
+	c.publishChats()
+}
+
+// closeBatch ends the batch's processing (also after a panic).
+func (c *Conn) closeBatch() {
+	if c.batchOpen {
+		c.batchOpen = false
+		c.busy.Store(false)
+		c.srv.processing.RUnlock()
+	}
+	clear(c.chats)
+	c.chats = c.chats[:0]
+}
+
+// publishChats publishes the waiting chats as one batch and answers each;
+// the batch is open.
+func (c *Conn) publishChats() {
+	if len(c.chats) == 0 {
+		return
+	}
+	ctx, cancel := c.srv.opContext(5 * time.Second)
+	defer cancel()
+	ps := make([]*engine.Publication, len(c.chats))
+	keys := make([]string, len(c.chats))
+	for i, ch := range c.chats {
+		ps[i], keys[i] = ch.p, ch.key
+	}
+	errs := c.srv.publishBatch(ctx, ps, keys)
+	for i, ch := range c.chats {
+		c.answer(ctx, ch.id, ch.p, errs[i])
+	}
+	clear(c.chats)
+	c.chats = c.chats[:0]
 }
 
 // processing runs f, the handling of one client message, unless the node

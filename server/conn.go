@@ -37,11 +37,15 @@ type Conn struct {
 
 	// Reading. sock is set when the poller drives reads; rstate is the
 	// reader's state (readIdle, readBusy, ...).
-	rd     ws.Reader
-	later  []*Conn // holds this connection when send deferred starting its writer; reader-owned
-	sock   *netpoll.Socket
-	rstate atomic.Int32
-	idleAt time.Time // when the last reader returned; reader-owned
+	rd    ws.Reader
+	later []*Conn       // holds this connection when send deferred starting its writer; reader-owned
+	chats []pendingChat // chat messages of the current read, published together (commands.go); reader-owned
+	// batchOpen: the reader holds the node's processing lock for chats
+	// (openBatch); reader-owned.
+	batchOpen bool
+	sock      *netpoll.Socket
+	rstate    atomic.Int32
+	idleAt    time.Time // when the last reader returned; reader-owned
 
 	// lastSeen is when the last frame of any kind arrived (unix nanos);
 	// pinged is when the heartbeat last queued a ping. Only the heartbeat

@@ -53,6 +53,10 @@ func (e *countingEngine) Publish(ctx context.Context, p *engine.Publication, o e
 	e.note("Publish")
 	return e.Engine.Publish(ctx, p, o)
 }
+func (e *countingEngine) PublishBatch(ctx context.Context, ps []*engine.Publication, o []engine.PublishOptions) []engine.Published {
+	e.note(fmt.Sprintf("PublishBatch(%d)", len(ps)))
+	return e.Engine.PublishBatch(ctx, ps, o)
+}
 func (e *countingEngine) Recorded(ctx context.Context, s, k string) (uint64, string, bool, error) {
 	e.note("Recorded")
 	return e.Engine.Recorded(ctx, s, k)

@@ -180,12 +180,14 @@ func (c *Conn) onData(p []byte) {
 	c.touch()
 	defer func() {
 		if r := recover(); r != nil {
-			c.rd.Stop() // the rest is discarded until the socket closes
+			c.rd.Stop()    // the rest is discarded until the socket closes
+			c.closeBatch() // its chats unanswered: the connection is closed with 1011, its client sends them again
 			c.srv.panicked("reading", r, c)
 		}
 	}()
 	defer c.flushLater() // one write for every reply to what p held
 	c.rd.Feed(p, (*wsHandler)(c))
+	c.flushChats() // the chats of this read, as one batch
 }
 
 // wsHandler is a connection as the WebSocket reader sees it

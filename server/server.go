@@ -199,6 +199,27 @@ func (s *Server) publish(ctx context.Context, p *engine.Publication, key string)
 	return nil
 }
 
+// publishBatch is publish for several publications at once, in order (see
+// engine.PublishBatch), each with its own key and its own error.
+func (s *Server) publishBatch(ctx context.Context, ps []*engine.Publication, keys []string) []error {
+	opts := make([]engine.PublishOptions, len(ps))
+	for i, k := range keys {
+		opts[i].Key = k
+	}
+	errs := make([]error, len(ps))
+	for i, r := range s.eng.PublishBatch(ctx, ps, opts) {
+		if r.Err != nil {
+			errs[i] = s.engineFailed("publish", r.Err)
+			continue
+		}
+		s.hookPublished(ps[i])
+		if r.Dup {
+			s.metrics.duplicates.Add(1)
+		}
+	}
+	return errs
+}
+
 // heartbeat is the one goroutine that keeps every connection honest: it
 // pings connections that have been silent for PingInterval and closes those
 // silent for PingInterval+PongTimeout. It reads only timestamps the readers

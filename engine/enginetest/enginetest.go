@@ -281,6 +281,57 @@ func RunBroker(t *testing.T, f Factory) {
 		c.Wait(t, "room:none", 1)
 	})
 
+	t.Run("PublishBatch", func(t *testing.T) {
+		e, c := start(t, f, 100)
+		e.Subscribe(ctx, "room:x")
+		e.Subscribe(ctx, "room:y")
+		publish(t, e, "room:x", "before")
+		var ps []*engine.Publication
+		var opts []engine.PublishOptions
+		add := func(stream, text, key string, ephemeral bool) {
+			ps = append(ps, &engine.Publication{Stream: stream, Type: "chat", Text: text, TS: time.Now().UnixMilli()})
+			opts = append(opts, engine.PublishOptions{Key: key, Ephemeral: ephemeral})
+		}
+		add("room:x", "x1", "s:1", false)
+		add("room:y", "y1", "s:2", false)
+		add("room:x", "x2", "", false)
+		add("room:x", "x1 again", "s:1", false) // the same key: the first's result
+		add("room:y", "y2", "s:3", false)
+		res := e.PublishBatch(ctx, ps, opts)
+		want := []struct {
+			seq uint64
+			dup bool
+		}{{2, false}, {1, false}, {3, false}, {2, true}, {2, false}}
+		for i, w := range want {
+			if res[i].Err != nil || res[i].Dup != w.dup || ps[i].Seq != w.seq || ps[i].Epoch == "" {
+				t.Fatalf("publication %d (%s): seq %d dup %v err %v; want seq %d dup %v", i, ps[i].Text, ps[i].Seq, res[i].Dup, res[i].Err, w.seq, w.dup)
+			}
+		}
+		if seq, _, ok, _ := e.Recorded(ctx, "room:x", "s:1"); !ok || seq != 2 {
+			t.Fatalf("the batch's key was not recorded: %d %v", seq, ok)
+		}
+		gotX := c.Wait(t, "room:x", 3)
+		gotY := c.Wait(t, "room:y", 2)
+		if fmt.Sprint(texts(gotX), texts(gotY)) != "[before x1 x2] [y1 y2]" {
+			t.Fatalf("delivered %v %v: in order, a duplicate delivered once", texts(gotX), texts(gotY))
+		}
+		h, _ := e.History(ctx, "room:x", engine.HistoryQuery{})
+		if fmt.Sprint(seqs(h.Pubs)) != "[1 2 3]" {
+			t.Fatalf("history %v", seqs(h.Pubs))
+		}
+		// A batch with an ephemeral publication, and a batch of one.
+		eph := []*engine.Publication{{Stream: "room:y", Type: "presence", User: "u", Action: "join", Count: 1},
+			{Stream: "room:y", Type: "chat", Text: "y3", TS: time.Now().UnixMilli()}}
+		res = e.PublishBatch(ctx, eph, []engine.PublishOptions{{Ephemeral: true}, {}})
+		if res[0].Err != nil || res[1].Err != nil || eph[0].Seq != 0 || eph[1].Seq != 3 {
+			t.Fatalf("ephemeral in a batch: %+v seqs %d %d", res, eph[0].Seq, eph[1].Seq)
+		}
+		one := []*engine.Publication{{Stream: "room:y", Type: "chat", Text: "y4", TS: time.Now().UnixMilli()}}
+		if res := e.PublishBatch(ctx, one, []engine.PublishOptions{{}}); res[0].Err != nil || one[0].Seq != 4 {
+			t.Fatalf("a batch of one: %+v seq %d", res, one[0].Seq)
+		}
+	})
+
 	t.Run("IdempotentPublish", func(t *testing.T) {
 		e, c := start(t, f, 10)
 		e.Subscribe(ctx, "room:i")
@@ -669,6 +720,15 @@ func seqs(ps []*engine.Publication) []uint64 {
 	var out []uint64
 	for _, p := range ps {
 		out = append(out, p.Seq)
+	}
+	return out
+}
+
+// texts lists the publications' texts, in order.
+func texts(ps []*engine.Publication) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.Text
 	}
 	return out
 }

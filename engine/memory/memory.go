@@ -116,6 +116,12 @@ func (e *Engine) Start(ctx context.Context, h engine.Handler) error {
 	return nil
 }
 
+// PublishBatch implements engine.Engine: in memory there is no round trip
+// to save.
+func (e *Engine) PublishBatch(ctx context.Context, ps []*engine.Publication, opts []engine.PublishOptions) []engine.Published {
+	return engine.PublishEach(ctx, e, ps, opts)
+}
+
 // Publish implements engine.Engine. The stream's lock is held while the
 // handler runs, which is what orders deliveries by sequence: no gap is
 // possible, so the handler's Lost is never called.

@@ -22,7 +22,8 @@ import "github.com/redis/rueidis"
 // ARGV[3] epoch to use if the stream has none  ARGV[4] history size
 // ARGV[5] history TTL ms  ARGV[6] meta TTL ms  ARGV[7] key record TTL ms
 // Returns {seq, epoch, dup (0/1)}.
-var publishScript = rueidis.NewLuaScript(`
+// publishSource is its text: a batch sends it whole (EVAL, see PublishBatch).
+const publishSource = `
 if #KEYS == 3 then
   local rec = redis.call('GET', KEYS[3])
   if rec then
@@ -46,7 +47,9 @@ if #KEYS == 3 then
   redis.call('SET', KEYS[3], seq .. ':' .. epoch, 'PX', ARGV[7])
 end
 return {seq, epoch, 0}
-`)
+`
+
+var publishScript = rueidis.NewLuaScript(publishSource)
 
 // presenceAddScript records that this node instance holds user in a
 // presence set, and renews the instance's liveness (so no hold can exist

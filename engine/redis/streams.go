@@ -54,6 +54,66 @@ func (e *Engine) Publish(ctx context.Context, p *engine.Publication, opts engine
 	}
 }
 
+// PublishBatch implements engine.Engine: the retained publications go to
+// Redis as one pipeline on one connection, which Redis runs in order: one
+// round trip for them all. They go as EVAL with the script's text, not
+// EVALSHA: a script cache flushed between two of them would otherwise
+// leave a hole that could only be filled after the later ones. An
+// ephemeral publication among them (none is, from a client) sends the
+// batch the slow way, one Publish each. When a reply is lost, that
+// publication and every one after it are run again, in order, one at a
+// time as Publish runs them: with a key each finds its first run if there
+// was one, so nothing is published twice and the order holds; one without
+// a key is not run again (its client gets unavailable, as from Publish).
+func (e *Engine) PublishBatch(ctx context.Context, ps []*engine.Publication, opts []engine.PublishOptions) []engine.Published {
+	if len(ps) < 2 {
+		return engine.PublishEach(ctx, e, ps, opts)
+	}
+	out := make([]engine.Published, len(ps))
+	cmds := make(rueidis.Commands, len(ps))
+	for i, p := range ps {
+		if opts[i].Ephemeral {
+			return engine.PublishEach(ctx, e, ps, opts)
+		}
+		p.Seq, p.Epoch = 0, ""
+		body, err := json.Marshal(p)
+		if err != nil {
+			return engine.PublishEach(ctx, e, ps, opts) // reports the error where it is
+		}
+		keys := []string{e.meta(p.Stream), e.hist(p.Stream)}
+		if opts[i].Key != "" {
+			keys = append(keys, e.recordKey(p.Stream, opts[i].Key))
+		}
+		cmds[i] = e.client.B().Eval().Script(publishSource).Numkeys(int64(len(keys))).Key(keys...).
+			Arg(e.channel(p.Stream), string(body), randomHex(4), strconv.Itoa(e.cfg.HistorySize),
+				ms(e.cfg.HistoryTTL), ms(e.cfg.MetaTTL), ms(e.cfg.KeyTTL)).Build()
+	}
+	e.stats.commands.Add(uint64(len(ps)))
+	for i, res := range e.client.DoMulti(ctx, cmds...) {
+		vals, err := res.ToArray()
+		if err == nil && len(vals) == 3 {
+			seq, _ := vals[0].AsInt64()
+			ps[i].Epoch, _ = vals[1].ToString()
+			dup, _ := vals[2].AsInt64()
+			ps[i].Seq, out[i].Dup = uint64(seq), dup == 1
+			continue
+		}
+		if !retryable(ctx, err) {
+			out[i].Err = unavailable("publish", err)
+			continue
+		}
+		for j := i; j < len(ps); j++ {
+			if opts[j].Key == "" {
+				out[j].Err = unavailable("publish", err) // it may have run: never twice
+				continue
+			}
+			out[j].Dup, out[j].Err = e.Publish(ctx, ps[j], opts[j])
+		}
+		return out
+	}
+	return out
+}
+
 // backoff is the wait before retry attempt+1: 25ms doubling to 400ms.
 func backoff(attempt int) time.Duration {
 	return 25 * time.Millisecond << min(attempt, 4)
