@@ -536,7 +536,7 @@ func (c *Conn) flush() {
 		if err != nil {
 			c.closeSocket() // the reader sees the error and cleans up
 			c.mu.Lock()
-			c.queue, c.queued, c.writing = nil, 0, false
+			c.queue, c.queued, c.ctl, c.pongs, c.writing = nil, 0, 0, 0, false
 			c.mu.Unlock()
 			return
 		}
@@ -654,7 +654,7 @@ func (c *Conn) writeNow() bool {
 	c.mu.Lock()
 	c.spare = batch[:0]
 	if err != nil && err != syscall.EAGAIN {
-		c.queue, c.queued, c.writing = nil, 0, false
+		c.queue, c.queued, c.ctl, c.pongs, c.writing = nil, 0, 0, 0, false
 		c.mu.Unlock()
 		c.closeSocket() // the reader sees the error and cleans up
 		return true
