@@ -124,6 +124,20 @@ func WaitReady(t testing.TB, e engine.Engine) {
 	}
 }
 
+// subscribe subscribes e to stream and reads the stream's position, as
+// the server does when a connection enters a room: the contract delivers
+// every publication after a position read once Subscribe has returned,
+// also across the engine's reconnections to its store.
+func subscribe(t *testing.T, e engine.Engine, stream string) {
+	t.Helper()
+	if err := e.Subscribe(context.Background(), stream); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.History(context.Background(), stream, engine.HistoryQuery{Limit: 1, Latest: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func publish(t *testing.T, e engine.Engine, stream, text string) *engine.Publication {
 	t.Helper()
 	p := &engine.Publication{Stream: stream, Type: "chat", Text: text, TS: time.Now().UnixMilli()}
@@ -163,9 +177,7 @@ func RunBroker(t *testing.T, f Factory) {
 
 	t.Run("DeliversOnlySubscribedStreamsInOrder", func(t *testing.T) {
 		e, c := start(t, f, 1000)
-		if err := e.Subscribe(ctx, "room:on"); err != nil {
-			t.Fatal(err)
-		}
+		subscribe(t, e, "room:on")
 		var wg sync.WaitGroup
 		for w := 0; w < 4; w++ {
 			wg.Add(1)
@@ -199,7 +211,7 @@ func RunBroker(t *testing.T, f Factory) {
 
 	t.Run("EphemeralIsDeliveredNotRetained", func(t *testing.T) {
 		e, c := start(t, f, 10)
-		e.Subscribe(ctx, "room:p")
+		subscribe(t, e, "room:p")
 		publish(t, e, "room:p", "kept")
 		p := &engine.Publication{Stream: "room:p", Type: "presence", User: "u", Action: "join", Count: 1}
 		if _, err := e.Publish(ctx, p, engine.PublishOptions{Ephemeral: true}); err != nil {
@@ -266,7 +278,7 @@ func RunBroker(t *testing.T, f Factory) {
 		}
 		// A reader that saw nothing of it holds ("", 0): once the stream
 		// publishes, that position is covered from seq 1 on.
-		e.Subscribe(ctx, "room:none")
+		subscribe(t, e, "room:none")
 		first := publish(t, e, "room:none", "first")
 		if first.Seq != 1 || first.Epoch == "" {
 			t.Fatalf("first publication = seq %d epoch %q", first.Seq, first.Epoch)
@@ -283,8 +295,8 @@ func RunBroker(t *testing.T, f Factory) {
 
 	t.Run("PublishBatch", func(t *testing.T) {
 		e, c := start(t, f, 100)
-		e.Subscribe(ctx, "room:x")
-		e.Subscribe(ctx, "room:y")
+		subscribe(t, e, "room:x")
+		subscribe(t, e, "room:y")
 		publish(t, e, "room:x", "before")
 		var ps []*engine.Publication
 		var opts []engine.PublishOptions
@@ -334,8 +346,8 @@ func RunBroker(t *testing.T, f Factory) {
 
 	t.Run("IdempotentPublish", func(t *testing.T) {
 		e, c := start(t, f, 10)
-		e.Subscribe(ctx, "room:i")
-		e.Subscribe(ctx, "user:bob")
+		subscribe(t, e, "room:i")
+		subscribe(t, e, "user:bob")
 		msg := func(stream, text string) *engine.Publication {
 			return &engine.Publication{Stream: stream, Type: "chat", Text: text, ClientID: "m1", TS: time.Now().UnixMilli()}
 		}
@@ -383,7 +395,7 @@ func RunBroker(t *testing.T, f Factory) {
 		// reaches another node while the first attempt is in flight: one
 		// publishes, every other gets its result.
 		e, c := start(t, f, 100)
-		e.Subscribe(ctx, "room:race")
+		subscribe(t, e, "room:race")
 		const keys, attempts = 20, 8
 		var wg sync.WaitGroup
 		type result struct {
@@ -598,7 +610,7 @@ func RunNode(t *testing.T, f Factory) {
 
 	t.Run("Enter", func(t *testing.T) {
 		e, c := start(t, f, 10)
-		e.Subscribe(ctx, "room:r")
+		subscribe(t, e, "room:r")
 		for i := 1; i <= 3; i++ {
 			publish(t, e, "room:r", fmt.Sprint(i))
 		}

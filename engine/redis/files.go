@@ -15,7 +15,7 @@ import (
 // after its length in 4 bytes) and its bytes, with the TTL it was stored
 // for. Storing an id again replaces it with the same file.
 
-func (e *Engine) fileKey(id string) string { return e.key("file", "{"+id+"}") }
+func (e *Engine) fileKey(id string) string { return e.cfg.Prefix + "file:{" + id + "}" }
 
 // PutFile implements engine.Engine.
 func (e *Engine) PutFile(ctx context.Context, f *engine.File, ttl time.Duration) error {

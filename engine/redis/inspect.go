@@ -19,7 +19,7 @@ const maxScan = 200000
 // maxScan keys looked at, in batches), then their sizes, in pipelines.
 func (e *Engine) Sets(ctx context.Context, limit int) ([]engine.SetSize, error) {
 	pattern := e.globPrefix() + "pr:{*}:users"
-	head, tail := e.key("pr", "{"), "}:users"
+	head, tail := e.cfg.Prefix+"pr:{", "}:users"
 	var names []string
 	cursor, seen := uint64(0), 0
 	for {

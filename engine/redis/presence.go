@@ -22,11 +22,11 @@ import (
 // hold (19,000 users on a node: one command every 10 s, not 19,000), and
 // the sweep looks only at dead instances instead of scanning every set.
 
-func (e *Engine) usersKey(set string) string  { return e.key("pr", "{"+set+"}", "users") }
-func (e *Engine) holdsKey(inst string) string { return e.key("pr", "node", inst) }
-func (e *Engine) nodesKey() string            { return e.key("pr", "nodes") }
-func (e *Engine) goneKey() string             { return e.key("pr", "gone") }
-func (e *Engine) sweptKey() string            { return e.key("pr", "swept", e.instance) }
+func (e *Engine) usersKey(set string) string  { return e.cfg.Prefix + "pr:{" + set + "}:users" }
+func (e *Engine) holdsKey(inst string) string { return e.cfg.Prefix + "pr:node:" + inst }
+func (e *Engine) nodesKey() string            { return e.cfg.Prefix + "pr:nodes" }
+func (e *Engine) goneKey() string             { return e.cfg.Prefix + "pr:gone" }
+func (e *Engine) sweptKey() string            { return e.cfg.Prefix + "pr:swept:" + e.instance }
 
 // PresenceAdd implements engine.Engine.
 func (e *Engine) PresenceAdd(ctx context.Context, set, user string) (bool, int, error) {

@@ -14,7 +14,7 @@ import (
 // Sessions are one string each, with the resume window as TTL. Saving is
 // idempotent (SET), so a save whose reply was lost is simply saved again.
 
-func (e *Engine) sessionKey(id string) string { return e.key("se", "{"+id+"}") }
+func (e *Engine) sessionKey(id string) string { return e.cfg.Prefix + "se:{" + id + "}" }
 
 func (e *Engine) saveCmd(s *engine.Session, ttl time.Duration) (rueidis.Completed, error) {
 	b, err := json.Marshal(s)
