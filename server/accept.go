@@ -123,7 +123,6 @@ func (s *Server) firstRequest(nc net.Conn, h *handoff) {
 }
 
 var (
-	crlf     = []byte("\r\n")
 	crlfcrlf = []byte("\r\n\r\n")
 	wsPrefix = []byte("GET /ws")
 )

@@ -85,8 +85,6 @@ type Conn struct {
 	peer      *protocol.Disconnect
 	closeSent bool
 	closeRecv bool
-	// closed is closed when the reader has finished clean-up.
-	closed chan struct{}
 
 	// rooms is guarded by the hub's mutex.
 	rooms map[string]struct{}

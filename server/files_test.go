@@ -2,7 +2,6 @@ package server
 
 import (
 	"bytes"
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -212,5 +211,5 @@ func TestFileLimitsAndAccess(t *testing.T) {
 	if e := payloadOf[protocol.Error](t, c.expect(protocol.TypeError, nil)); e.Code != protocol.ErrBadFrame {
 		t.Fatalf("a file with files off: %+v", e)
 	}
-	c.roundTrip(fmt.Sprint("still-open"))
+	c.roundTrip("still-open")
 }

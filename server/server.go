@@ -303,7 +303,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// go out before the close frames below.
 	for range 2 {
 		s.processing.Lock()
-		s.processing.Unlock()
+		s.processing.Unlock() //lint:ignore SA2001 the Lock is the wait: for the readers holding the lock to finish
 	}
 	s.httpMu.Lock()
 	hs := s.httpSrv

@@ -135,7 +135,7 @@ func TestLayoutMatchesTheTree(t *testing.T) {
 		}
 	}
 	layers := regexp.MustCompile(`(?m)^\s+(transport|session|hub|node)\s+(.*)$`).FindAllSubmatch(layout[1], -1)
-	table := regexp.MustCompile("(?m)^\\| (transport|session|hub|node) \\| (.*?) \\|").FindAllSubmatch(arch, -1)
+	table := regexp.MustCompile(`(?m)^\| (transport|session|hub|node) \| (.*?) \|`).FindAllSubmatch(arch, -1)
 	for _, doc := range []struct {
 		name string
 		rows [][][]byte

@@ -115,9 +115,9 @@ func TestLostReplyInABatchPublishesOnceInOrder(t *testing.T) {
 			t.Fatalf("m%d: seq %d err %v; want seq %d", i+1, ps[i].Seq, res[i].Err, i+1)
 		}
 	}
-	got := seen.Wait(t, "room:b", 4)
+	seen.Wait(t, "room:b", 4)
 	time.Sleep(300 * time.Millisecond) // a duplicate would come now
-	got = seen.Got("room:b")
+	got := seen.Got("room:b")
 	var texts []string
 	for _, p := range got {
 		texts = append(texts, p.Text)

@@ -32,7 +32,8 @@ type Poller struct {
 	epfd   int
 	ep     syscall.RawConn // epfd as Go's netpoller sees it
 	mu     sync.RWMutex
-	wakers []Waker // by file descriptor
+	wakers []Waker  // by file descriptor
+	file   *os.File // epfd's: kept reachable, as its finalizer would close epfd
 }
 
 // Socket is a registered socket: its descriptor, for reads and writes that
@@ -47,7 +48,6 @@ type Socket struct {
 var (
 	pollerOnce sync.Once
 	thePoller  *Poller
-	epollFile  *os.File
 )
 
 // Get returns the process's Poller, started on first use; nil if epoll is
@@ -69,8 +69,7 @@ func Get() *Poller {
 			f.Close()
 			return
 		}
-		thePoller = &Poller{epfd: fd, ep: ep}
-		epollFile = f // kept alive: its finalizer would close epfd
+		thePoller = &Poller{epfd: fd, ep: ep, file: f}
 		go thePoller.run()
 	})
 	return thePoller
