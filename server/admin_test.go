@@ -3,10 +3,13 @@ package server
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 
+	"github.com/tether-chat/tether/engine/redis"
+	"github.com/tether-chat/tether/internal/testredis"
 	"github.com/tether-chat/tether/protocol"
 )
 
@@ -144,4 +147,44 @@ func TestAdminData(t *testing.T) {
 			t.Fatalf("bob closed with %d %q", code, reason)
 		}
 	})
+}
+
+// TestAdminSeesTheCluster: opened on one node of two sharing Redis, the
+// admin page lists both nodes, the users and rooms of both, and its
+// disconnect reaches a user on the other node.
+func TestAdminSeesTheCluster(t *testing.T) {
+	rs := testredis.Start(t)
+	prefix := fmt.Sprintf("admin%d:", redisPrefixes.Add(1))
+	node := func(id string) *testServer {
+		eng, err := redis.New(redis.Config{URL: rs.URL, Prefix: prefix, NodeID: id, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return newTestServer(t, Config{Engine: eng, NodeID: id, AdminSecret: adminSecretForTests})
+	}
+	a, b := node("a"), node("b")
+	connect(t, a, "alice")
+	bob := connect(t, b, "bob")
+	bob.send(protocol.TypeJoin, "j", inRoom("ops"))
+	bob.expect(protocol.TypeAck, isAck("j"))
+
+	var o AdminOverview
+	waitUntil(t, "both nodes' users and rooms", func() bool {
+		adminGet(t, a, "/admin/api/overview", adminSecretForTests, &o)
+		return len(o.Instances) == 2 && fmt.Sprint(o.Users) == "[alice bob]" && fmt.Sprint(o.Rooms) == "[{general 2} {ops 1}]"
+	})
+	for _, inst := range o.Instances {
+		if !strings.HasPrefix(inst, "a.") && !strings.HasPrefix(inst, "b.") {
+			t.Fatalf("instances %v: each is a node id and a suffix", o.Instances)
+		}
+	}
+	if o.Node.ID != "a" || o.Node.Connections != 1 || o.Online != 2 {
+		t.Fatalf("overview from a: %+v", o)
+	}
+	if code, body := post(t, a.url+"/admin/api/disconnect", adminSecretForTests, `{"user":"bob","code":4001}`); code != 200 || !strings.Contains(body, `"online":true`) {
+		t.Fatalf("disconnect: %d %s", code, body)
+	}
+	if code, _ := bob.expectClose(); code != 4001 {
+		t.Fatalf("bob closed with %d, want 4001", code)
+	}
 }
