@@ -3,13 +3,10 @@ package server
 import (
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 
-	"github.com/tether-chat/tether/engine/redis"
-	"github.com/tether-chat/tether/internal/testredis"
 	"github.com/tether-chat/tether/protocol"
 )
 
@@ -153,16 +150,9 @@ func TestAdminData(t *testing.T) {
 // admin page lists both nodes, the users and rooms of both, and its
 // disconnect reaches a user on the other node.
 func TestAdminSeesTheCluster(t *testing.T) {
-	rs := testredis.Start(t)
-	prefix := fmt.Sprintf("admin%d:", redisPrefixes.Add(1))
-	node := func(id string) *testServer {
-		eng, err := redis.New(redis.Config{URL: rs.URL, Prefix: prefix, NodeID: id, Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return newTestServer(t, Config{Engine: eng, NodeID: id, AdminSecret: adminSecretForTests})
-	}
-	a, b := node("a"), node("b")
+	node := clusterNodes(t, "admin")
+	cfg := Config{AdminSecret: adminSecretForTests}
+	a, b := node("a", cfg), node("b", cfg)
 	connect(t, a, "alice")
 	bob := connect(t, b, "bob")
 	bob.send(protocol.TypeJoin, "j", inRoom("ops"))

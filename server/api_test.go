@@ -3,15 +3,12 @@ package server
 import (
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tether-chat/tether/engine"
-	"github.com/tether-chat/tether/engine/redis"
-	"github.com/tether-chat/tether/internal/testredis"
 	"github.com/tether-chat/tether/protocol"
 )
 
@@ -145,16 +142,9 @@ func TestServerAPI(t *testing.T) {
 // TestServerAPIReachesEveryNode: a disconnect or an unsubscribe asked of
 // one node reaches the user's connections on another.
 func TestServerAPIReachesEveryNode(t *testing.T) {
-	rs := testredis.Start(t)
-	prefix := fmt.Sprintf("api%d:", redisPrefixes.Add(1))
-	node := func(id string) *testServer {
-		eng, err := redis.New(redis.Config{URL: rs.URL, Prefix: prefix, NodeID: id, Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return newTestServer(t, Config{Engine: eng, NodeID: id, APIKey: apiKeyForTests})
-	}
-	a, b := node("a"), node("b")
+	node := clusterNodes(t, "api")
+	cfg := Config{APIKey: apiKeyForTests}
+	a, b := node("a", cfg), node("b", cfg)
 	carol := connect(t, b, "carol")
 	dave := connect(t, b, "dave")
 	var info Info

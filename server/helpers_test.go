@@ -351,6 +351,22 @@ func (e engineCase) with(cfg Config) Config {
 	return cfg
 }
 
+// clusterNodes returns a function that starts nodes sharing one Redis
+// (started here) under one fresh prefix: node id cfg runs with the Redis
+// engine as node id.
+func clusterNodes(t *testing.T, name string) func(id string, cfg Config) *testServer {
+	rs := testredis.Start(t)
+	prefix := fmt.Sprintf("%s%d:", name, redisPrefixes.Add(1))
+	return func(id string, cfg Config) *testServer {
+		eng, err := redis.New(redis.Config{URL: rs.URL, Prefix: prefix, NodeID: id, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Engine, cfg.NodeID = eng, id
+		return newTestServer(t, cfg)
+	}
+}
+
 // bothEngines runs a test against the memory engine and against the Redis
 // engine (a real redis-server): the guarantees are the engines' contract.
 func bothEngines(t *testing.T, f func(t *testing.T, eng engineCase)) {
