@@ -446,3 +446,26 @@ func TestPongsInOrderWhileTheWriteDelayHoldsTheWriter(t *testing.T) {
 		}
 	}
 }
+
+// TestAServerCloseNobodyAnswersEndsAfterTheGrace: the server closes (a
+// protocol error), the client reads the close frame and never answers:
+// the server closes TCP anyway once the close grace has passed (2 s; 300
+// ms here), and the connection is gone from the node.
+func TestAServerCloseNobodyAnswersEndsAfterTheGrace(t *testing.T) {
+	ts := newTestServer(t, Config{AutoJoin: "-"})
+	ts.closeGrace.Store(int64(300 * time.Millisecond))
+	r := rawConnect(t, ts, "mute")
+	// A breach the server can read past (so it waits for the answer).
+	r.send(frame(true, ws.OpContinuation, "nothing to continue"))
+	start := time.Now()
+	op, p, err := r.next()
+	if err != nil || op != ws.OpClose || binary.BigEndian.Uint16(p) != 1002 {
+		t.Fatalf("want the server's close 1002, got %d %q %v", op, p, err)
+	}
+	// No answer: the socket must still be closed by the server.
+	if n, err := io.Copy(io.Discard, r.br); err != nil || n != 0 {
+		t.Fatalf("after the close: %d more bytes, %v (want EOF)", n, err)
+	}
+	t.Logf("closed %s after the breach", time.Since(start).Round(time.Millisecond))
+	waitUntil(t, "the connection gone from the node", func() bool { return ts.Stats().Connections == 0 })
+}
