@@ -1,7 +1,6 @@
 package server
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -11,17 +10,6 @@ import (
 )
 
 const adminSecretForTests = "the-admin-secret"
-
-func adminGet(t *testing.T, ts *testServer, path, secret string, v any) int {
-	t.Helper()
-	code, body := get(t, ts.url+path, http.Header{"Authorization": {"Bearer " + secret}})
-	if v != nil && code == http.StatusOK {
-		if err := json.Unmarshal([]byte(body), v); err != nil {
-			t.Fatalf("GET %s: %d %q: %v", path, code, body, err)
-		}
-	}
-	return code
-}
 
 // TestAdminIsOffUnlessConfigured: without an admin secret or an API key
 // neither the page nor its data is served.
@@ -65,7 +53,7 @@ func TestAdminAuthorization(t *testing.T) {
 		{adminSecretForTests, 200}, {apiKeyForTests, 200},
 	} {
 		for _, path := range []string{"/admin/api/stats", "/admin/api/overview"} {
-			if got := adminGet(t, ts, path, c.secret, nil); got != c.want {
+			if got := getAs(t, ts, path, c.secret, nil); got != c.want {
 				t.Errorf("GET %s with %q: %d, want %d", path, c.secret, got, c.want)
 			}
 		}
@@ -79,10 +67,10 @@ func TestAdminAuthorization(t *testing.T) {
 
 	// An admin secret alone (no API key) opens the page too.
 	only := newTestServer(t, Config{AdminSecret: adminSecretForTests})
-	if got := adminGet(t, only, "/admin/api/stats", adminSecretForTests, nil); got != 200 {
+	if got := getAs(t, only, "/admin/api/stats", adminSecretForTests, nil); got != 200 {
 		t.Fatalf("admin secret alone: %d", got)
 	}
-	if got := adminGet(t, only, "/admin/api/stats", "", nil); got != 401 {
+	if got := getAs(t, only, "/admin/api/stats", "", nil); got != 401 {
 		t.Fatalf("admin secret alone, none given: %d", got)
 	}
 }
@@ -103,7 +91,7 @@ func TestAdminData(t *testing.T) {
 
 		var o AdminOverview
 		waitUntil(t, "the overview", func() bool {
-			adminGet(t, ts, "/admin/api/overview", adminSecretForTests, &o)
+			getAs(t, ts, "/admin/api/overview", adminSecretForTests, &o)
 			return fmt.Sprint(o.Users) == "[alice bob]" && fmt.Sprint(o.Rooms) == "[{general 2} {ops 2} {quiet 1}]"
 		})
 		if o.Node.Connections != 2 || o.Online != 2 || o.UsersTruncated || len(o.Errors) != 0 {
@@ -111,12 +99,12 @@ func TestAdminData(t *testing.T) {
 		}
 
 		var before, after AdminStats
-		adminGet(t, ts, "/admin/api/stats", adminSecretForTests, &before)
+		getAs(t, ts, "/admin/api/stats", adminSecretForTests, &before)
 		alice.send(protocol.TypeChat, "m1", map[string]any{"room": "ops", "text": "hello"})
 		alice.expect(protocol.TypeAck, isAck("m1"))
 		bob.expect(protocol.TypeChat, nil)
 		waitUntil(t, "the stats", func() bool {
-			adminGet(t, ts, "/admin/api/stats", adminSecretForTests, &after)
+			getAs(t, ts, "/admin/api/stats", adminSecretForTests, &after)
 			return after.Delivered >= before.Delivered+2 && after.Latency.Count >= before.Latency.Count+1
 		})
 		if after.Connections != 2 || after.Received < before.Received+1 || after.Published < before.Published+1 || after.Time < before.Time {
@@ -160,7 +148,7 @@ func TestAdminSeesTheCluster(t *testing.T) {
 
 	var o AdminOverview
 	waitUntil(t, "both nodes' users and rooms", func() bool {
-		adminGet(t, a, "/admin/api/overview", adminSecretForTests, &o)
+		getAs(t, a, "/admin/api/overview", adminSecretForTests, &o)
 		return len(o.Instances) == 2 && fmt.Sprint(o.Users) == "[alice bob]" && fmt.Sprint(o.Rooms) == "[{general 2} {ops 1}]"
 	})
 	for _, inst := range o.Instances {

@@ -16,7 +16,14 @@ const apiKeyForTests = "the-key"
 
 func apiGet(t *testing.T, ts *testServer, path string, v any) int {
 	t.Helper()
-	code, body := get(t, ts.url+path, http.Header{"Authorization": {"Bearer " + apiKeyForTests}})
+	return getAs(t, ts, path, apiKeyForTests, v)
+}
+
+// getAs GETs path with key as the bearer token and decodes the JSON
+// answer (a result, or an error's {code, message}) into v if v is not nil.
+func getAs(t *testing.T, ts *testServer, path, key string, v any) int {
+	t.Helper()
+	code, body := get(t, ts.url+path, http.Header{"Authorization": {"Bearer " + key}})
 	if v != nil {
 		if err := json.Unmarshal([]byte(body), v); err != nil {
 			t.Fatalf("GET %s: %d %q: %v", path, code, body, err)

@@ -104,20 +104,26 @@ func (c *Conn) queueChat(cmd protocol.Command) {
 	}
 	ctx, cancel := c.srv.opContext(5 * time.Second)
 	defer cancel()
-	p := &engine.Publication{Stream: engine.RoomStream(cmd.Room), Type: protocol.TypeChat,
-		Room: cmd.Room, From: c.user, Text: cmd.Text, ClientID: cmd.ID, TS: time.Now().UnixMilli()}
-	var err error
-	if !c.srv.hub.isMember(c, cmd.Room) {
-		err = notMember(cmd.Room)
-	} else {
-		err = c.checkMessage(ctx, p)
-	}
+	p, err := c.chatPublication(ctx, cmd)
 	if err != nil {
 		c.publishChats()
 		c.answer(ctx, cmd.ID, p, err)
 		return
 	}
 	c.chats = append(c.chats, pendingChat{id: cmd.ID, key: c.key(cmd.ID), p: p})
+}
+
+// chatPublication is a chat command as it is published, once it has passed
+// the checks: the sender is in the room, and the application (if it asks
+// to, hooks.go) allows it or rewrites it. On an error p is still the
+// message, for answer.
+func (c *Conn) chatPublication(ctx context.Context, cmd protocol.Command) (p *engine.Publication, err error) {
+	p = &engine.Publication{Stream: engine.RoomStream(cmd.Room), Type: protocol.TypeChat,
+		Room: cmd.Room, From: c.user, Text: cmd.Text, ClientID: cmd.ID, TS: time.Now().UnixMilli()}
+	if !c.srv.hub.isMember(c, cmd.Room) {
+		return p, notMember(cmd.Room)
+	}
+	return p, c.checkMessage(ctx, p)
 }
 
 // openBatch makes sure the connection is processing for its batch of
@@ -279,13 +285,9 @@ func (c *Conn) handle(cmd protocol.Command) {
 		}
 		c.srv.saveSession(ctx, c)
 		c.ack(cmd.ID, 0)
-	case protocol.TypeChat:
-		p := &engine.Publication{Stream: engine.RoomStream(cmd.Room), Type: protocol.TypeChat,
-			Room: cmd.Room, From: c.user, Text: cmd.Text, ClientID: cmd.ID, TS: time.Now().UnixMilli()}
-		var err error
-		if !h.isMember(c, cmd.Room) {
-			err = notMember(cmd.Room)
-		} else if err = c.checkMessage(ctx, p); err == nil {
+	case protocol.TypeChat: // a dialect's; tether's own go through queueChat
+		p, err := c.chatPublication(ctx, cmd)
+		if err == nil {
 			err = c.srv.publish(ctx, p, c.key(cmd.ID))
 		}
 		c.answer(ctx, cmd.ID, p, err)

@@ -189,6 +189,12 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 // (see Conn.key), mapping a failure to the error the client sees.
 func (s *Server) publish(ctx context.Context, p *engine.Publication, key string) error {
 	dup, err := s.eng.Publish(ctx, p, engine.PublishOptions{Key: key})
+	return s.published(p, dup, err)
+}
+
+// published is what follows a publish: the engine's failure as the
+// client sees it, or the hook event and the count of duplicates.
+func (s *Server) published(p *engine.Publication, dup bool, err error) error {
 	if err != nil {
 		return s.engineFailed("publish", err)
 	}
@@ -208,14 +214,7 @@ func (s *Server) publishBatch(ctx context.Context, ps []*engine.Publication, key
 	}
 	errs := make([]error, len(ps))
 	for i, r := range s.eng.PublishBatch(ctx, ps, opts) {
-		if r.Err != nil {
-			errs[i] = s.engineFailed("publish", r.Err)
-			continue
-		}
-		s.hookPublished(ps[i])
-		if r.Dup {
-			s.metrics.duplicates.Add(1)
-		}
+		errs[i] = s.published(ps[i], r.Dup, r.Err)
 	}
 	return errs
 }
