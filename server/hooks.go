@@ -87,6 +87,7 @@ const (
 	hookBatchWait  = 50 * time.Millisecond
 	hookBackoff    = 200 * time.Millisecond
 	hookBackoffCap = 10 * time.Second
+	hookDrain      = 3 * time.Second // how long a stopping node tries to deliver what is left
 )
 
 func newHookSender(s *Server) *hookSender {
@@ -124,7 +125,7 @@ func (h *hookSender) run() {
 		case e := <-h.queue:
 			batch = append(batch[:0], e)
 		case <-h.s.ctx.Done():
-			h.drain()
+			h.drain(nil)
 			return
 		}
 		timer := time.NewTimer(hookBatchWait)
@@ -138,17 +139,21 @@ func (h *hookSender) run() {
 			}
 		}
 		timer.Stop()
-		h.deliver(h.s.ctx, batch)
+		if !h.deliver(h.s.ctx, batch) {
+			h.drain(batch) // the node is stopping: this batch first
+			return
+		}
 	}
 }
 
-// drain delivers what is queued when the node stops, for at most a few
-// seconds.
-func (h *hookSender) drain() {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+// drain delivers first (a batch the stop interrupted) and what is queued
+// when the node stops, for at most hookDrain. Shutdown waits for it.
+func (h *hookSender) drain(first []HookEvent) {
+	ctx, cancel := context.WithTimeout(context.Background(), hookDrain)
 	defer cancel()
 	for ctx.Err() == nil {
-		var batch []HookEvent
+		batch := first
+		first = nil
 		for len(batch) < hookBatchMax {
 			select {
 			case e := <-h.queue:
@@ -167,11 +172,13 @@ func (h *hookSender) drain() {
 
 // deliver posts one batch until the application takes it (or ctx ends:
 // the node is stopping).
-func (h *hookSender) deliver(ctx context.Context, batch []HookEvent) {
+// deliver posts batch until the application takes it, and reports
+// whether it did (false: ctx ended first).
+func (h *hookSender) deliver(ctx context.Context, batch []HookEvent) bool {
 	body, err := json.Marshal(hookBatch{Events: batch})
 	if err != nil {
 		h.s.log.Error("hook batch not encodable", "err", err)
-		return
+		return true // never deliverable: not retried
 	}
 	for attempt := 0; ; attempt++ {
 		err := h.post(ctx, body)
@@ -180,7 +187,7 @@ func (h *hookSender) deliver(ctx context.Context, batch []HookEvent) {
 			if n := h.dropped.Swap(0); n > 0 {
 				h.s.log.Warn("hook queue drained again", "dropped", n)
 			}
-			return
+			return true
 		}
 		h.failures.Add(1)
 		if attempt == 0 || attempt%10 == 0 {
@@ -191,7 +198,7 @@ func (h *hookSender) deliver(ctx context.Context, batch []HookEvent) {
 		select {
 		case <-time.After(d):
 		case <-ctx.Done():
-			return
+			return false
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -257,4 +258,44 @@ func grep(text, s string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestHooksDeliveredWhenTheNodeStops: the application is down when the
+// node begins to stop, with a batch being retried and more queued behind
+// it; it comes back while the node stops. By the time Shutdown returns,
+// the application has every message and the disconnects: the batch the
+// stop interrupted included.
+func TestHooksDeliveredWhenTheNodeStops(t *testing.T) {
+	rcv := newReceiver(t, "")
+	rcv.down.Store(true)
+	ts := newTestServer(t, Config{HookURL: rcv.srv.URL})
+	alice := connect(t, ts, "alice")
+	for i := range 3 {
+		alice.send(protocol.TypeChat, fmt.Sprint("c", i), map[string]any{"room": "general", "text": fmt.Sprint("m", i)})
+		alice.expect(protocol.TypeAck, isAck(fmt.Sprint("c", i)))
+	}
+	waitUntil(t, "a batch refused and being retried", func() bool {
+		rcv.mu.Lock()
+		defer rcv.mu.Unlock()
+		return rcv.posts > 0
+	})
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		rcv.down.Store(false)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ts.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(rcv.messages()); got != "[m0 m1 m2]" {
+		t.Fatalf("the application has %s when Shutdown returns; want [m0 m1 m2]", got)
+	}
+	types := map[string]int{}
+	for _, e := range rcv.got() {
+		types[e.Type]++
+	}
+	if types["connect"] != 1 || types["disconnect"] != 1 {
+		t.Fatalf("events by type %v: want the connect and the disconnect", types)
+	}
 }

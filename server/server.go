@@ -348,6 +348,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-s.flusher.done
 	}
 	s.hub.dropGhosts()
+	if s.hooks != nil {
+		<-s.hooks.done // the events of the last moments, for at most hookDrain
+	}
 	s.eng.Close()
 	return err
 }
