@@ -3,6 +3,8 @@
 // disconnects through the server API. Every name shown (rooms, users,
 // nodes) comes from outside, so it is set as text, never as HTML.
 
+import { quantile } from './quantile.js'
+
 const STATS_EVERY_MS = 1000
 const OVERVIEW_EVERY_MS = 3000
 const POINTS = 120 // two minutes of readings
@@ -104,29 +106,6 @@ async function refreshOverview() {
   list($('users'), o.users, (u) => li(u))
   $('users-more').textContent = o.users_truncated ? `(first ${o.users.length} of ${o.online})` : ''
   if (o.errors?.length) setStatus(o.errors.map((e) => e.message).join('; '), true)
-}
-
-// quantile estimates the q-quantile of the observations between two
-// readings of a cumulative histogram, interpolating inside the bucket
-// (as Prometheus's histogram_quantile does). null when nothing was
-// observed.
-export function quantile(q, before, after) {
-  const n = after.count - (before?.count ?? 0)
-  if (n <= 0) return null
-  const rank = q * n
-  let lower = 0
-  let below = 0
-  for (let i = 0; i < after.buckets.length; i++) {
-    const b = after.buckets[i]
-    const c = b.count - (before?.buckets[i]?.count ?? 0)
-    if (c >= rank) {
-      const inBucket = c - below
-      return inBucket > 0 ? lower + (b.le - lower) * ((rank - below) / inBucket) : b.le
-    }
-    lower = b.le
-    below = c
-  }
-  return lower // beyond the last bound
 }
 
 function push(name, v) {
