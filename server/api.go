@@ -14,6 +14,7 @@ import (
 
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/hub"
 )
 
 // The server API (docs/api.md) lets the application's backend act on the
@@ -364,7 +365,7 @@ func (s *Server) apiHistory(w http.ResponseWriter, r *http.Request) {
 	page := protocol.HistoryPage{Room: room, Epoch: hist.Epoch, Top: hist.Top, Oldest: hist.Oldest,
 		Messages: make([]protocol.Chat, 0, len(hist.Pubs))}
 	for _, p := range hist.Pubs {
-		page.Messages = append(page.Messages, chatOf(p))
+		page.Messages = append(page.Messages, hub.ChatOf(p))
 	}
 	writeJSON(w, http.StatusOK, page)
 }
@@ -458,7 +459,7 @@ func (s *Server) apiUnsubscribe(w http.ResponseWriter, r *http.Request) {
 // apiControl sends a control message to the user's connections on every
 // node, and answers whether the user was online.
 func (s *Server) apiControl(w http.ResponseWriter, r *http.Request, p *engine.Publication) {
-	p.Stream, p.Type, p.TS = engine.UserStream(p.User), typeControl, time.Now().UnixMilli()
+	p.Stream, p.Type, p.TS = engine.UserStream(p.User), hub.TypeControl, time.Now().UnixMilli()
 	ctx, cancel := s.apiContext(r)
 	defer cancel()
 	online, err := s.eng.PresenceHas(ctx, "", p.User)
@@ -506,15 +507,13 @@ func (s *Server) info(parent context.Context) Info {
 	ctx, cancel := context.WithTimeout(parent, 3*time.Second)
 	defer cancel()
 	h := s.hub
-	h.mu.RLock()
-	users, rooms := len(h.users), len(h.rooms)
-	h.mu.RUnlock()
+	users, rooms := h.Sizes()
 	engineName := "memory"
 	if _, ok := s.eng.(engine.Immediate); !ok {
 		engineName = "shared"
 	}
 	in := Info{Node: NodeInfo{ID: s.nodeID, Version: Version, Engine: engineName, Ready: s.eng.Ready(ctx) == nil && !s.shuttingDown.Load(),
-		Connections: h.count(), Users: users, Rooms: rooms, Uptime: time.Since(s.started).Seconds()}}
+		Connections: h.Count(), Users: users, Rooms: rooms, Uptime: time.Since(s.started).Seconds()}}
 	if ins, ok := s.eng.(engine.Inspector); ok {
 		in.Instances, _ = ins.Instances(ctx)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/transport"
 )
 
 // rawFrame writes one masked client frame (clientFrame) on conn.
@@ -170,10 +171,10 @@ func TestTenThousandConnectionsLeaveNothingBehind(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		time.Sleep(400 * time.Millisecond)                 // ghosts' grace timers, session expiry, an engine sweep
-		for readers.Workers()+handshakers.Workers() != 0 { // reusable workers exit after readerHot + workerIdle
+		time.Sleep(400 * time.Millisecond)                   // ghosts' grace timers, session expiry, an engine sweep
+		for transport.Readers()+handshakers.Workers() != 0 { // reusable workers exit after transport.ReaderHot + workerIdle
 			if time.Now().After(deadline) {
-				t.Fatalf("%d readers and %d handshakers still waiting", readers.Workers(), handshakers.Workers())
+				t.Fatalf("%d readers and %d handshakers still waiting", transport.Readers(), handshakers.Workers())
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -306,7 +307,7 @@ func TestBacklogPastTheSocketBufferArrivesIntact(t *testing.T) {
 	ts := newTestServer(t, Config{AutoJoin: "-", RateLimit: -1, SendQueueMessages: 100000, SendQueueBytes: 64 << 20,
 		PingInterval: 50 * time.Millisecond, PongTimeout: 10 * time.Second})
 	sender, ws := senderAndSilentMember(t, ts, "big")
-	waitUntil(t, "the sleeper to join", func() bool { return ts.hub.count() == 2 && ts.Stats().Received >= 2 })
+	waitUntil(t, "the sleeper to join", func() bool { return ts.hub.Count() == 2 && ts.Stats().Received >= 2 })
 	time.Sleep(100 * time.Millisecond)
 
 	text := strings.Repeat("x", 3000)
@@ -372,7 +373,7 @@ func TestWritesGoOnAfterASlowWritesDeadline(t *testing.T) {
 }
 
 // TestBusyQuietBusy: a connection that is busy (its reader stays and waits
-// with a deadline), then quiet past readerHot (the reader returns the
+// with a deadline), then quiet past transport.ReaderHot (the reader returns the
 // socket to the poller), then busy again, is served every time.
 func TestBusyQuietBusy(t *testing.T) {
 	ts := newTestServer(t, Config{})
@@ -380,9 +381,9 @@ func TestBusyQuietBusy(t *testing.T) {
 	for round := range 3 {
 		for i := range 5 {
 			c.roundTrip(fmt.Sprintf("r%d-%d", round, i))
-			time.Sleep(readerHot / 5) // busy: the next arrives while the reader waits
+			time.Sleep(transport.ReaderHot / 5) // busy: the next arrives while the reader waits
 		}
-		time.Sleep(3 * readerHot) // quiet: the reader's deadline passes
+		time.Sleep(3 * transport.ReaderHot) // quiet: the reader's deadline passes
 	}
 	c.roundTrip("last")
 }

@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -14,7 +13,9 @@ import (
 )
 
 // BenchmarkDeliverToRoom measures the fan-out path without sockets: one
-// publication encoded once and enqueued to every member of a room.
+// publication encoded once and enqueued to every member of a room. The
+// members stay corked, so nothing is written and every queue keeps what
+// the run delivered (bound the run with -benchtime=Nx for big rooms).
 func BenchmarkDeliverToRoom(b *testing.B) {
 	for _, n := range []int{100, 1000, 10000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
@@ -23,72 +24,21 @@ func BenchmarkDeliverToRoom(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer srv.eng.Close()
-			r := &room{index: make(map[*Conn]int), users: make(map[string]int)}
-			var conns []*Conn
 			for i := 0; i < n; i++ {
-				c := &Conn{id: uint64(i + 1), srv: srv, writing: true} // corked: no writer, measures the enqueue
-				r.index[c] = i
-				r.conns = append(r.conns, c)
-				conns = append(conns, c)
+				c := &Conn{id: uint64(i + 1), user: fmt.Sprint("u", i), srv: srv}
+				c.Init(&srv.tp, nil, c, nil)                               // corked: no writer, measures the enqueue
+				if err := srv.hub.Plan(c).Room("bench", nil); err != nil { // the hub's side of a join
+					b.Fatal(err)
+				}
 			}
-			srv.hub.rooms["bench"] = r
 			p := &engine.Publication{Stream: engine.RoomStream("bench"), Type: protocol.TypeChat, Room: "bench",
 				From: "alice", Text: strings.Repeat("x", 100), Seq: 1, Epoch: "e", TS: 1}
 			b.ReportAllocs()
 			b.ResetTimer()
-			for i := 0; b.Loop(); i++ {
+			for b.Loop() {
 				srv.hub.Deliver(p)
-				if i%64 == 63 {
-					b.StopTimer()
-					for _, c := range conns {
-						c.queue = c.queue[:0]
-						c.queued = 0
-					}
-					b.StartTimer()
-				}
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/delivery")
-		})
-	}
-}
-
-// BenchmarkWriteBatch compares one write() per frame with the writer's
-// coalescing of everything queued into one write(), over real loopback TCP.
-func BenchmarkWriteBatch(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			io.Copy(io.Discard, c)
-		}
-	}()
-	conn, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	srv, _ := New(Config{Logger: slog.New(slog.DiscardHandler)})
-	defer srv.eng.Close()
-	c := &Conn{srv: srv, raw: &rawConn{Conn: conn, timeout: srv.cfg.WriteTimeout}}
-	frame := protocol.Encode(protocol.TypeChat, "", protocol.Chat{Room: "r", From: "a", Text: strings.Repeat("x", 100)})
-	for _, batch := range []int{1, 8, 64} {
-		b.Run(fmt.Sprintf("frames=%d", batch), func(b *testing.B) {
-			frames := make([]outFrame, batch)
-			for i := range frames {
-				frames[i] = outFrame{op: 1, data: frame}
-			}
-			buf := make([]byte, 0, 4096)
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := c.writeBatch(&buf, frames); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/frame")
 		})
 	}
 }
@@ -114,7 +64,7 @@ func BenchmarkConnectionSetUp(b *testing.B) {
 			c.Close()
 		}
 		open = open[:members]
-		waitUntil(b, "the connections to close", func() bool { return ts.hub.count() == members })
+		waitUntil(b, "the connections to close", func() bool { return ts.hub.Count() == members })
 		b.StartTimer()
 	}
 	readTo := func(c net.Conn, want []byte) {

@@ -16,11 +16,13 @@ import (
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/internal/ws"
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/hub"
+	"github.com/tether-chat/tether/server/transport"
 )
 
 // onMessage handles one whole message; data is valid only during the call.
 func (c *Conn) onMessage(op byte, data []byte) {
-	if c.closeReason() != nil {
+	if c.Closing() != nil {
 		return // closing: the rest is discarded until the peer answers
 	}
 	c.srv.metrics.received.Add(1)
@@ -55,7 +57,7 @@ func (c *Conn) onMessage(op byte, data []byte) {
 		c.flushChats() // every earlier chat is answered before anything else is
 	}
 	if !c.allow() {
-		if c.closeReason() == nil {
+		if c.Closing() == nil {
 			c.sendError(&protocol.Error{Code: protocol.ErrRateLimited, ID: cmd.ID,
 				Message: "too many messages: this one was not processed; slow down"})
 		}
@@ -120,7 +122,7 @@ func (c *Conn) queueChat(cmd protocol.Command) {
 func (c *Conn) chatPublication(ctx context.Context, cmd protocol.Command) (p *engine.Publication, err error) {
 	p = &engine.Publication{Stream: engine.RoomStream(cmd.Room), Type: protocol.TypeChat,
 		Room: cmd.Room, From: c.user, Text: cmd.Text, ClientID: cmd.ID, TS: time.Now().UnixMilli()}
-	if !c.srv.hub.isMember(c, cmd.Room) {
+	if !c.srv.hub.IsMember(c, cmd.Room) {
 		return p, notMember(cmd.Room)
 	}
 	return p, c.checkMessage(ctx, p)
@@ -218,8 +220,6 @@ func (c *Conn) refuseRestarting(id string) {
 	}
 }
 
-func (c *Conn) touch() { c.lastSeen.Store(time.Now().UnixNano()) }
-
 // allow applies the rate limit to one incoming message. A client that
 // gets more than RateStrikes rejections within one second is not slowing
 // down: it is closed with 4029.
@@ -234,7 +234,7 @@ func (c *Conn) allow() bool {
 	}
 	c.strikes++
 	if c.strikes >= c.srv.cfg.RateStrikes {
-		c.close(protocol.DisconnectRateLimited, closeDrain)
+		c.Close(protocol.DisconnectRateLimited, transport.CloseDrain)
 	}
 	return false
 }
@@ -259,7 +259,7 @@ func (c *Conn) handle(cmd protocol.Command) {
 		testHookHandle(c, cmd)
 	}
 	if cmd.Type == protocol.TypePing {
-		c.send(protocol.Encode(protocol.TypePong, cmd.ID, protocol.Pong{Echo: cmd.Echo}))
+		c.Reply(protocol.Encode(protocol.TypePong, cmd.ID, protocol.Pong{Echo: cmd.Echo}))
 		return
 	}
 	ctx, cancel := c.srv.opContext(5 * time.Second)
@@ -271,7 +271,7 @@ func (c *Conn) handle(cmd protocol.Command) {
 	case protocol.TypeHistory:
 		c.history(ctx, cmd)
 	case protocol.TypeJoin:
-		en, err := h.join(ctx, c, cmd.Room) // saves the session too
+		en, err := c.join(ctx, cmd.Room)
 		if err != nil {
 			c.fail(cmd.ID, err)
 			return
@@ -279,7 +279,7 @@ func (c *Conn) handle(cmd protocol.Command) {
 		c.ack(cmd.ID, 0)
 		c.sendMembers(ctx, "", cmd.Room, en)
 	case protocol.TypeLeave:
-		if err := h.leave(ctx, c, cmd.Room); err != nil {
+		if err := h.Leave(ctx, c, cmd.Room); err != nil {
 			c.fail(cmd.ID, err)
 			return
 		}
@@ -292,9 +292,26 @@ func (c *Conn) handle(cmd protocol.Command) {
 		}
 		c.answer(ctx, cmd.ID, p, err)
 	case protocol.TypeDirect:
-		p, err := h.direct(ctx, c, cmd.To, cmd.Text, cmd.ID, nil, nil)
+		p, err := c.direct(ctx, cmd.To, cmd.Text, cmd.ID, nil, nil)
 		c.answer(ctx, cmd.ID, p, err)
 	}
+}
+
+// mayJoin says whether c's token allows room (open mode allows any).
+func (c *Conn) mayJoin(room string) error {
+	if c.claims != nil && !c.claims.MayJoin(room) {
+		return &protocol.Error{Code: protocol.ErrForbiddenRoom, Message: "your token does not allow room " + room}
+	}
+	return nil
+}
+
+// join puts c in room, if its token allows, saving the session in the
+// same engine call (hub.Join).
+func (c *Conn) join(ctx context.Context, room string) (*engine.Entered, error) {
+	if err := c.mayJoin(room); err != nil {
+		return nil, err
+	}
+	return c.srv.hub.Join(ctx, c, room, func() *engine.Session { return c.srv.sessionOf(c) })
 }
 
 // key is the idempotency key of a client message: its id within the
@@ -331,11 +348,11 @@ func (c *Conn) answer(ctx context.Context, id string, p *engine.Publication, err
 // who answers a `who` with the room's members; like history, it is for
 // members of the room.
 func (c *Conn) who(ctx context.Context, cmd protocol.Command) {
-	if !c.srv.hub.isMember(c, cmd.Room) {
+	if !c.srv.hub.IsMember(c, cmd.Room) {
 		c.fail(cmd.ID, notMember(cmd.Room))
 		return
 	}
-	en, err := c.srv.hub.look(ctx, c, cmd.Room)
+	en, err := c.srv.hub.Look(ctx, c, cmd.Room)
 	if err != nil {
 		c.fail(cmd.ID, err)
 		return
@@ -344,7 +361,7 @@ func (c *Conn) who(ctx context.Context, cmd protocol.Command) {
 }
 
 func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
-	if !c.srv.hub.isMember(c, cmd.Room) {
+	if !c.srv.hub.IsMember(c, cmd.Room) {
 		c.fail(cmd.ID, notMember(cmd.Room))
 		return
 	}
@@ -357,24 +374,24 @@ func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
 	page := protocol.HistoryPage{Room: cmd.Room, Epoch: hist.Epoch, Top: hist.Top, Oldest: hist.Oldest,
 		Messages: make([]protocol.Chat, 0, len(hist.Pubs))}
 	for _, p := range hist.Pubs {
-		page.Messages = append(page.Messages, chatOf(p))
+		page.Messages = append(page.Messages, hub.ChatOf(p))
 	}
-	c.send(protocol.Encode(protocol.TypeHistory, cmd.ID, page))
+	c.Reply(protocol.Encode(protocol.TypeHistory, cmd.ID, page))
 }
 
 // membersFrame builds a `members` frame around an already-encoded user list.
-func membersFrame(id, room string, users cachedMembers, count int, pos roomPos) []byte {
+func membersFrame(id, room string, users hub.Listing, count int, pos roomPos) []byte {
 	q := func(s string) []byte { b, _ := json.Marshal(s); return b }
-	b := make([]byte, 0, 160+len(users.json))
+	b := make([]byte, 0, 160+len(users.JSON))
 	b = append(b, `{"type":"members"`...)
 	if id != "" {
 		b = append(append(b, `,"id":`...), q(id)...)
 	}
 	b = strconv.AppendInt(append(b, `,"ts":`...), time.Now().UnixMilli(), 10)
 	b = append(append(b, `,"payload":{"room":`...), q(room)...)
-	b = append(append(b, `,"users":`...), users.json...)
+	b = append(append(b, `,"users":`...), users.JSON...)
 	b = strconv.AppendInt(append(b, `,"count":`...), int64(count), 10)
-	if count > users.n {
+	if count > users.Listed {
 		b = append(b, `,"truncated":true`...)
 	}
 	b = append(append(b, `,"epoch":`...), q(pos.epoch)...)
@@ -382,30 +399,15 @@ func membersFrame(id, room string, users cachedMembers, count int, pos roomPos) 
 	return append(b, "}}"...)
 }
 
-// send queues one frame for this connection only.
-// send queues a reply. It is called by the connection's reader (or, during
-// the set-up, by the goroutine that sets the connection up): the writer is
-// started by flushLater, once for everything the reader queued while
-// handling what one read brought, so the replies to it share one write.
-func (c *Conn) send(frame []byte) { c.enqueueTo(frame, &c.later) }
-
-// flushLater starts the writer if send deferred it.
-func (c *Conn) flushLater() {
-	if len(c.later) > 0 {
-		c.later = c.later[:0]
-		c.startWriter()
-	}
-}
-
 func (c *Conn) ack(id string, seq uint64) {
 	if id != "" {
-		c.send(protocol.Encode(protocol.TypeAck, id, protocol.Ack{ID: id, Seq: seq}))
+		c.Reply(protocol.Encode(protocol.TypeAck, id, protocol.Ack{ID: id, Seq: seq}))
 	}
 }
 
 func (c *Conn) sendError(e *protocol.Error) {
 	c.srv.metrics.errors.Add(1)
-	c.send(protocol.Encode(protocol.TypeError, e.ID, e))
+	c.Reply(protocol.Encode(protocol.TypeError, e.ID, e))
 }
 
 // fail answers message id with err: a *protocol.Error as it is, an
@@ -474,4 +476,86 @@ func (b *bucket) take(now time.Time) bool {
 	}
 	b.tokens--
 	return true
+}
+
+// sendMembers sends a room's members after a join or for a `who` (id):
+// the list Enter read for a small room, the node's cached listing for a
+// big one (read once for all joiners per PresenceInterval, see
+// loadBigRoom), with the room's position as Enter read it.
+func (c *Conn) sendMembers(ctx context.Context, id, room string, en *engine.Entered) {
+	pos := roomPos{epoch: en.History.Epoch, top: en.History.Top}
+	if en.Listed {
+		if en.Members == nil {
+			en.Members = []string{}
+		}
+		c.Reply(protocol.Encode(protocol.TypeMembers, id, protocol.Members{Room: room, Users: en.Members,
+			Count: max(en.Count, len(en.Members)), Epoch: pos.epoch, Top: pos.top}))
+		return
+	}
+	if m, fresh := c.srv.hub.CachedBigRoom(room); fresh {
+		c.Reply(membersFrame(id, room, m, m.Count, pos))
+		return
+	}
+	cfg := &c.srv.cfg
+	if limit := cfg.PresenceEventsMax; limit < 0 || en.Count <= limit {
+		// A small room with more members than a reply lists.
+		users, err := c.srv.eng.PresenceMembers(ctx, room, cfg.MembersMax)
+		if err != nil {
+			c.fail(id, c.srv.engineFailed("members", err))
+			return
+		}
+		c.Reply(protocol.Encode(protocol.TypeMembers, id, protocol.Members{Room: room, Users: users,
+			Count: max(en.Count, len(users)), Truncated: en.Count > len(users), Epoch: pos.epoch, Top: pos.top}))
+		return
+	}
+	listed, err := c.srv.hub.LoadBigRoom(ctx, room, en.Count)
+	if err != nil {
+		c.fail(id, c.srv.engineFailed("members", err))
+		return
+	}
+	c.Reply(membersFrame(id, room, listed, en.Count, pos))
+}
+
+// direct publishes a private message to the recipient's inbox and a copy to
+// the sender's inbox for their other tabs, both idempotent by the
+// message's id. It returns the publication in the recipient's inbox (with
+// its seq), also when refusing it (the caller checks a refused re-send
+// against the record of its first attempt).
+//
+// file, when not nil, is the file the message carries; store is called to
+// store it once the recipient is known to be online, before anything is
+// published.
+func (c *Conn) direct(ctx context.Context, to, text, id string, file *engine.FileRef, store func() error) (*engine.Publication, error) {
+	s := c.srv
+	eng := s.eng
+	p := &engine.Publication{Stream: engine.UserStream(to), Type: protocol.TypeDirect, From: c.user, To: to,
+		Text: text, ClientID: id, TS: time.Now().UnixMilli(), SkipConn: c.id, Node: s.nodeID, File: file}
+	online, err := eng.PresenceHas(ctx, "", to)
+	if err != nil {
+		return p, s.engineFailed("presence", err)
+	}
+	if !online {
+		return p, &protocol.Error{Code: protocol.ErrUserOffline, Message: "user " + to + " is not online"}
+	}
+	if err := c.checkMessage(ctx, p); err != nil {
+		return p, err
+	}
+	if store != nil {
+		if err := store(); err != nil {
+			return p, err
+		}
+	}
+	if err := s.publish(ctx, p, c.key(id)); err != nil {
+		return p, err
+	}
+	if to != c.user {
+		cp := *p
+		cp.Stream, cp.Seq, cp.Epoch = engine.UserStream(c.user), 0, ""
+		if err := s.publish(ctx, &cp, c.key(id)); err != nil {
+			// The recipient has it; only the sender's other tabs miss the
+			// copy (a re-send of the message would publish it).
+			s.log.Warn("direct copy to sender not published", "user", c.user, "err", err)
+		}
+	}
+	return p, nil
 }

@@ -246,7 +246,7 @@ func withLength64(n uint64) []byte {
 // TestRFC6455Conformance runs conformanceCases against a real server.
 func TestRFC6455Conformance(t *testing.T) {
 	ts := newTestServer(t, Config{AutoJoin: "-", MaxMessageSize: 64 << 10})
-	ts.closeGrace.Store(int64(time.Minute))
+	ts.tp.CloseGrace.Store(int64(time.Minute))
 	for i, tc := range conformanceCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			r := rawConnect(t, ts, fmt.Sprint("c", i))
@@ -360,17 +360,8 @@ func (r *rawWS) pongsUntil(id string) []string {
 // parked says whether user's connection has its writer parked for the
 // write delay (a delivery waits in its queue).
 func parked(ts *testServer, user string) bool {
-	ts.hub.mu.RLock()
-	var conns []*Conn
-	if u := ts.hub.users[user]; u != nil {
-		conns = append(conns, u.conns...)
-	}
-	ts.hub.mu.RUnlock()
-	for _, c := range conns {
-		c.mu.Lock()
-		p := c.parked
-		c.mu.Unlock()
-		if p {
+	for _, c := range ts.hub.ConnsOf(user) {
+		if c.(*Conn).Parked() {
 			return true
 		}
 	}
@@ -453,7 +444,7 @@ func TestPongsInOrderWhileTheWriteDelayHoldsTheWriter(t *testing.T) {
 // ms here), and the connection is gone from the node.
 func TestAServerCloseNobodyAnswersEndsAfterTheGrace(t *testing.T) {
 	ts := newTestServer(t, Config{AutoJoin: "-"})
-	ts.closeGrace.Store(int64(300 * time.Millisecond))
+	ts.tp.CloseGrace.Store(int64(300 * time.Millisecond))
 	r := rawConnect(t, ts, "mute")
 	// A breach the server can read past (so it waits for the answer).
 	r.send(frame(true, ws.OpContinuation, "nothing to continue"))

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/transport"
 )
 
 // Dialects: the protocols of the FastAPI tutorials Tether grew from, so
@@ -134,7 +135,7 @@ func (tutorial001) room(c *Conn) string {
 	if !c.registered {
 		return ""
 	}
-	if rooms := c.srv.hub.roomsOf(c); len(rooms) > 0 {
+	if rooms := c.srv.hub.RoomsOf(c); len(rooms) > 0 {
 		return rooms[0]
 	}
 	return ""
@@ -161,7 +162,7 @@ func (d tutorial001) join(c *Conn, room, user string) {
 			return
 		}
 		if refused := c.srv.rename(c.ip, c.user, user); refused != nil {
-			c.close(*refused, closeDrain)
+			c.Close(*refused, transport.CloseDrain)
 			return
 		}
 		c.user = user

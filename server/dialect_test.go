@@ -185,7 +185,7 @@ func TestTutorial001BeforeAJoin(t *testing.T) {
 	if _, d := data001(t, c.next(`"error"`)); d["code"] != string(protocol.ErrNotMember) {
 		t.Fatalf("error = %v", d)
 	}
-	waitUntil(t, "the connection to be known to the heartbeat", func() bool { return ts.hub.count() == 1 })
+	waitUntil(t, "the connection to be known to the heartbeat", func() bool { return ts.hub.Count() == 1 })
 	c.send(`{"type":"join","data":{"room":"ops","user":"mallory"}}`)
 	_, d := data001(t, c.next(`"welcome"`))
 	if users := fmt.Sprint(d["users"]); users != "[carol]" {
@@ -203,7 +203,7 @@ func TestTutorial003(t *testing.T) {
 		a, b := dialRaw(t, ts.ws+"/ws/1001"), dialRaw(t, ts.ws+"/ws/1002")
 		bob := dial(t, ts.ws+"/tether/ws/bob")
 		bob.expectWelcome()
-		waitUntil(t, "both tutorial clients online", func() bool { return ts.hub.count() == 3 })
+		waitUntil(t, "both tutorial clients online", func() bool { return ts.hub.Count() == 3 })
 
 		a.send("1002:hello there")
 		if got := b.next("says"); got != "Client #1001 says: hello there" {

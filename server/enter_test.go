@@ -141,7 +141,7 @@ func TestSetUpIsOneEngineCall(t *testing.T) {
 
 	session := c.welcome.Session
 	c.cut()
-	waitUntil(t, "the drop to be noticed", func() bool { return ts.hub.count() == 1 })
+	waitUntil(t, "the drop to be noticed", func() bool { return ts.hub.Count() == 1 })
 	eng.take() // the dropped connection's session save
 	// As the SDKs do: the session, the positions and the rooms it is in.
 	again := dial(t, resumeURL(ts.ws, "alice", session, map[string][2]any{"a": {"", 0}})+"&rooms=general,a,b,c")
@@ -159,7 +159,7 @@ func TestSetUpIsOneEngineCall(t *testing.T) {
 	// A resume that does not say which rooms it is in learns them from the
 	// session, and enters them in a second call.
 	again.cut()
-	waitUntil(t, "the drop to be noticed", func() bool { return ts.hub.count() == 1 })
+	waitUntil(t, "the drop to be noticed", func() bool { return ts.hub.Count() == 1 })
 	eng.take()
 	third := dial(t, resumeURL(ts.ws, "alice", session, nil))
 	if w := third.expectWelcome(); !w.Resumed || fmt.Sprint(w.Rooms) != "[a b c general]" {

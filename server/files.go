@@ -66,12 +66,11 @@ func (c *Conn) onFile(data []byte) {
 	defer cancel()
 	f := &engine.File{ID: c.fileID(h.ID), Name: h.Name, Mime: mime, Image: image, Room: h.Room, From: c.user, To: h.To, Data: body}
 	ref := &engine.FileRef{ID: f.ID, Name: f.Name, Mime: f.Mime, Size: len(body), Image: image}
-	hub := s.hub
 	if h.Room != "" {
 		p := &engine.Publication{Stream: engine.RoomStream(h.Room), Type: protocol.TypeChat, Room: h.Room, From: c.user,
 			Text: h.Text, ClientID: h.ID, TS: time.Now().UnixMilli(), File: ref}
 		err := error(notMember(h.Room))
-		if hub.isMember(c, h.Room) {
+		if s.hub.IsMember(c, h.Room) {
 			err = c.checkMessage(ctx, p)
 			if err == nil {
 				err = s.storeFile(ctx, f)
@@ -83,7 +82,7 @@ func (c *Conn) onFile(data []byte) {
 		c.answer(ctx, h.ID, p, err)
 		return
 	}
-	p, err := hub.direct(ctx, c, h.To, h.Text, h.ID, ref, func() error { return s.storeFile(ctx, f) })
+	p, err := c.direct(ctx, h.To, h.Text, h.ID, ref, func() error { return s.storeFile(ctx, f) })
 	c.answer(ctx, h.ID, p, err)
 }
 
@@ -98,14 +97,6 @@ func (s *Server) storeFile(ctx context.Context, f *engine.File) error {
 	s.metrics.files.WithLabelValues(kind).Inc()
 	s.metrics.fileBytes.Add(float64(len(f.Data)))
 	return nil
-}
-
-// fileInfo is what a client is told of a message's file.
-func fileInfo(r *engine.FileRef) *protocol.FileInfo {
-	if r == nil {
-		return nil
-	}
-	return &protocol.FileInfo{ID: r.ID, Name: r.Name, Mime: r.Mime, Size: r.Size, Image: r.Image, URL: "/files/" + r.ID}
 }
 
 // serveFile answers GET /files/{id}. An image that is safe inline (PNG,

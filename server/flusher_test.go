@@ -8,6 +8,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/protocol"
 )
 
@@ -152,8 +153,13 @@ func TestBigRoomCountsShareAWrite(t *testing.T) {
 	}
 	before := ts.Stats()
 	ctx := context.Background()
-	ts.hub.publishPresence(ctx, "a", "", protocol.PresenceCount, 4)
-	ts.hub.publishPresence(ctx, "b", "", protocol.PresenceCount, 4)
+	for _, room := range []string{"a", "b"} { // as the upkeep's flush publishes them
+		count := &engine.Publication{Stream: engine.RoomStream(room), Type: protocol.TypePresence, Room: room,
+			Action: protocol.PresenceCount, Count: 4, TS: time.Now().UnixMilli()}
+		if _, err := ts.eng.Publish(ctx, count, engine.PublishOptions{Ephemeral: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, m := range members {
 		for _, room := range []string{"a", "b"} {
 			p := payloadOf[protocol.Presence](t, m.expect(protocol.TypePresence, func(e protocol.Envelope) bool {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/tether-chat/tether/engine/redis"
 	"github.com/tether-chat/tether/internal/testredis"
+	"github.com/tether-chat/tether/internal/testwait"
 	"github.com/tether-chat/tether/protocol"
 )
 
@@ -380,13 +381,7 @@ func bothEngines(t *testing.T, f func(t *testing.T, eng engineCase)) {
 // waitUntil polls cond until it holds, failing the test after waitFor.
 func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testwait.Until(t, waitFor, what, cond)
 }
 
 // readUntil reads raw bytes from conn until they contain want, and returns

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/hub"
 )
 
 // Hooks bring the application's backend into the loop (docs/api.md,
@@ -259,7 +260,7 @@ func (s *Server) hookPublished(p *engine.Publication) {
 	if s.hooks == nil || p.Seq == 0 {
 		return
 	}
-	e := HookEvent{User: p.From, Text: p.Text, File: fileInfo(p.File), ClientID: p.ClientID,
+	e := HookEvent{User: p.From, Text: p.Text, File: hub.FileInfo(p.File), ClientID: p.ClientID,
 		Stream: p.Stream, Epoch: p.Epoch, Seq: p.Seq, TS: p.TS}
 	switch p.Type {
 	case protocol.TypeChat:
@@ -368,7 +369,7 @@ func (c *Conn) checkMessage(ctx context.Context, p *engine.Publication) error {
 		return nil
 	}
 	res, err := s.check(ctx, CheckRequest{Type: "publish", User: c.user, Room: p.Room, To: p.To, Text: p.Text,
-		File: fileInfo(p.File), ID: p.ClientID})
+		File: hub.FileInfo(p.File), ID: p.ClientID})
 	switch {
 	case err != nil:
 		return &protocol.Error{Code: protocol.ErrUnavailable, Message: "the application did not answer in time; the message was not sent: send it again"}

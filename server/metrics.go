@@ -12,15 +12,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tether-chat/tether/engine"
+	"github.com/tether-chat/tether/server/transport"
 )
 
 // metrics are the node's counters. The hot ones are plain atomics (also
 // behind Stats); Prometheus reads them through CounterFuncs, so nothing is
 // counted twice. Labelled ones are Prometheus vectors.
 type metrics struct {
-	opened, closed, refused, received, delivered, errors, rateLimited, slowConsumers, engineErrors atomic.Int64
-	resumes, recoveries, recoveriesFailed, duplicates, queueDrops, socketFull, writes, delayed     atomic.Int64
-	panics                                                                                         atomic.Int64
+	opened, closed, refused, received, errors, rateLimited, engineErrors atomic.Int64
+	resumes, recoveries, recoveriesFailed, duplicates, panics            atomic.Int64
+	transport.Counters                                                   // the transport's: deliveries, writes, slow consumers, ...
 
 	reg       *prometheus.Registry
 	closedBy  *prometheus.CounterVec // by close code
@@ -76,20 +77,20 @@ func (s *Server) initMetrics() {
 			return float64(len(s.hooks.queue))
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_connections",
-			Help: "Connections open now."}, func() float64 { return float64(s.hub.count()) }),
+			Help: "Connections open now."}, func() float64 { return float64(s.hub.Count()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_setups_waiting",
 			Help: fmt.Sprintf("New connections waiting for their set-up to start (at most %d run at once).", maxSetups)},
 			func() float64 { return float64(s.setupsWaiting.Load()) }),
 		counter("tether_connections_opened_total", "Connections accepted (after the WebSocket upgrade).", &m.opened),
 		counter("tether_connections_refused_total", "Connections refused after the upgrade (credentials, session, limits).", &m.refused),
-		counter("tether_deliveries_total", "Message frames written to connections.", &m.delivered),
+		counter("tether_deliveries_total", "Message frames written to connections.", &m.Delivered),
 		counter("tether_error_replies_total", "Error replies sent.", &m.errors),
 		counter("tether_rate_limited_total", "Client messages refused by the rate limit.", &m.rateLimited),
-		counter("tether_slow_consumer_disconnects_total", "Connections closed because their send queue overflowed (4008).", &m.slowConsumers),
-		counter("tether_socket_writes_total", "write() calls that put frames on sockets; tether_deliveries_total / this is messages per write.", &m.writes),
-		counter("tether_writes_delayed_total", "Room deliveries that waited for the write delay (--write-delay) to go out with later ones.", &m.delayed),
-		counter("tether_socket_full_total", "Writes the socket could not take at once (the peer reads slower than it is sent to); a writer goroutine finished them.", &m.socketFull),
-		counter("tether_queue_drops_total", "Frames dropped from the queues of connections closed as slow consumers.", &m.queueDrops),
+		counter("tether_slow_consumer_disconnects_total", "Connections closed because their send queue overflowed (4008).", &m.SlowConsumers),
+		counter("tether_socket_writes_total", "write() calls that put frames on sockets; tether_deliveries_total / this is messages per write.", &m.Writes),
+		counter("tether_writes_delayed_total", "Room deliveries that waited for the write delay (--write-delay) to go out with later ones.", &m.Delayed),
+		counter("tether_socket_full_total", "Writes the socket could not take at once (the peer reads slower than it is sent to); a writer goroutine finished them.", &m.SocketFull),
+		counter("tether_queue_drops_total", "Frames dropped from the queues of connections closed as slow consumers.", &m.QueueDrops),
 		counter("tether_engine_errors_total", "Publishes the engine failed (clients got `unavailable`).", &m.engineErrors),
 		counter("tether_resumes_total", "Sessions resumed.", &m.resumes),
 		counter("tether_recoveries_total", "Streams replayed from a client's position on (re)connect.", &m.recoveries),

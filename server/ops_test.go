@@ -15,6 +15,7 @@ import (
 
 	"github.com/tether-chat/tether/auth"
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/hub"
 )
 
 func get(t *testing.T, url string, header http.Header) (int, string) {
@@ -274,7 +275,7 @@ func TestSecretsAreNeverLogged(t *testing.T) {
 }
 
 func TestMembersFrameIsTheProtocolsMembers(t *testing.T) {
-	users := cachedMembers{json: []byte(`["ann","李雷"]`), n: 2}
+	users := hub.Listing{JSON: []byte(`["ann","李雷"]`), Listed: 2}
 	b := membersFrame(`we"ird\id`, "ops", users, 5, roomPos{epoch: "e1", top: 42})
 	var env protocol.Envelope
 	if err := json.Unmarshal(b, &env); err != nil {

@@ -5,6 +5,7 @@ import (
 	"runtime/debug"
 
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/transport"
 )
 
 // Panic isolation. A panic is a bug, but one connection's bug must not
@@ -32,6 +33,6 @@ func (s *Server) panicked(where string, r any, c *Conn) {
 	}
 	s.log.Error("panic recovered: closing the connection it happened on", args...)
 	if c != nil {
-		c.close(protocol.DisconnectInternal, closeDrop)
+		c.Close(protocol.DisconnectInternal, transport.CloseDrop)
 	}
 }

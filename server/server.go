@@ -29,19 +29,21 @@ import (
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/engine/memory"
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/hub"
+	"github.com/tether-chat/tether/server/transport"
 	"github.com/tether-chat/tether/web"
 )
 
 // Server is one Tether node.
 type Server struct {
 	cfg Config
-	// closeGrace, when set (nanoseconds), replaces the close grace (tests).
-	closeGrace atomic.Int64
-	log        *slog.Logger
-	eng        engine.Engine
+	// tp is what every connection's transport shares.
+	tp  transport.Options
+	log *slog.Logger
+	eng engine.Engine
 	// immediate: eng is an engine.Immediate, whose calls need no deadline.
 	immediate bool
-	hub       *hub
+	hub       *hub.Hub
 	nodeID    string
 	// wsDialect and wsIDDialect are what /ws and /ws/{client_id} speak
 	// (Config.WSDialect); nil is tether's own protocol.
@@ -66,8 +68,8 @@ type Server struct {
 	processing   sync.RWMutex
 	conns        sync.WaitGroup // one per live connection
 	heartbeatOff chan struct{}
-	flusher      *flusher    // nil without a write delay
-	hooks        *hookSender // nil without Config.HookURL
+	flusher      *transport.Flusher // nil without a write delay
+	hooks        *hookSender        // nil without Config.HookURL
 
 	httpMu  sync.Mutex
 	httpSrv *http.Server
@@ -121,7 +123,14 @@ func New(cfg Config) (*Server, error) {
 	s.started = time.Now()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.limits = newLimiter()
-	s.hub = newHub(s)
+	if cfg.WriteDelay > 0 {
+		s.flusher = transport.NewFlusher(s.ctx, cfg.WriteDelay, &s.metrics.Delayed)
+	}
+	s.tp = transport.Options{QueueMessages: cfg.SendQueueMessages, QueueBytes: cfg.SendQueueBytes,
+		WriteTimeout: cfg.WriteTimeout, ShutdownGrace: cfg.ShutdownTimeout, Flusher: s.flusher, Counters: &s.metrics.Counters}
+	s.hub = hub.New(hub.Config{Engine: s.eng, NodeID: s.nodeID, Log: s.log, Flusher: s.flusher,
+		PresenceEventsMax: cfg.PresenceEventsMax, MembersMax: cfg.MembersMax, MaxRoomsPerConn: cfg.MaxRoomsPerConn,
+		PresenceInterval: cfg.PresenceInterval, ResumeWindow: cfg.ResumeWindow}, (*hubNode)(s))
 	s.initMetrics()
 	if err := s.eng.Start(s.ctx, s.hub); err != nil {
 		return nil, err
@@ -129,9 +138,6 @@ func New(cfg Config) (*Server, error) {
 	s.routes()
 	go s.heartbeat()
 	go s.upkeep()
-	if cfg.WriteDelay > 0 {
-		s.flusher = newFlusher(s.ctx, cfg.WriteDelay, &s.metrics.delayed)
-	}
 	if cfg.HookURL != "" {
 		s.hooks = newHookSender(s)
 	}
@@ -239,16 +245,16 @@ func (s *Server) heartbeat() {
 		case <-s.ctx.Done():
 			return
 		case now := <-t.C:
-			conns = s.hub.snapshot(conns[:0])
+			conns = hub.Snapshot(s.hub, conns[:0])
 			for _, c := range conns {
-				seen := c.lastSeen.Load()
+				seen := c.LastSeen()
 				silent := time.Duration(now.UnixNano() - seen)
 				switch {
 				case silent >= interval+timeout && !c.busy.Load():
-					c.close(protocol.DisconnectHeartbeat, closeDrop)
+					c.Close(protocol.DisconnectHeartbeat, transport.CloseDrop)
 				case silent >= interval && c.pinged.Load() < seen:
 					c.pinged.Store(now.UnixNano())
-					c.ping()
+					c.Ping()
 				}
 			}
 			clear(conns)
@@ -273,12 +279,12 @@ func (s *Server) upkeep() {
 			return
 		case <-presence.C:
 			ctx, cancel := s.opContext(s.cfg.PresenceInterval)
-			s.hub.flushPresence(ctx)
+			s.hub.FlushPresence(ctx)
 			cancel()
 		case now := <-sessions.C:
 			s.sweepRates(now)
 			// Live sessions must not expire: refresh them well within the window.
-			conns = s.hub.snapshot(conns[:0])
+			conns = hub.Snapshot(s.hub, conns[:0])
 			ctx, cancel := s.opContext(s.cfg.ResumeWindow / 3)
 			s.saveSessions(ctx, conns)
 			cancel()
@@ -310,7 +316,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if hs != nil {
 		hs.Shutdown(ctx) // closes the listeners; hijacked connections are ours
 	}
-	conns := s.hub.snapshot(nil)
+	conns := hub.Snapshot[*Conn](s.hub, nil)
 	s.log.Info("shutting down", "connections", len(conns))
 	// Every session is saved before its client is told to reconnect, so
 	// that a resume on another node finds it current, and in batches: one
@@ -319,7 +325,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// only a partner noted by a message from another node can still change
 	// a session (disconnected saves again then).
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	s.stopSaveGen.Store(s.hub.partnerAdds.Load())
+	s.stopSaveGen.Store(s.hub.PartnerAdds())
 	if s.saveSessions(sctx, conns) {
 		for _, c := range conns {
 			c.savedAtStop.Store(true)
@@ -327,7 +333,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	cancel()
 	for _, c := range conns {
-		c.close(protocol.DisconnectShutdown, closeShutdown)
+		c.Close(protocol.DisconnectShutdown, transport.CloseShutdown)
 	}
 	done := make(chan struct{})
 	go func() { s.conns.Wait(); close(done) }()
@@ -336,8 +342,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = ctx.Err()
-		for _, c := range s.hub.snapshot(nil) {
-			c.closeSocket()
+		for _, c := range hub.Snapshot[*Conn](s.hub, nil) {
+			c.CloseSocket()
 		}
 		<-done
 	}
@@ -345,9 +351,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	<-s.heartbeatOff
 	<-s.upkeepOff
 	if s.flusher != nil {
-		<-s.flusher.done
+		<-s.flusher.Done()
 	}
-	s.hub.dropGhosts()
+	s.hub.DropGhosts()
 	if s.hooks != nil {
 		<-s.hooks.done // the events of the last moments, for at most hookDrain
 	}
@@ -396,12 +402,12 @@ type Stats struct {
 // Stats returns the current counters.
 func (s *Server) Stats() Stats {
 	m := &s.metrics
-	return Stats{Connections: s.hub.count(), Opened: m.opened.Load(), Closed: m.closed.Load(),
-		Received: m.received.Load(), Delivered: m.delivered.Load(), Errors: m.errors.Load(),
-		RateLimited: m.rateLimited.Load(), SlowConsumers: m.slowConsumers.Load(), EngineErrors: m.engineErrors.Load(),
+	return Stats{Connections: s.hub.Count(), Opened: m.opened.Load(), Closed: m.closed.Load(),
+		Received: m.received.Load(), Delivered: m.Delivered.Load(), Errors: m.errors.Load(),
+		RateLimited: m.rateLimited.Load(), SlowConsumers: m.SlowConsumers.Load(), EngineErrors: m.engineErrors.Load(),
 		Refused: m.refused.Load(), Resumes: m.resumes.Load(), Recoveries: m.recoveries.Load(),
-		RecoveriesFailed: m.recoveriesFailed.Load(), Duplicates: m.duplicates.Load(), SocketFull: m.socketFull.Load(),
-		Writes: m.writes.Load(), Delayed: m.delayed.Load()}
+		RecoveriesFailed: m.recoveriesFailed.Load(), Duplicates: m.duplicates.Load(), SocketFull: m.SocketFull.Load(),
+		Writes: m.Writes.Load(), Delayed: m.Delayed.Load()}
 }
 
 func (s *Server) handshakeError(h *handshake, status int, reason error, header ...string) {

@@ -23,6 +23,8 @@ import (
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/internal/ws"
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/hub"
+	"github.com/tether-chat/tether/server/transport"
 )
 
 // serveWS is /ws served by net/http (Handler(), TLS): it upgrades one
@@ -70,7 +72,7 @@ func (s *Server) openWS(h *handshake) {
 		}
 	}
 
-	raw, resp, early, err := s.upgrade(h)
+	nc, resp, early, err := s.upgrade(h)
 	if err != nil {
 		if admitted {
 			s.release(ip, user)
@@ -83,44 +85,46 @@ func (s *Server) openWS(h *handshake) {
 		// 1006 and retry forever.
 		s.metrics.refused.Add(1)
 		s.log.Warn("connection refused", "remote", r.remote, "user", user, "code", int(refuse.Code), "reason", refuse.Reason)
-		raw.write(ws.AppendFrame(resp, ws.OpClose, closePayload(*refuse)))
-		raw.Conn.Close()
+		nc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		nc.Write(ws.AppendFrame(resp, ws.OpClose, transport.ClosePayload(*refuse)))
+		nc.Close()
 		return
 	}
 	c := &Conn{
 		id: s.nextID.Add(1), user: user, ip: ip, remote: r.remote, opened: time.Now(),
-		srv: s, raw: raw, rooms: make(map[string]struct{}), claims: claims,
-		corked:  true, // until the welcome is queued first
+		srv: s, claims: claims,
 		limiter: bucket{rate: s.cfg.RateLimit, burst: float64(s.cfg.RateBurst), tokens: float64(s.cfg.RateBurst)},
-		// The 101 response goes out in one write with the welcome and the
-		// first replies, once the set-up is done.
-		queue:  []outFrame{{op: opRaw, data: resp}},
-		queued: len(resp),
 	}
+	// Corked until the welcome is queued first; the 101 response goes out
+	// in one write with the welcome and the first replies, once the set-up
+	// is done.
+	c.Init(&s.tp, nc, c, resp)
 	if !r.tether {
 		c.dialect = s.wsDialect
 		if r.withID {
 			c.dialect = s.wsIDDialect
 		}
 	}
-	c.attach()
-	c.touch()
+	if c.dialect != nil {
+		c.Translate()
+	}
+	c.Attach()
 	s.conns.Add(1)
 	s.metrics.opened.Add(1)
 	if c.dialect != nil && c.dialect.deferSetUp() {
 		// Set up by its first join (dialect.go); until then the heartbeat
 		// and a shutdown know it, nothing else does.
-		s.hub.track(c)
-		c.uncork()
+		s.hub.Track(c)
+		c.Uncork()
 	} else if err := s.setUp(c, r); err != nil {
 		s.setUpFailed(c, err)
 	}
-	c.flushLater()
+	c.FlushReplies()
 	// Reading is driven by the poller (or a goroutine of its own) and the
 	// handler returns, so net/http's per-request state (buffers, request,
 	// response writer) is garbage as soon as the set-up is done instead of
 	// living as long as the connection.
-	c.startReading(early)
+	c.StartReading(early)
 }
 
 // setUp runs connected when its turn comes (maxSetups). A panic in it
@@ -150,14 +154,14 @@ func (s *Server) setUpLater(c *Conn, room string) {
 // setUpFailed closes a connection whose set-up failed: with the close
 // code err carries, or 1011.
 func (s *Server) setUpFailed(c *Conn, err error) {
-	c.uncork()
+	c.Uncork()
 	var d protocol.Disconnect
 	if errors.As(err, &d) {
 		s.log.Warn("connection refused", "user", c.user, "remote", c.remote, "code", int(d.Code), "reason", d.Reason)
-		c.close(d, closeDrain)
+		c.Close(d, transport.CloseDrain)
 	} else {
 		s.log.Error("connection set-up failed", "user", c.user, "remote", c.remote, "err", err)
-		c.close(protocol.DisconnectInternal, closeDrain)
+		c.Close(protocol.DisconnectInternal, transport.CloseDrain)
 	}
 }
 
@@ -253,13 +257,11 @@ func parseSince(raw string) map[string]position {
 func (s *Server) connected(c *Conn, sessionID string, since map[string]position, rooms string) error {
 	ctx, cancel := s.opContext(10 * time.Second)
 	defer cancel()
-	c.mu.Lock()
-	c.resuming = true
-	c.mu.Unlock()
+	c.startResume()
 	if s.shuttingDown.Load() {
 		return protocol.DisconnectShutdown
 	}
-	p := s.hub.plan(c)
+	p := s.hub.Plan(c)
 	resumed, joined, refused, err := s.enterSession(ctx, c, p, sessionID, since, rooms)
 	if err != nil {
 		return err
@@ -278,7 +280,7 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position,
 // session names rooms the first did not enter. It returns whether the
 // session was resumed, the rooms joined and the refusals (each names its
 // room).
-func (s *Server) enterSession(ctx context.Context, c *Conn, p *enterPlan, sessionID string, since map[string]position, rooms string) (resumed bool, joined []string, refused []*protocol.Error, err error) {
+func (s *Server) enterSession(ctx context.Context, c *Conn, p *hub.Plan, sessionID string, since map[string]position, rooms string) (resumed bool, joined []string, refused []*protocol.Error, err error) {
 	fresh := &engine.Session{ID: randomID(16), User: c.user}
 	c.session = fresh.ID
 	if sessionID != "" {
@@ -291,11 +293,11 @@ func (s *Server) enterSession(ctx context.Context, c *Conn, p *enterPlan, sessio
 	}
 	asked = append(asked, splitRooms(rooms)...)
 
-	p.user(sinceOf(since, protocol.InboxKey))
+	p.User(afterOf(since, protocol.InboxKey))
 	c.registered = true // from here on, disconnected undoes what this did
-	joined, refused = p.rooms(asked, since, nil)
+	joined, refused = c.enterRooms(p, asked, since, nil)
 	fresh.Rooms = slices.Sorted(slices.Values(joined))
-	loaded, err := p.run(ctx, engine.Entering{Load: sessionID, Save: fresh})
+	loaded, err := p.Run(ctx, engine.Entering{Load: sessionID, Save: fresh})
 	if err != nil {
 		return false, nil, nil, err
 	}
@@ -308,9 +310,9 @@ func (s *Server) enterSession(ctx context.Context, c *Conn, p *enterPlan, sessio
 	switch {
 	case resumed:
 		for _, partner := range loaded.Partners {
-			s.hub.notePartner(c.user, partner)
+			s.hub.NotePartner(c.user, partner)
 		}
-		extra, _ := p.rooms(loaded.Rooms, since, joined)
+		extra, _ := c.enterRooms(p, loaded.Rooms, since, joined)
 		joined = append(joined, extra...)
 		for _, r := range joined {
 			if !slices.Contains(loaded.Rooms, r) {
@@ -322,18 +324,18 @@ func (s *Server) enterSession(ctx context.Context, c *Conn, p *enterPlan, sessio
 		// the room every new session starts in.
 		c.session = fresh.ID
 		if autoJoin && !slices.Contains(joined, s.cfg.AutoJoin) {
-			extra, no := p.rooms([]string{s.cfg.AutoJoin}, since, joined)
+			extra, no := c.enterRooms(p, []string{s.cfg.AutoJoin}, since, joined)
 			joined, refused = append(joined, extra...), append(refused, no...)
 			more = extra
 		}
 	}
-	if len(p.entered) < len(p.entries) || len(more) > 0 {
-		if _, err := p.run(ctx, engine.Entering{Save: s.sessionOf(c)}); err != nil {
+	if p.Pending() || len(more) > 0 {
+		if _, err := p.Run(ctx, engine.Entering{Save: s.sessionOf(c)}); err != nil {
 			return false, nil, nil, err
 		}
 	}
 	if resumed {
-		s.hub.releaseGhost(ctx, loaded.ID)
+		s.hub.ReleaseGhost(ctx, loaded.ID)
 		s.metrics.resumes.Add(1)
 	}
 	return resumed, joined, refused, nil
@@ -341,10 +343,10 @@ func (s *Server) enterSession(ctx context.Context, c *Conn, p *enterPlan, sessio
 
 // welcome sends c its welcome, always its first message, then the
 // refusals of rooms it asked for.
-func (s *Server) welcome(c *Conn, p *enterPlan, resumed bool, joined []string, refused []*protocol.Error) {
-	inbox := p.entered[0].History
-	c.sendFirst(protocol.Encode(protocol.TypeWelcome, "", protocol.Welcome{
-		Protocol: protocol.Version, User: c.user, Session: c.session, Resumed: resumed, Online: p.entered[0].Count, Rooms: joined,
+func (s *Server) welcome(c *Conn, p *hub.Plan, resumed bool, joined []string, refused []*protocol.Error) {
+	inbox := p.Entered()[0].History
+	c.SendFirst(protocol.Encode(protocol.TypeWelcome, "", protocol.Welcome{
+		Protocol: protocol.Version, User: c.user, Session: c.session, Resumed: resumed, Online: p.Entered()[0].Count, Rooms: joined,
 		Inbox:     protocol.Position{Epoch: inbox.Epoch, Top: inbox.Top},
 		Heartbeat: protocol.Heartbeat{Interval: s.cfg.PingInterval.Milliseconds(), Timeout: s.cfg.PongTimeout.Milliseconds()},
 		MaxText:   s.cfg.MaxText, MaxFile: max(s.cfg.MaxFileSize, 0),
@@ -358,10 +360,10 @@ func (s *Server) welcome(c *Conn, p *enterPlan, resumed bool, joined []string, r
 // (in the order of their keys), then takes it live: deliveries held
 // during the replay follow it, and then each room's members, whose
 // position comes after every message up to it that c is sent.
-func (s *Server) replay(ctx context.Context, c *Conn, p *enterPlan, since map[string]position) {
-	entered := p.entered
-	read := make(map[string]*engine.Entered, len(p.keys))
-	for i, k := range p.keys {
+func (s *Server) replay(ctx context.Context, c *Conn, p *hub.Plan, since map[string]position) {
+	entered := p.Entered()
+	read := make(map[string]*engine.Entered, len(p.Keys()))
+	for i, k := range p.Keys() {
 		read[k] = &entered[i]
 	}
 	replayed := make(map[string]roomPos)
@@ -374,15 +376,15 @@ func (s *Server) replay(ctx context.Context, c *Conn, p *enterPlan, since map[st
 		s.recover(ctx, c, k, since[k], read[k], replayed)
 	}
 	c.goLive(replayed)
-	for i, k := range p.keys[1:] {
+	for i, k := range p.Keys()[1:] {
 		c.sendMembers(ctx, "", k, &entered[i+1])
 	}
 }
 
-// rooms plans c's entry into each of names that is not in skip, and
-// returns those it may enter and, for the others, why not (an error that
-// names the room, for an error frame).
-func (p *enterPlan) rooms(names []string, since map[string]position, skip []string) (joined []string, refused []*protocol.Error) {
+// enterRooms plans c's entry, through p, into each of names that is not
+// in skip, and returns those it may enter and, for the others, why not
+// (an error that names the room, for an error frame).
+func (c *Conn) enterRooms(p *hub.Plan, names []string, since map[string]position, skip []string) (joined []string, refused []*protocol.Error) {
 	for _, room := range names {
 		if slices.Contains(skip, room) || slices.Contains(joined, room) {
 			continue
@@ -391,7 +393,11 @@ func (p *enterPlan) rooms(names []string, since map[string]position, skip []stri
 			refused = append(refused, &protocol.Error{Code: protocol.ErrBadRoom, Message: fmt.Sprintf("rooms: %q: %s", room, msg)})
 			continue
 		}
-		if err := p.room(room, sinceOf(since, room)); err != nil {
+		err := c.mayJoin(room)
+		if err == nil {
+			err = p.Room(room, afterOf(since, room))
+		}
+		if err != nil {
 			var pe *protocol.Error
 			if errors.As(err, &pe) {
 				refused = append(refused, &protocol.Error{Code: pe.Code, Message: fmt.Sprintf("rooms: %q: %s", room, pe.Message)})
@@ -420,10 +426,10 @@ func splitRooms(raw string) []string {
 // per-connection room limit (MaxRoomsPerConn) applies after it.
 const maxConnectRooms = 1000
 
-// sinceOf is the client's position in one stream, if it gave one.
-func sinceOf(since map[string]position, key string) *position {
+// afterOf is the client's position in one stream, if it gave one.
+func afterOf(since map[string]position, key string) *uint64 {
 	if p, ok := since[key]; ok {
-		return &p
+		return &p.seq
 	}
 	return nil
 }
@@ -442,7 +448,7 @@ func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position,
 	}
 	if en == nil {
 		s.metrics.recoveriesFailed.Add(1)
-		c.send(protocol.Encode(protocol.TypeRecovered, "", rec))
+		c.Reply(protocol.Encode(protocol.TypeRecovered, "", rec))
 		return
 	}
 	hist := en.History
@@ -450,13 +456,13 @@ func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position,
 	rec.Recovered = hist.Covers(pos.epoch, pos.seq)
 	if !rec.Recovered {
 		s.metrics.recoveriesFailed.Add(1)
-		c.send(protocol.Encode(protocol.TypeRecovered, "", rec))
+		c.Reply(protocol.Encode(protocol.TypeRecovered, "", rec))
 		return
 	}
 	last := pos.seq
 	for len(hist.Pubs) > 0 {
 		for _, p := range hist.Pubs {
-			if !c.enqueueReplay(encodePublication(p)) {
+			if !c.SendReplay(hub.Frame(p)) {
 				return
 			}
 			last = p.Seq
@@ -475,7 +481,7 @@ func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position,
 	}
 	replayed[stream] = roomPos{epoch: rec.Epoch, top: last}
 	s.metrics.recoveries.Add(1)
-	c.send(protocol.Encode(protocol.TypeRecovered, "", rec))
+	c.Reply(protocol.Encode(protocol.TypeRecovered, "", rec))
 }
 
 // saveSession stores what a resume of c's session needs, for the resume
@@ -492,7 +498,7 @@ func (s *Server) saveSession(ctx context.Context, c *Conn) {
 // sessionOf is what a resume of c's session needs: its user, rooms and
 // private-conversation partners.
 func (s *Server) sessionOf(c *Conn) *engine.Session {
-	return &engine.Session{ID: c.session, User: c.user, Rooms: s.hub.roomsOf(c), Partners: s.hub.partnersOf(c.user)}
+	return &engine.Session{ID: c.session, User: c.user, Rooms: s.hub.RoomsOf(c), Partners: s.hub.PartnersOf(c.user)}
 }
 
 // saveSessions saves the sessions of many connections in as few engine
@@ -519,12 +525,10 @@ func (s *Server) saveSessions(ctx context.Context, conns []*Conn) bool {
 // a page that was reloaded resumes and misses nothing, and the partners
 // of a tab that was closed learn of it within a second or two.
 func (s *Server) disconnected(c *Conn) {
-	c.raw.Conn.Close()
+	c.CloseSocket()
 	code, reason, clean := protocol.CloseAbnormal, "", false
 	grace := s.cfg.PresenceGrace
-	c.mu.Lock()
-	closing, peer := c.closing, c.peer
-	c.mu.Unlock()
+	closing, peer := c.Closed()
 	switch {
 	case peer != nil: // the client closed first
 		code, reason = peer.Code, peer.Reason
@@ -541,9 +545,9 @@ func (s *Server) disconnected(c *Conn) {
 	ctx, cancel := s.opContext(5 * time.Second)
 	switch {
 	case !c.registered:
-		s.hub.untrack(c) // a dialect's connection that never joined
+		s.hub.Untrack(c) // a dialect's connection that never joined
 	case clean:
-		s.hub.unregister(ctx, c)
+		s.hub.Unregister(ctx, c)
 		s.eng.DeleteSession(ctx, c.session)
 	case s.shuttingDown.Load():
 		// The client reconnects (1012) and resumes on the node that
@@ -557,13 +561,13 @@ func (s *Server) disconnected(c *Conn) {
 		// found in one batch; only a connection it missed saves its own.
 		// (A partner noted since then, by a message from another node,
 		// makes every connection save again.)
-		if !c.savedAtStop.Load() || s.hub.partnerAdds.Load() != s.stopSaveGen.Load() {
+		if !c.savedAtStop.Load() || s.hub.PartnerAdds() != s.stopSaveGen.Load() {
 			s.saveSession(ctx, c)
 		}
-		s.hub.forget(c)
+		s.hub.Forget(c)
 	default:
 		s.saveSession(ctx, c)
-		s.hub.detach(ctx, c, c.session, grace)
+		s.hub.Detach(ctx, c, c.session, grace)
 	}
 	cancel()
 	if c.registered {

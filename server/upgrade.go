@@ -74,9 +74,9 @@ func (h *handshake) take() (net.Conn, []byte, error) {
 // No subprotocol and no extension (compression) is negotiated: Tether's
 // messages are small JSON texts, and per-message deflate would cost every
 // connection a compressor's memory.
-func (s *Server) upgrade(h *handshake) (raw *rawConn, resp, early []byte, err error) {
+func (s *Server) upgrade(h *handshake) (nc net.Conn, resp, early []byte, err error) {
 	r := &h.req
-	fail := func(status int, msg string, header ...string) (*rawConn, []byte, []byte, error) {
+	fail := func(status int, msg string, header ...string) (net.Conn, []byte, []byte, error) {
 		err := errors.New(msg)
 		s.handshakeError(h, status, err, header...)
 		return nil, nil, nil, err
@@ -102,12 +102,11 @@ func (s *Server) upgrade(h *handshake) (raw *rawConn, resp, early []byte, err er
 	if err != nil {
 		return fail(http.StatusInternalServerError, "cannot take over the connection: "+err.Error())
 	}
-	raw = &rawConn{Conn: conn, timeout: s.cfg.WriteTimeout}
 	resp = make([]byte, 0, 160)
 	resp = append(resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
 	resp = ws.AppendAcceptKey(resp, key)
 	resp = append(resp, "\r\n\r\n"...)
-	return raw, resp, early, nil
+	return conn, resp, early, nil
 }
 
 // wsRequest is what the handshake reads from a WebSocket opening request,

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -157,5 +158,42 @@ func TestLayoutMatchesTheTree(t *testing.T) {
 				t.Errorf("%s: server/%s is in no layer", doc.name, f)
 			}
 		}
+	}
+}
+
+// TestLayersImportDownward keeps docs/architecture.md's promise that
+// dependencies point one way: each layer imports only the layers below
+// it (and the standard library and third-party modules).
+func TestLayersImportDownward(t *testing.T) {
+	const mod = "github.com/tether-chat/tether/"
+	allowed := map[string][]string{
+		"internal/ws":      {},
+		"internal/netpoll": {},
+		"protocol":         {},
+		"engine":           {},
+		"server/transport": {"internal/ws", "internal/netpoll", "protocol"},
+		"server/hub":       {"server/transport", "engine", "protocol"},
+	}
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, "../../...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	seen := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		pkg, ok := strings.CutPrefix(f[0], mod)
+		may, layered := allowed[pkg]
+		if !ok || !layered {
+			continue
+		}
+		seen++
+		for _, imp := range f[1:] {
+			if dep, ours := strings.CutPrefix(imp, mod); ours && !slices.Contains(may, dep) {
+				t.Errorf("%s imports %s: it may import only %v of Tether's", pkg, dep, may)
+			}
+		}
+	}
+	if seen != len(allowed) {
+		t.Fatalf("found %d of the %d layered packages in go list's output:\n%s", seen, len(allowed), out)
 	}
 }

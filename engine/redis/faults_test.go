@@ -12,6 +12,7 @@ import (
 	"github.com/tether-chat/tether/engine/enginetest"
 	"github.com/tether-chat/tether/internal/testnet"
 	"github.com/tether-chat/tether/internal/testredis"
+	"github.com/tether-chat/tether/internal/testwait"
 )
 
 // Faults between a node and Redis, injected by a TCP proxy on the node's
@@ -371,13 +372,7 @@ func TestSweptWhileAliveAssertsAgain(t *testing.T) {
 
 func waitFor(t *testing.T, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testwait.Until(t, 15*time.Second, what, ok)
 }
 
 // TestLostReplyEntersOnce: the reply to an Enter (a presence add with its

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tether-chat/tether/internal/testwait"
 )
 
 type countWaker struct{ n atomic.Int32 }
@@ -40,13 +42,7 @@ func pair(t *testing.T) (server, client net.Conn) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testwait.Until(t, 5*time.Second, what, cond)
 }
 
 // TestPollerWakesOnceUntilRearmed: registration is one-shot. Data wakes

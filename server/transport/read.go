@@ -1,4 +1,4 @@
-package server
+package transport
 
 import (
 	"errors"
@@ -22,14 +22,14 @@ const (
 	readOwn                // not polled: the connection has a reader goroutine of its own
 )
 
-// attach hands a new connection's socket to the poller, before anything
+// Attach hands a new connection's socket to the poller, before anything
 // else can see the connection; where the poller cannot drive the socket
-// (TLS, or no poller on this platform) startReading gives the connection a
-// reader goroutine of its own. Until startReading, the
+// (TLS, or no poller on this platform) StartReading gives the connection a
+// reader goroutine of its own. Until StartReading, the
 // goroutine that sets the connection up counts as its reader (rstate starts
 // as readBusy), so no reader runs during the set-up; a wake meanwhile is
 // remembered (readAgain).
-func (c *Conn) attach() {
+func (c *Conn) Attach() {
 	c.rstate.Store(readBusy)
 	p := netpoll.Get()
 	if p == nil {
@@ -49,9 +49,9 @@ type connWaker Conn
 
 func (w *connWaker) Wake() { (*Conn)(w).wake() }
 
-// startReading starts reading a set-up connection. early is what the
+// StartReading starts reading a set-up connection. early is what the
 // client sent right after its handshake request, read with it.
-func (c *Conn) startReading(early []byte) {
+func (c *Conn) StartReading(early []byte) {
 	switch {
 	case c.rstate.Load() == readOwn:
 		go c.readBlocking(early)
@@ -85,8 +85,9 @@ func (c *Conn) wake() {
 	}
 }
 
-// closeSocket closes the connection's socket; its reader then cleans up.
-func (c *Conn) closeSocket() {
+// CloseSocket closes the connection's socket at once; its reader then
+// cleans up.
+func (c *Conn) CloseSocket() {
 	c.raw.Conn.Close()
 	c.wake()
 }
@@ -99,20 +100,24 @@ func init() { readers = netpoll.NewPool(func(c *Conn) { c.readReady(nil) }) }
 
 func dispatchRead(c *Conn) { readers.Dispatch(c) }
 
+// Readers is how many pooled reader goroutines the process has, running
+// or waiting for work (a test's check that nothing leaks).
+func Readers() int { return readers.Workers() }
+
 var readBufPool = sync.Pool{New: func() any { b := make([]byte, 8192); return &b }}
 
-// readerHot is how long a busy connection's reader waits for more once
+// ReaderHot is how long a busy connection's reader waits for more once
 // the socket is quiet, before it gives the socket back to the poller and
 // itself up. A connection is busy when it becomes readable again within
-// readerHot of its reader's last return: then its reader stays and Go's own
+// ReaderHot of its reader's last return: then its reader stays and Go's own
 // netpoller wakes it, with no hand-off from the poller (request/reply
 // traffic). A connection that sends now and then (a chat user, pongs, the
 // set-up's join) has a reader only while it reads.
-const readerHot = 100 * time.Millisecond
+const ReaderHot = 100 * time.Millisecond
 
 // readReady is the poller-driven reader: it reads and handles what
 // arrives until a read would block (or, on a busy connection, until the
-// socket has been quiet for readerHot), then re-arms the socket with the
+// socket has been quiet for ReaderHot), then re-arms the socket with the
 // poller and returns; the buffer goes back to the pool, so nothing stays
 // allocated for an idle connection. When the socket is gone it cleans up.
 func (c *Conn) readReady(early []byte) {
@@ -120,7 +125,7 @@ func (c *Conn) readReady(early []byte) {
 		c.onData(early)
 	}
 	bp := readBufPool.Get().(*[]byte)
-	var hold time.Duration // 0: do not wait; readerHot once busy
+	var hold time.Duration // 0: do not wait; ReaderHot once busy
 	for {
 		n, err := c.sock.Read(*bp, hold)
 		switch {
@@ -129,8 +134,8 @@ func (c *Conn) readReady(early []byte) {
 			continue
 		case err == syscall.EINTR:
 			continue
-		case err == syscall.EAGAIN && time.Since(c.idleAt) < readerHot:
-			hold = readerHot // busy: wait here for more
+		case err == syscall.EAGAIN && time.Since(c.idleAt) < ReaderHot:
+			hold = ReaderHot // busy: wait here for more
 			continue
 		case err == syscall.EAGAIN, errors.Is(err, os.ErrDeadlineExceeded):
 			c.idleAt = time.Now()
@@ -145,7 +150,7 @@ func (c *Conn) readReady(early []byte) {
 		readBufPool.Put(bp)
 		c.rstate.Store(readDone)
 		netpoll.Get().Remove(c.sock, (*connWaker)(c))
-		c.srv.disconnected(c)
+		c.h.OnGone()
 		return
 	}
 }
@@ -164,46 +169,40 @@ func (c *Conn) readBlocking(early []byte) {
 		}
 		if err != nil {
 			c.rstate.Store(readDone)
-			c.srv.disconnected(c)
+			c.h.OnGone()
 			return
 		}
 	}
 }
 
 // onData processes bytes read from the socket (see ws.Reader.Feed): the
-// frames in them are handled through wsHandler, and one write carries
-// every reply to them. p may be modified and is not retained.
+// frames in them are handled through wsHandler, then the handler's OnRead,
+// and one write carries every reply to them. p may be modified and is not
+// retained.
 func (c *Conn) onData(p []byte) {
 	if c.rd.Done() {
 		return
 	}
-	c.touch()
+	c.Touch()
 	defer func() {
 		if r := recover(); r != nil {
-			c.rd.Stop()    // the rest is discarded until the socket closes
-			c.closeBatch() // its chats unanswered: the connection is closed with 1011, its client sends them again
-			c.srv.panicked("reading", r, c)
+			c.rd.Stop() // the rest is discarded until the socket closes
+			c.h.OnPanic("reading", r)
 		}
 	}()
-	defer c.flushLater() // one write for every reply to what p held
+	defer c.FlushReplies() // one write for every reply to what p held
 	c.rd.Feed(p, (*wsHandler)(c))
-	c.flushChats() // the chats of this read, as one batch
+	c.h.OnRead()
 }
 
 // wsHandler is a connection as the WebSocket reader sees it
 // (ws.Handler).
 type wsHandler Conn
 
-func (h *wsHandler) Limit(op byte) int64 {
-	if op == ws.OpBinary {
-		return h.srv.maxBinary() // a file
-	}
-	return h.srv.cfg.MaxMessageSize
-}
-
-func (h *wsHandler) OnMessage(op byte, data []byte) { (*Conn)(h).onMessage(op, data) }
+func (h *wsHandler) Limit(op byte) int64            { return h.h.Limit(op) }
+func (h *wsHandler) OnMessage(op byte, data []byte) { h.h.OnMessage(op, data) }
 func (h *wsHandler) OnPing(payload []byte)          { (*Conn)(h).pong(payload) }
-func (h *wsHandler) OnPong([]byte)                  {} // onData's touch was all it was for
+func (h *wsHandler) OnPong([]byte)                  {} // onData's Touch was all it was for
 
 func (h *wsHandler) OnClose(code ws.Status, reason string) {
 	(*Conn)(h).peerClosed(protocol.Disconnect{Code: protocol.CloseCode(code), Reason: reason})
@@ -212,9 +211,7 @@ func (h *wsHandler) OnClose(code ws.Status, reason string) {
 // OnFail closes a connection that broke the protocol, after what is
 // queued (the replies to what came before).
 func (h *wsHandler) OnFail(e *ws.Error) {
-	c := (*Conn)(h)
 	d := protocol.Disconnect{Code: protocol.CloseCode(e.Code), Reason: e.Reason}
-	c.srv.log.Info("closing a connection that broke the protocol", "user", c.user, "remote", c.remote,
-		"code", int(d.Code), "reason", d.Reason)
-	c.close(d, closeDrain)
+	h.h.OnFail(d)
+	(*Conn)(h).Close(d, CloseDrain)
 }

@@ -1,8 +1,15 @@
-package server
+// Package hub is the node's registry of who is where: rooms and their
+// member connections, users and their connections (tabs), private
+// conversations' partners and ghosts, presence and its coalescing in big
+// rooms, and the delivery of the engine's publications to the members of
+// their streams. It knows members through a small interface (Member) and
+// the node it runs in through another (Node); it never sees a socket.
+package hub
 
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -10,9 +17,74 @@ import (
 
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/transport"
 )
 
-// hub is the node's registry of who is where: rooms and their member
+// Member is one connection as the hub sees it: the session's connection.
+type Member interface {
+	ID() uint64
+	User() string
+	// Rooms is the member's set of rooms on this node; the hub keeps it,
+	// under its lock.
+	Rooms() *Rooms
+	// Deliver queues a publication's frame for the member (or holds it
+	// while the member replays what it missed); a member whose writer
+	// must start is added to later. It never blocks.
+	Deliver(frame []byte, stream, epoch string, seq uint64, later *transport.Batch) bool
+	// Close closes the member's connection.
+	Close(d protocol.Disconnect, mode transport.CloseMode)
+}
+
+// Rooms is a member's set of rooms on this node, kept by the hub. The
+// zero value is empty; embed it in the member.
+type Rooms struct{ m map[string]struct{} }
+
+// Node is what the hub needs from the node it runs in.
+type Node interface {
+	// Joined and Left are told when a user's presence enters or leaves a
+	// room (the application's hooks).
+	Joined(user, room string)
+	Left(user, room string)
+	// Delivered is told of each publication delivered on this node (its
+	// type and when it was published, unix milliseconds: metrics).
+	Delivered(typ string, ts int64)
+	// Control carries out a control message published on user's inbox
+	// (typeControl): it is for the node, never sent to clients. It must
+	// not block.
+	Control(user string, p *engine.Publication)
+	// Panicked is told of a panic the hub recovered (in a delivery, a
+	// grace timer); the hub goes on.
+	Panicked(where string, r any)
+	// EngineFailed turns an engine error into what the client is
+	// answered (and counts it).
+	EngineFailed(op string, err error) error
+	// OpContext is the context for an engine call of at most d.
+	OpContext(d time.Duration) (context.Context, context.CancelFunc)
+}
+
+// Config is a hub's.
+type Config struct {
+	Engine engine.Engine
+	NodeID string // a publication from this node skips the connection that sent it (SkipConn)
+	Log    *slog.Logger
+	// Flusher, when not nil, is the write delay's: room deliveries park
+	// their writers with it.
+	Flusher *transport.Flusher
+	// See server.Config.
+	PresenceEventsMax int
+	MembersMax        int
+	MaxRoomsPerConn   int
+	PresenceInterval  time.Duration
+	ResumeWindow      time.Duration
+}
+
+// TypeControl is the type of a control message: the server API's
+// disconnect and unsubscribe, published (ephemerally) on the user's inbox
+// stream so that they reach every node holding a connection of the user.
+// The hub hands them to Node.Control; they are never sent to clients.
+const TypeControl = "_control"
+
+// Hub is the node's registry of who is where: rooms and their member
 // connections, users and their connections (tabs), private-conversation
 // partners, and ghosts. It turns engine deliveries into enqueued frames.
 //
@@ -36,11 +108,12 @@ import (
 //	                 holder's removal. A leave takes it before it lets the
 //	                 key lock go; a set-up takes those of every set it
 //	                 newly enters, sorted, holding no key lock.
-//	hub.mu           guards the maps below; held only briefly, never across
+//	Hub.mu           guards the maps below; held only briefly, never across
 //	                 an engine call. Delivery holds it for reading.
-//	Conn.mu          guards one connection's send queue.
-type hub struct {
-	srv  *Server
+//	(then the member's own locks: its held deliveries, its send queue)
+type Hub struct {
+	cfg  Config
+	node Node
 	keys *keyLocks[string] // keyLock's: by stream
 	// presenceKeys are presenceLock's: a user's presence in one room.
 	presenceKeys *keyLocks[roomUser]
@@ -49,7 +122,7 @@ type hub struct {
 	rooms    map[string]*room
 	users    map[string]*userConns
 	partners map[string]map[string]struct{} // user -> users they had a private conversation with
-	all      map[*Conn]struct{}
+	all      map[Member]struct{}
 	dirty    map[string]struct{} // big rooms whose count changed since the last flush
 	ghosts   map[string]*ghost   // session id -> memberships held through the grace period
 	// partnerAdds counts the partners noted, so that Shutdown can tell
@@ -57,35 +130,35 @@ type hub struct {
 	partnerAdds atomic.Uint64
 
 	membersMu      sync.Mutex
-	members        map[string]cachedMembers // big rooms' listed users, encoded
-	membersLoading map[string]*membersLoad  // reads of big rooms in flight
+	members        map[string]Listing      // big rooms' listed users, encoded
+	membersLoading map[string]*membersLoad // reads of big rooms in flight
 }
 
-// cachedMembers is a big room's user list (at most MembersMax), encoded.
-type cachedMembers struct {
-	json  []byte // the listed users
-	n     int    // how many are listed
-	count int    // the room's size
-	at    time.Time
+// Listing is a big room's user list (at most MembersMax), encoded.
+type Listing struct {
+	JSON   []byte // the listed users, a JSON array
+	Listed int    // how many are listed
+	Count  int    // the room's size
+	At     time.Time
 }
 
-// cachedBigRoom returns a big room's cached members, if they are fresh: read
+// CachedBigRoom returns a big room's cached members, if they are fresh: read
 // at most once per PresenceInterval (presence in big rooms is coalesced to
 // that interval anyway, and every engine call saved counts when thousands
 // of clients join or resume at once).
-func (h *hub) cachedBigRoom(room string) (cachedMembers, bool) {
+func (h *Hub) CachedBigRoom(room string) (Listing, bool) {
 	h.membersMu.Lock()
 	m, ok := h.members[room]
 	h.membersMu.Unlock()
-	return m, ok && time.Since(m.at) < h.srv.cfg.PresenceInterval
+	return m, ok && time.Since(m.At) < h.cfg.PresenceInterval
 }
 
-// loadBigRoom reads a big room's listed users and caches them with its size
+// LoadBigRoom reads a big room's listed users and caches them with its size
 // (count, as the caller just read it), for cachedBigRoom. Callers that
 // come while a read of the room is in flight wait for it and share its
 // result: thousands of clients resuming into a room the node has not
 // listed yet would otherwise each read the whole room from the engine.
-func (h *hub) loadBigRoom(ctx context.Context, room string, count int) (cachedMembers, error) {
+func (h *Hub) LoadBigRoom(ctx context.Context, room string, count int) (Listing, error) {
 	h.membersMu.Lock()
 	if l := h.membersLoading[room]; l != nil {
 		h.membersMu.Unlock()
@@ -93,7 +166,7 @@ func (h *hub) loadBigRoom(ctx context.Context, room string, count int) (cachedMe
 		case <-l.done:
 			return l.m, l.err
 		case <-ctx.Done():
-			return cachedMembers{}, ctx.Err()
+			return Listing{}, ctx.Err()
 		}
 	}
 	if h.membersLoading == nil {
@@ -103,17 +176,17 @@ func (h *hub) loadBigRoom(ctx context.Context, room string, count int) (cachedMe
 	h.membersLoading[room] = l
 	h.membersMu.Unlock()
 
-	users, err := h.srv.eng.PresenceMembers(ctx, room, h.srv.cfg.MembersMax)
+	users, err := h.cfg.Engine.PresenceMembers(ctx, room, h.cfg.MembersMax)
 	if err == nil {
 		b, _ := json.Marshal(users)
-		l.m = cachedMembers{json: b, n: len(users), count: max(count, len(users)), at: time.Now()}
+		l.m = Listing{JSON: b, Listed: len(users), Count: max(count, len(users)), At: time.Now()}
 	}
 	l.err = err
 	h.membersMu.Lock()
 	delete(h.membersLoading, room)
 	if err == nil {
 		if h.members == nil {
-			h.members = make(map[string]cachedMembers)
+			h.members = make(map[string]Listing)
 		}
 		h.members[room] = l.m
 	}
@@ -125,18 +198,18 @@ func (h *hub) loadBigRoom(ctx context.Context, room string, count int) (cachedMe
 // membersLoad is a read of a big room's members in flight.
 type membersLoad struct {
 	done chan struct{} // closed when m and err are set
-	m    cachedMembers
+	m    Listing
 	err  error
 }
 
 type room struct {
-	conns []*Conn // live member connections; fan-out iterates a slice, not a map
-	index map[*Conn]int
+	conns []Member // live member connections; fan-out iterates a slice, not a map
+	index map[Member]int
 	users map[string]int // user -> holders (connections and ghosts) in the room
 }
 
 type userConns struct {
-	conns  []*Conn
+	conns  []Member
 	ghosts int
 }
 
@@ -146,59 +219,68 @@ type ghost struct {
 	timer *time.Timer
 }
 
-func newHub(s *Server) *hub {
-	return &hub{
-		srv:          s,
+// New makes the hub of a node.
+func New(cfg Config, node Node) *Hub {
+	return &Hub{
+		cfg:          cfg,
+		node:         node,
 		keys:         newKeyLocks(hashString),
 		presenceKeys: newKeyLocks(hashRoomUser),
 		rooms:        make(map[string]*room),
 		users:        make(map[string]*userConns),
 		partners:     make(map[string]map[string]struct{}),
-		all:          make(map[*Conn]struct{}),
+		all:          make(map[Member]struct{}),
 		dirty:        make(map[string]struct{}),
 		ghosts:       make(map[string]*ghost),
 	}
 }
 
-func (h *hub) keyLock(stream string) keyLock[string] { return h.keys.get(stream) }
+// recoverPanic is deferred by the hub's own goroutines and by Deliver.
+func (h *Hub) recoverPanic(where string) {
+	if r := recover(); r != nil {
+		h.node.Panicked(where, r)
+	}
+}
+
+func (h *Hub) keyLock(stream string) keyLock[string] { return h.keys.get(stream) }
 
 // The hub is the engine's handler (engine.Handler).
-var _ engine.Handler = (*hub)(nil)
+var _ engine.Handler = (*Hub)(nil)
 
 // Deliver is the engine's delivery of one publication: encoded once,
 // queued to every local connection of its stream. A panic here (a bug) is
 // logged and counted; the engine goes on delivering.
-func (h *hub) Deliver(p *engine.Publication) {
-	defer h.srv.recoverPanic("delivery", nil)
+func (h *Hub) Deliver(p *engine.Publication) {
+	defer h.recoverPanic("delivery")
 	kind, name, ok := engine.ParseStream(p.Stream)
 	if !ok {
 		return
 	}
-	if p.Type == typeControl {
+	if p.Type == TypeControl {
 		if kind == "user" {
-			h.control(name, p)
+			h.node.Control(name, p)
 		}
 		return
 	}
-	frame := encodePublication(p)
+	frame := Frame(p)
 	if frame == nil {
 		return
 	}
-	h.srv.metrics.observeDelivery(p.Type, p.TS)
+	h.node.Delivered(p.Type, p.TS)
 	if p.Type == protocol.TypeDirect && kind == "user" {
 		other := p.From
 		if other == name {
 			other = p.To
 		}
-		h.notePartner(name, other)
+		h.NotePartner(name, other)
 	}
 	skip := p.SkipConn
-	if p.Node != h.srv.nodeID {
+	if p.Node != h.cfg.NodeID {
 		skip = 0
 	}
-	later := writersPool.Get().(*[]*Conn)
+	later := transport.NewBatch()
 	h.mu.RLock()
-	var targets []*Conn
+	var targets []Member
 	if kind == "room" {
 		if r := h.rooms[name]; r != nil {
 			targets = r.conns
@@ -207,62 +289,16 @@ func (h *hub) Deliver(p *engine.Publication) {
 		targets = u.conns
 	}
 	for _, c := range targets {
-		if c.id != skip {
-			c.enqueuePub(frame, p.Stream, p.Epoch, p.Seq, later)
+		if c.ID() != skip {
+			c.Deliver(frame, p.Stream, p.Epoch, p.Seq, later)
 		}
 	}
 	h.mu.RUnlock()
-	if f := h.srv.flusher; f != nil && kind == "room" {
-		f.startOrPark(later, p.Type == protocol.TypePresence && p.Action == protocol.PresenceCount)
+	if f := h.cfg.Flusher; f != nil && kind == "room" {
+		f.StartOrPark(later, p.Type == protocol.TypePresence && p.Action == protocol.PresenceCount)
 		return
 	}
-	startWriters(later)
-}
-
-// Control messages: the server API's disconnect and unsubscribe, published
-// (ephemerally) on the user's inbox stream so that they reach every node
-// holding a connection of the user. They are never sent to clients.
-const (
-	typeControl    = "_control"
-	ctlDisconnect  = "disconnect"  // Count: the close code; Text: the reason
-	ctlUnsubscribe = "unsubscribe" // Room
-)
-
-// control carries out a control message for user's connections on this
-// node. Deliver must not block: the work that waits on the engine runs on
-// a goroutine of its own.
-func (h *hub) control(user string, p *engine.Publication) {
-	h.mu.RLock()
-	var conns []*Conn
-	if u := h.users[user]; u != nil {
-		conns = append(conns, u.conns...)
-	}
-	h.mu.RUnlock()
-	switch p.Action {
-	case ctlDisconnect:
-		h.srv.log.Info("disconnected by the application", "user", user, "connections", len(conns), "code", p.Count)
-		for _, c := range conns {
-			c.close(protocol.Disconnect{Code: protocol.CloseCode(p.Count), Reason: p.Text}, closeDrain)
-		}
-	case ctlUnsubscribe:
-		if len(conns) == 0 {
-			return
-		}
-		go func() {
-			defer h.srv.recoverPanic("unsubscribe", nil)
-			ctx, cancel := h.srv.opContext(10 * time.Second)
-			defer cancel()
-			frame := protocol.Encode(protocol.TypeUnsubscribed, "", protocol.Unsubscribed{Room: p.Room})
-			for _, c := range conns {
-				if !h.isMember(c, p.Room) {
-					continue
-				}
-				h.leave(ctx, c, p.Room)
-				h.srv.saveSession(ctx, c)
-				c.enqueue(frame)
-			}
-		}()
-	}
+	later.Start()
 }
 
 // Lost is the engine telling that this node may have missed publications
@@ -270,13 +306,13 @@ func (h *hub) control(user string, p *engine.Publication) {
 // stream is closed with 4010: it resumes, and the resume's recovery
 // replays what history still holds or says plainly that it cannot
 // (recovered: false). Nobody keeps reading past a silent gap.
-func (h *hub) Lost(stream string) {
+func (h *Hub) Lost(stream string) {
 	kind, name, ok := engine.ParseStream(stream)
 	if !ok {
 		return
 	}
 	h.mu.RLock()
-	var conns []*Conn
+	var conns []Member
 	if kind == "room" {
 		if r := h.rooms[name]; r != nil {
 			conns = append(conns, r.conns...)
@@ -285,57 +321,21 @@ func (h *hub) Lost(stream string) {
 		conns = append(conns, u.conns...)
 	}
 	h.mu.RUnlock()
-	h.srv.log.Warn("missed messages the history no longer covers: its connections resume", "stream", stream, "connections", len(conns))
+	h.cfg.Log.Warn("missed messages the history no longer covers: its connections resume", "stream", stream, "connections", len(conns))
 	for _, c := range conns {
-		c.close(protocol.DisconnectResync, closeDrain)
+		c.Close(protocol.DisconnectResync, transport.CloseDrain)
 	}
 }
 
-// writersPool holds the lists of connections whose writers a delivery
-// starts once it has released the hub's lock.
-var writersPool = sync.Pool{New: func() any { s := make([]*Conn, 0, 64); return &s }}
-
-// writersPerGoroutine is how many connections one goroutine writes to when
-// a delivery fans out: a few in the delivering goroutine itself, more in
-// batches (the delivering goroutine may hold the engine's stream lock, and
-// batches write in parallel on several cores).
-const writersPerGoroutine = 256
-
-// startWriters starts the writer of every connection in *later, then puts
-// the list back in writersPool.
-func startWriters(later *[]*Conn) {
-	conns := *later
-	if len(conns) <= writersPerGoroutine/4 {
-		for _, c := range conns {
-			c.startWriterSafely()
-		}
-	} else {
-		// Large fan-out: batches of writersPerGoroutine, each goroutine
-		// with its own copy of its slice (the list goes back to the pool).
-		for rest := conns; len(rest) > 0; {
-			n := min(len(rest), writersPerGoroutine)
-			batch := append([]*Conn(nil), rest[:n]...)
-			rest = rest[n:]
-			go func() {
-				for _, c := range batch {
-					c.startWriterSafely()
-				}
-			}()
-		}
-	}
-	clear(conns)
-	*later = conns[:0]
-	writersPool.Put(later)
-}
-
-// encodePublication renders a publication as the frame clients receive.
-func encodePublication(p *engine.Publication) []byte {
+// Frame renders a publication as the frame clients receive (nil for a
+// type they are not sent).
+func Frame(p *engine.Publication) []byte {
 	switch p.Type {
 	case protocol.TypeChat:
-		return protocol.Encode(protocol.TypeChat, "", chatOf(p))
+		return protocol.Encode(protocol.TypeChat, "", ChatOf(p))
 	case protocol.TypeDirect:
 		return protocol.Encode(protocol.TypeDirect, "", protocol.Direct{From: p.From, To: p.To, Text: p.Text,
-			Seq: p.Seq, Epoch: p.Epoch, ID: p.ClientID, TS: p.TS, File: fileInfo(p.File)})
+			Seq: p.Seq, Epoch: p.Epoch, ID: p.ClientID, TS: p.TS, File: FileInfo(p.File)})
 	case protocol.TypePresence:
 		return protocol.Encode(protocol.TypePresence, "", protocol.Presence{Room: p.Room, User: p.User,
 			Action: p.Action, Count: p.Count})
@@ -345,18 +345,19 @@ func encodePublication(p *engine.Publication) []byte {
 	return nil
 }
 
-func chatOf(p *engine.Publication) protocol.Chat {
+// ChatOf is a chat publication as clients see it.
+func ChatOf(p *engine.Publication) protocol.Chat {
 	return protocol.Chat{Room: p.Room, From: p.From, Text: p.Text, Seq: p.Seq, Epoch: p.Epoch, ID: p.ClientID, TS: p.TS,
-		File: fileInfo(p.File)}
+		File: FileInfo(p.File)}
 }
 
 // dropConnOfUser removes c from its user's connections, leaving a ghost in
 // its place when asked, and reports whether the user has no holder left.
-func (h *hub) dropConnOfUser(c *Conn, leaveGhost bool) (gone bool) {
+func (h *Hub) dropConnOfUser(c Member, leaveGhost bool) (gone bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.all, c)
-	u := h.users[c.user]
+	u := h.users[c.User()]
 	if u == nil {
 		return false
 	}
@@ -369,11 +370,11 @@ func (h *hub) dropConnOfUser(c *Conn, leaveGhost bool) (gone bool) {
 	if leaveGhost {
 		u.ghosts++
 	}
-	return h.userGoneLocked(c.user, u)
+	return h.userGoneLocked(c.User(), u)
 }
 
 // userGoneLocked deletes u when nothing holds it; h.mu must be held.
-func (h *hub) userGoneLocked(user string, u *userConns) bool {
+func (h *Hub) userGoneLocked(user string, u *userConns) bool {
 	if len(u.conns) > 0 || u.ghosts > 0 {
 		return false
 	}
@@ -386,8 +387,8 @@ func (h *hub) userGoneLocked(user string, u *userConns) bool {
 // private-conversation partners with a `left` notice: a user who resumed
 // on another node is still online, and nobody is told they left. The
 // user's key lock must be held.
-func (h *hub) userGone(ctx context.Context, user string) {
-	eng := h.srv.eng
+func (h *Hub) userGone(ctx context.Context, user string) {
+	eng := h.cfg.Engine
 	eng.Unsubscribe(ctx, engine.UserStream(user))
 	removed, _, err := eng.PresenceRemove(ctx, "", user)
 	h.mu.Lock()
@@ -395,7 +396,7 @@ func (h *hub) userGone(ctx context.Context, user string) {
 	delete(h.partners, user)
 	h.mu.Unlock()
 	if err != nil {
-		h.srv.log.Warn("presence remove failed; no left notice", "user", user, "err", err)
+		h.cfg.Log.Warn("presence remove failed; no left notice", "user", user, "err", err)
 		return
 	}
 	if !removed {
@@ -404,48 +405,49 @@ func (h *hub) userGone(ctx context.Context, user string) {
 	for p := range partners {
 		left := &engine.Publication{Stream: engine.UserStream(p), Type: protocol.TypeLeft, User: user, TS: time.Now().UnixMilli()}
 		if _, err := eng.Publish(ctx, left, engine.PublishOptions{Ephemeral: true}); err != nil {
-			h.srv.log.Warn("left notice not published", "user", user, "partner", p, "err", err)
+			h.cfg.Log.Warn("left notice not published", "user", user, "partner", p, "err", err)
 		}
 	}
 }
 
-// unregister removes a connection that ended cleanly: it leaves every room
+// Unregister removes a connection that ended cleanly: it leaves every room
 // now, and the user's last holder takes them offline.
-func (h *hub) unregister(ctx context.Context, c *Conn) {
-	for _, r := range h.roomsOf(c) {
-		h.leave(ctx, c, r)
+func (h *Hub) Unregister(ctx context.Context, c Member) {
+	for _, r := range h.RoomsOf(c) {
+		h.Leave(ctx, c, r)
 	}
-	stream := engine.UserStream(c.user)
+	stream := engine.UserStream(c.User())
 	kl := h.keyLock(stream)
 	kl.Lock()
 	defer kl.Unlock()
 	if h.dropConnOfUser(c, false) {
-		h.userGone(ctx, c.user)
+		h.userGone(ctx, c.User())
 	}
 }
 
-// forget removes a connection from the hub's own maps and tells the engine
+// Forget removes a connection from the hub's own maps and tells the engine
 // nothing: the node is stopping (see Server.disconnected).
-func (h *hub) forget(c *Conn) {
+func (h *Hub) Forget(c Member) {
 	h.mu.Lock()
-	for name := range c.rooms {
+	rs := c.Rooms()
+	for name := range rs.m {
 		if r := h.rooms[name]; r != nil {
 			if i, in := r.index[c]; in {
 				r.removeConn(c, i)
-				h.releaseHolderLocked(name, r, c.user) // the engine side is left undone on purpose
+				h.releaseHolderLocked(name, r, c.User()) // the engine side is left undone on purpose
 			}
 		}
 	}
-	clear(c.rooms)
+	clear(rs.m)
 	h.mu.Unlock()
 	h.dropConnOfUser(c, false)
 }
 
-// detach removes a connection that dropped without a clean close, leaving a
+// Detach removes a connection that dropped without a clean close, leaving a
 // ghost that holds its memberships until the grace period ends or the
 // session resumes (releaseGhost).
-func (h *hub) detach(ctx context.Context, c *Conn, session string, grace time.Duration) {
-	g := &ghost{user: c.user, rooms: h.roomsOf(c)}
+func (h *Hub) Detach(ctx context.Context, c Member, session string, grace time.Duration) {
+	g := &ghost{user: c.User(), rooms: h.RoomsOf(c)}
 	for _, name := range g.rooms {
 		kl := h.keyLock(engine.RoomStream(name))
 		kl.Lock()
@@ -455,11 +457,11 @@ func (h *hub) detach(ctx context.Context, c *Conn, session string, grace time.Du
 				r.removeConn(c, i)
 			}
 		}
-		delete(c.rooms, name)
+		delete(c.Rooms().m, name)
 		h.mu.Unlock()
 		kl.Unlock()
 	}
-	kl := h.keyLock(engine.UserStream(c.user))
+	kl := h.keyLock(engine.UserStream(c.User()))
 	kl.Lock()
 	h.dropConnOfUser(c, true)
 	kl.Unlock()
@@ -476,18 +478,18 @@ func (h *hub) detach(ctx context.Context, c *Conn, session string, grace time.Du
 	}
 	h.ghosts[session] = g
 	g.timer = time.AfterFunc(grace, func() {
-		defer h.srv.recoverPanic("presence grace", nil)
-		ctx, cancel := h.srv.opContext(10 * time.Second)
+		defer h.recoverPanic("presence grace")
+		ctx, cancel := h.node.OpContext(10 * time.Second)
 		defer cancel()
-		h.releaseGhost(ctx, session)
+		h.ReleaseGhost(ctx, session)
 	})
 	h.mu.Unlock()
 }
 
-// releaseGhost ends a ghost: on resume (the new connection already holds
+// ReleaseGhost ends a ghost: on resume (the new connection already holds
 // the rooms again, so no event is published) or when the grace period
 // ends (the leaves happen now). Whoever removes it from the map releases it.
-func (h *hub) releaseGhost(ctx context.Context, session string) bool {
+func (h *Hub) ReleaseGhost(ctx context.Context, session string) bool {
 	h.mu.Lock()
 	g := h.ghosts[session]
 	delete(h.ghosts, session)
@@ -500,7 +502,7 @@ func (h *hub) releaseGhost(ctx context.Context, session string) bool {
 	return true
 }
 
-func (h *hub) dropGhost(ctx context.Context, g *ghost) {
+func (h *Hub) dropGhost(ctx context.Context, g *ghost) {
 	for _, name := range g.rooms {
 		stream := engine.RoomStream(name)
 		kl := h.keyLock(stream)
@@ -529,8 +531,8 @@ func (h *hub) dropGhost(ctx context.Context, g *ghost) {
 	}
 }
 
-// dropGhosts forgets every ghost without publishing anything (shutdown).
-func (h *hub) dropGhosts() {
+// DropGhosts forgets every ghost without publishing anything (shutdown).
+func (h *Hub) DropGhosts() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for id, g := range h.ghosts {
@@ -539,18 +541,19 @@ func (h *hub) dropGhosts() {
 	}
 }
 
-func (h *hub) roomsOf(c *Conn) []string {
+func (h *Hub) RoomsOf(c Member) []string {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	rooms := make([]string, 0, len(c.rooms))
-	for r := range c.rooms {
+	rs := c.Rooms()
+	rooms := make([]string, 0, len(rs.m))
+	for r := range rs.m {
 		rooms = append(rooms, r)
 	}
 	sort.Strings(rooms)
 	return rooms
 }
 
-func (h *hub) notePartner(user, other string) {
+func (h *Hub) NotePartner(user, other string) {
 	if user == other {
 		return
 	}
@@ -574,8 +577,8 @@ func (h *hub) notePartner(user, other string) {
 	h.partnerAdds.Add(1)
 }
 
-// partnersOf lists a user's private-conversation partners, sorted.
-func (h *hub) partnersOf(user string) []string {
+// PartnersOf lists a user's private-conversation partners, sorted.
+func (h *Hub) PartnersOf(user string) []string {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	out := make([]string, 0, len(h.partners[user]))
@@ -586,22 +589,16 @@ func (h *hub) partnersOf(user string) []string {
 	return out
 }
 
-// roomPos is a room's (epoch, top) at one moment.
-type roomPos struct {
-	epoch string
-	top   uint64
-}
-
 // presenceLock orders one user's presence updates in one room: their
 // first tab joining and their last tab leaving. It is taken after the
 // room's key lock.
-func (h *hub) presenceLock(room, user string) keyLock[roomUser] {
+func (h *Hub) presenceLock(room, user string) keyLock[roomUser] {
 	return h.presenceKeys.get(roomUser{room, user})
 }
 
-// leave takes c out of room. Leaving a room c is not in does nothing (a
+// Leave takes c out of room. Leaving a room c is not in does nothing (a
 // re-sent leave whose first attempt went through).
-func (h *hub) leave(ctx context.Context, c *Conn, name string) error {
+func (h *Hub) Leave(ctx context.Context, c Member, name string) error {
 	kl := h.keyLock(engine.RoomStream(name))
 	kl.Lock()
 	defer kl.Unlock()
@@ -617,15 +614,15 @@ func (h *hub) leave(ctx context.Context, c *Conn, name string) error {
 		return nil
 	}
 	r.removeConn(c, i)
-	delete(c.rooms, name)
-	lastTab, emptyRoom := h.releaseHolderLocked(name, r, c.user)
+	delete(c.Rooms().m, name)
+	lastTab, emptyRoom := h.releaseHolderLocked(name, r, c.User())
 	h.mu.Unlock()
-	h.afterRelease(ctx, name, c.user, lastTab, emptyRoom)
+	h.afterRelease(ctx, name, c.User(), lastTab, emptyRoom)
 	return nil
 }
 
 // removeConn takes the connection at index i out of the room's live list.
-func (r *room) removeConn(c *Conn, i int) {
+func (r *room) removeConn(c Member, i int) {
 	last := len(r.conns) - 1
 	r.conns[i] = r.conns[last]
 	r.index[r.conns[i]] = i
@@ -635,7 +632,7 @@ func (r *room) removeConn(c *Conn, i int) {
 }
 
 // releaseHolderLocked drops one of user's holds on room; h.mu must be held.
-func (h *hub) releaseHolderLocked(name string, r *room, user string) (lastTab, emptyRoom bool) {
+func (h *Hub) releaseHolderLocked(name string, r *room, user string) (lastTab, emptyRoom bool) {
 	r.users[user]--
 	if r.users[user] <= 0 {
 		delete(r.users, user)
@@ -650,8 +647,8 @@ func (h *hub) releaseHolderLocked(name string, r *room, user string) (lastTab, e
 
 // afterRelease carries out the engine side of a released hold; the room's
 // key lock must be held.
-func (h *hub) afterRelease(ctx context.Context, name, user string, lastTab, emptyRoom bool) {
-	eng := h.srv.eng
+func (h *Hub) afterRelease(ctx context.Context, name, user string, lastTab, emptyRoom bool) {
+	eng := h.cfg.Engine
 	if emptyRoom {
 		eng.Unsubscribe(ctx, engine.RoomStream(name))
 	}
@@ -663,19 +660,19 @@ func (h *hub) afterRelease(ctx context.Context, name, user string, lastTab, empt
 	defer pl.Unlock()
 	removed, n, err := eng.PresenceRemove(ctx, name, user)
 	if err != nil {
-		h.srv.log.Warn("presence remove failed", "room", name, "user", user, "err", err)
+		h.cfg.Log.Warn("presence remove failed", "room", name, "user", user, "err", err)
 		return
 	}
 	if removed {
-		h.srv.hook(HookEvent{Type: "leave", User: user, Room: name})
+		h.node.Left(user, name)
 		h.presenceChanged(ctx, name, user, protocol.PresenceLeave, n)
 	}
 }
 
 // presenceChanged tells a room that user joined or left. In a big room it
 // only marks the room for the next coalesced count event (flushPresence).
-func (h *hub) presenceChanged(ctx context.Context, room, user, action string, count int) {
-	if max := h.srv.cfg.PresenceEventsMax; max >= 0 && count > max {
+func (h *Hub) presenceChanged(ctx context.Context, room, user, action string, count int) {
+	if max := h.cfg.PresenceEventsMax; max >= 0 && count > max {
 		h.mu.Lock()
 		h.dirty[room] = struct{}{}
 		h.mu.Unlock()
@@ -684,12 +681,12 @@ func (h *hub) presenceChanged(ctx context.Context, room, user, action string, co
 	h.publishPresence(ctx, room, user, action, count)
 }
 
-// flushPresence sends one count event to each big room whose membership
+// FlushPresence sends one count event to each big room whose membership
 // changed since the last flush, and forgets stale member lists.
-func (h *hub) flushPresence(ctx context.Context) {
+func (h *Hub) FlushPresence(ctx context.Context) {
 	h.membersMu.Lock()
 	for room, m := range h.members {
-		if time.Since(m.at) > h.srv.cfg.PresenceInterval {
+		if time.Since(m.At) > h.cfg.PresenceInterval {
 			delete(h.members, room)
 		}
 	}
@@ -706,100 +703,89 @@ func (h *hub) flushPresence(ctx context.Context) {
 	clear(h.dirty)
 	h.mu.Unlock()
 	for _, r := range rooms {
-		n, err := h.srv.eng.PresenceCount(ctx, r)
+		n, err := h.cfg.Engine.PresenceCount(ctx, r)
 		if err != nil {
-			h.srv.log.Warn("presence count failed", "room", r, "err", err)
+			h.cfg.Log.Warn("presence count failed", "room", r, "err", err)
 			continue
 		}
 		h.publishPresence(ctx, r, "", protocol.PresenceCount, n)
 	}
 }
 
-func (h *hub) publishPresence(ctx context.Context, room, user, action string, count int) {
+func (h *Hub) publishPresence(ctx context.Context, room, user, action string, count int) {
 	p := &engine.Publication{Stream: engine.RoomStream(room), Type: protocol.TypePresence, Room: room,
 		User: user, Action: action, Count: count, TS: time.Now().UnixMilli()}
-	if _, err := h.srv.eng.Publish(ctx, p, engine.PublishOptions{Ephemeral: true}); err != nil {
-		h.srv.log.Warn("presence event not published", "room", room, "user", user, "err", err)
+	if _, err := h.cfg.Engine.Publish(ctx, p, engine.PublishOptions{Ephemeral: true}); err != nil {
+		h.cfg.Log.Warn("presence event not published", "room", room, "user", user, "err", err)
 	}
 }
 
-func (h *hub) isMember(c *Conn, room string) bool {
+func (h *Hub) IsMember(c Member, room string) bool {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	_, ok := c.rooms[room]
+	_, ok := c.Rooms().m[room]
 	return ok
 }
 
-// direct publishes a private message to the recipient's inbox and a copy to
-// the sender's inbox for their other tabs, both idempotent by the
-// message's id. It returns the publication in the recipient's inbox (with
-// its seq), also when refusing it (the caller checks a refused re-send
-// against the record of its first attempt).
-//
-// file, when not nil, is the file the message carries; store is called to
-// store it once the recipient is known to be online, before anything is
-// published.
-func (h *hub) direct(ctx context.Context, c *Conn, to, text, id string, file *engine.FileRef, store func() error) (*engine.Publication, error) {
-	eng := h.srv.eng
-	p := &engine.Publication{Stream: engine.UserStream(to), Type: protocol.TypeDirect, From: c.user, To: to,
-		Text: text, ClientID: id, TS: time.Now().UnixMilli(), SkipConn: c.id, Node: h.srv.nodeID, File: file}
-	online, err := eng.PresenceHas(ctx, "", to)
-	if err != nil {
-		return p, h.srv.engineFailed("presence", err)
-	}
-	if !online {
-		return p, &protocol.Error{Code: protocol.ErrUserOffline, Message: "user " + to + " is not online"}
-	}
-	if err := c.checkMessage(ctx, p); err != nil {
-		return p, err
-	}
-	if store != nil {
-		if err := store(); err != nil {
-			return p, err
-		}
-	}
-	if err := h.srv.publish(ctx, p, c.key(id)); err != nil {
-		return p, err
-	}
-	if to != c.user {
-		cp := *p
-		cp.Stream, cp.Seq, cp.Epoch = engine.UserStream(c.user), 0, ""
-		if err := h.srv.publish(ctx, &cp, c.key(id)); err != nil {
-			// The recipient has it; only the sender's other tabs miss the
-			// copy (a re-send of the message would publish it).
-			h.srv.log.Warn("direct copy to sender not published", "user", c.user, "err", err)
-		}
-	}
-	return p, nil
-}
-
-// snapshot returns every connection, for the heartbeat and shutdown.
-// track and untrack add and remove a connection the hub does not hold
-// otherwise (a dialect's before its first join), so that the heartbeat and
-// a shutdown reach it.
-func (h *hub) track(c *Conn) {
+// Track and Untrack add and remove a connection the hub does not hold
+// otherwise (a dialect's before its first join), so that Snapshot (the
+// heartbeat, a shutdown) reaches it.
+func (h *Hub) Track(c Member) {
 	h.mu.Lock()
 	h.all[c] = struct{}{}
 	h.mu.Unlock()
 }
 
-func (h *hub) untrack(c *Conn) {
+func (h *Hub) Untrack(c Member) {
 	h.mu.Lock()
 	delete(h.all, c)
 	h.mu.Unlock()
 }
 
-func (h *hub) snapshot(buf []*Conn) []*Conn {
+// Snapshot appends every connection the hub holds, as the node's own
+// type M, to buf: for the heartbeat and shutdown.
+func Snapshot[M Member](h *Hub, buf []M) []M {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for c := range h.all {
-		buf = append(buf, c)
+		if m, ok := c.(M); ok {
+			buf = append(buf, m)
+		}
 	}
 	return buf
 }
 
-func (h *hub) count() int {
+func (h *Hub) Count() int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	return len(h.all)
+}
+
+// FileInfo is what a client is told of a message's file.
+func FileInfo(r *engine.FileRef) *protocol.FileInfo {
+	if r == nil {
+		return nil
+	}
+	return &protocol.FileInfo{ID: r.ID, Name: r.Name, Mime: r.Mime, Size: r.Size, Image: r.Image, URL: "/files/" + r.ID}
+}
+
+// PartnerAdds counts the partners noted so far, so that a node stopping
+// can tell whether a session changed after it saved them all.
+func (h *Hub) PartnerAdds() uint64 { return h.partnerAdds.Load() }
+
+// Sizes is how many users and rooms have connections on this node.
+func (h *Hub) Sizes() (users, rooms int) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.users), len(h.rooms)
+}
+
+// ConnsOf lists user's connections on this node.
+func (h *Hub) ConnsOf(user string) []Member {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if u := h.users[user]; u != nil {
+		return append([]Member(nil), u.conns...)
+	}
+	return nil
 }
