@@ -217,6 +217,9 @@ func conformanceCases() []conformanceCase {
 		add(conformanceCase{name: "6 utf8/" + name, send: text(`{"type":"ping","id":"` + bad), want: []string{"close:1007"}})
 	}
 	add(conformanceCase{name: "6 utf8/invalid across fragments", send: cat(frame(false, ws.OpText, "ab\xce"), frame(true, ws.OpContinuation, "x")), want: []string{"close:1007"}})
+	// Fail fast: the final fragment never comes; the close must not wait for it.
+	add(conformanceCase{name: "6 utf8/fail fast on the first fragment", send: frame(false, ws.OpText, "{\"type\":\"ping\",\"id\":\"\xff"), want: []string{"close:1007"}})
+	add(conformanceCase{name: "6 utf8/fail fast on a continuation", send: cat(frame(false, ws.OpText, `{"type":"ping",`), frame(false, ws.OpContinuation, "\"id\":\"\xed\xa0\x80")), want: []string{"close:1007"}})
 
 	// 7. Closing.
 	add(conformanceCase{name: "7 close/empty payload", send: frame(true, ws.OpClose, ""), want: []string{"close:"}, clientCloses: true})

@@ -41,6 +41,7 @@ type Reader struct {
 	pending []byte // the start of a frame whose end has not arrived
 	msg     []byte // a fragmented message being assembled
 	msgOp   byte   // its opcode; 0 when none is in progress
+	valid   int    // text: how many bytes of msg are checked whole UTF-8
 	state   uint8
 	skip    int64 // once failed: payload bytes of the current frame still to discard
 }
@@ -51,7 +52,9 @@ func (r *Reader) Done() bool { return r.state == finished }
 
 // Stop discards everything from now on (after a panic in the handler, or
 // when the connection is gone).
-func (r *Reader) Stop() { r.state, r.pending, r.msg, r.msgOp, r.skip = finished, nil, nil, 0, 0 }
+func (r *Reader) Stop() {
+	r.state, r.pending, r.msg, r.msgOp, r.skip, r.valid = finished, nil, nil, 0, 0, 0
+}
 
 // Feed processes bytes read from the socket: every whole frame in them is
 // handled, and what is left over (part of a frame) is kept for the next
@@ -175,26 +178,64 @@ func (r *Reader) frame(hd Header, payload []byte, h Handler) {
 	case OpContinuation:
 		r.msg = append(r.msg, payload...)
 		if hd.Fin {
-			op, msg := r.msgOp, r.msg
-			r.msg, r.msgOp = nil, 0
-			r.message(op, msg, h)
+			op, msg, valid := r.msgOp, r.msg, r.valid
+			r.msg, r.msgOp, r.valid = nil, 0, 0
+			r.message(op, msg, valid, h)
+			return
 		}
+		r.checkText(h)
 	default: // text or binary
 		if !hd.Fin {
 			r.msgOp = hd.Op
 			r.msg = append(make([]byte, 0, 2*len(payload)), payload...)
+			r.valid = 0
+			r.checkText(h)
 			return
 		}
-		r.message(hd.Op, payload, h)
+		r.message(hd.Op, payload, 0, h)
 	}
 }
 
-func (r *Reader) message(op byte, data []byte, h Handler) {
-	if op == OpText && !utf8.Valid(data) {
-		r.fail(h, &Error{Code: StatusInvalidUTF8, Reason: "text message is not valid UTF-8"})
+// errInvalidUTF8 is the failure of a text message that is not UTF-8.
+var errInvalidUTF8 = Error{Code: StatusInvalidUTF8, Reason: "text message is not valid UTF-8"}
+
+// message hands a whole message to h; a text message must be valid UTF-8
+// (its first valid bytes were checked already).
+func (r *Reader) message(op byte, data []byte, valid int, h Handler) {
+	if op == OpText && !utf8.Valid(data[valid:]) {
+		e := errInvalidUTF8
+		r.fail(h, &e)
 		return
 	}
 	h.OnMessage(op, data)
+}
+
+// checkText checks a fragmented text message as far as it has come, so
+// that text which can no longer become UTF-8 fails at the fragment that
+// broke it (RFC 6455 section 8.1; Autobahn's "fail fast" cases), not at
+// the end of the message: everything must be valid but a code point
+// whose last bytes are still to come.
+func (r *Reader) checkText(h Handler) {
+	if r.msgOp != OpText {
+		return
+	}
+	b := r.msg[r.valid:]
+	if utf8.Valid(b) {
+		r.valid = len(r.msg)
+		return
+	}
+	for len(b) > 0 {
+		c, size := utf8.DecodeRune(b)
+		if c == utf8.RuneError && size == 1 {
+			if !utf8.FullRune(b) {
+				return // the start of a code point whose rest is still to come
+			}
+			e := errInvalidUTF8
+			r.fail(h, &e)
+			return
+		}
+		b, r.valid = b[size:], r.valid+size
+	}
 }
 
 // fail reports a violation, once, and from then on only looks for the
@@ -203,11 +244,11 @@ func (r *Reader) fail(h Handler, e *Error) {
 	if r.state != reading {
 		return
 	}
-	r.state, r.msg, r.msgOp = failed, nil, 0
+	r.state, r.msg, r.msgOp, r.valid = failed, nil, 0, 0
 	h.OnFail(e)
 }
 
 func (r *Reader) finish(h Handler, code Status, reason string) {
-	r.state, r.msg, r.msgOp, r.skip = finished, nil, 0, 0
+	r.state, r.msg, r.msgOp, r.skip, r.valid = finished, nil, 0, 0, 0
 	h.OnClose(code, reason)
 }
