@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"sort"
@@ -40,29 +41,9 @@ func (s *Server) openWS(h *handshake) {
 		h.fail(http.StatusServiceUnavailable, "server is shutting down; reconnect to another node")
 		return
 	}
-	user := r.clientID
-	if user == "" {
-		user = r.query("user")
-	}
-	var claims *auth.Claims
-	var refuse *protocol.Disconnect
-	if s.cfg.AuthSecret != "" {
-		claims, refuse = s.authenticate(r, user)
-		if refuse == nil {
-			user = claims.Subject
-		}
-	} else if user == "" {
-		user = "guest-" + randomID(3)
-	}
-	if refuse == nil {
-		if msg := protocol.ValidateUser(user); msg != "" {
-			if claims == nil {
-				h.fail(http.StatusBadRequest, "invalid user: "+msg)
-				return
-			}
-			d := protocol.Unauthorized("token subject is not a valid user name")
-			refuse = &d
-		}
+	user, claims, refuse, ok := s.identify(h)
+	if !ok {
+		return // identify has answered
 	}
 	ip := remoteIP(r.remote)
 	admitted := false
@@ -71,7 +52,6 @@ func (s *Server) openWS(h *handshake) {
 			admitted = true
 		}
 	}
-
 	nc, resp, early, err := s.upgrade(h)
 	if err != nil {
 		if admitted {
@@ -80,37 +60,10 @@ func (s *Server) openWS(h *handshake) {
 		return // upgrade has answered and logged
 	}
 	if refuse != nil {
-		// Refused after the upgrade, with a close code, because a browser
-		// cannot read the status of a failed handshake: it would only see
-		// 1006 and retry forever.
-		s.metrics.refused.Add(1)
-		s.log.Warn("connection refused", "remote", r.remote, "user", user, "code", int(refuse.Code), "reason", refuse.Reason)
-		nc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		nc.Write(ws.AppendFrame(resp, ws.OpClose, transport.ClosePayload(*refuse)))
-		nc.Close()
+		s.refuseOpened(nc, resp, r.remote, user, *refuse)
 		return
 	}
-	c := &Conn{
-		id: s.nextID.Add(1), user: user, ip: ip, remote: r.remote, opened: time.Now(),
-		srv: s, claims: claims,
-		limiter: bucket{rate: s.cfg.RateLimit, burst: float64(s.cfg.RateBurst), tokens: float64(s.cfg.RateBurst)},
-	}
-	// Corked until the welcome is queued first; the 101 response goes out
-	// in one write with the welcome and the first replies, once the set-up
-	// is done.
-	c.Init(&s.tp, nc, c, resp)
-	if !r.tether {
-		c.dialect = s.wsDialect
-		if r.withID {
-			c.dialect = s.wsIDDialect
-		}
-	}
-	if c.dialect != nil {
-		c.Translate()
-	}
-	c.Attach()
-	s.conns.Add(1)
-	s.metrics.opened.Add(1)
+	c := s.newConn(nc, resp, r, user, ip, claims)
 	if c.dialect != nil && c.dialect.deferSetUp() {
 		// Set up by its first join (dialect.go); until then the heartbeat
 		// and a shutdown know it, nothing else does.
@@ -125,6 +78,74 @@ func (s *Server) openWS(h *handshake) {
 	// response writer) is garbage as soon as the set-up is done instead of
 	// living as long as the connection.
 	c.StartReading(early)
+}
+
+// identify names the user a request is for: the token's subject in token
+// mode (refuse says why there is none), the name the client gave in open
+// mode (a guest's when it gave none). A name that is not valid is answered
+// with 400 in open mode (ok false) and refused with 4401 in token mode.
+func (s *Server) identify(h *handshake) (user string, claims *auth.Claims, refuse *protocol.Disconnect, ok bool) {
+	r := &h.req
+	user = r.clientID
+	if user == "" {
+		user = r.query("user")
+	}
+	if s.cfg.AuthSecret != "" {
+		claims, refuse = s.authenticate(r, user)
+		if refuse == nil {
+			user = claims.Subject
+		}
+	} else if user == "" {
+		user = "guest-" + randomID(3)
+	}
+	if refuse == nil {
+		if msg := protocol.ValidateUser(user); msg != "" {
+			if claims == nil {
+				h.fail(http.StatusBadRequest, "invalid user: "+msg)
+				return "", nil, nil, false
+			}
+			d := protocol.Unauthorized("token subject is not a valid user name")
+			refuse = &d
+		}
+	}
+	return user, claims, refuse, true
+}
+
+// refuseOpened refuses a connection after its upgrade, with a close code,
+// because a browser cannot read the status of a failed handshake: it
+// would only see 1006 and retry forever.
+func (s *Server) refuseOpened(nc net.Conn, resp []byte, remote, user string, refuse protocol.Disconnect) {
+	s.metrics.refused.Add(1)
+	s.log.Warn("connection refused", "remote", remote, "user", user, "code", int(refuse.Code), "reason", refuse.Reason)
+	nc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+	nc.Write(ws.AppendFrame(resp, ws.OpClose, transport.ClosePayload(refuse)))
+	nc.Close()
+}
+
+// newConn makes the connection of an upgraded socket, in the dialect its
+// path asks for, and hands the socket to the poller. It starts corked:
+// the 101 response (resp) goes out in one write with the welcome and the
+// first replies, once the set-up is done.
+func (s *Server) newConn(nc net.Conn, resp []byte, r *wsRequest, user, ip string, claims *auth.Claims) *Conn {
+	c := &Conn{
+		id: s.nextID.Add(1), user: user, ip: ip, remote: r.remote, opened: time.Now(),
+		srv: s, claims: claims,
+		limiter: bucket{rate: s.cfg.RateLimit, burst: float64(s.cfg.RateBurst), tokens: float64(s.cfg.RateBurst)},
+	}
+	c.Init(&s.tp, nc, c, resp)
+	if !r.tether {
+		c.dialect = s.wsDialect
+		if r.withID {
+			c.dialect = s.wsIDDialect
+		}
+	}
+	if c.dialect != nil {
+		c.Translate()
+	}
+	c.Attach()
+	s.conns.Add(1)
+	s.metrics.opened.Add(1)
+	return c
 }
 
 // setUp runs connected when its turn comes (maxSetups). A panic in it
