@@ -261,3 +261,72 @@ func TestRoomsPerConnectionAreBounded(t *testing.T) {
 		t.Fatalf("rooms %q", got)
 	}
 }
+
+// TestBigRoomJoinsAreCounted: past PresenceEventsMax users a join is not
+// announced to every member; the room is marked, and the next
+// FlushPresence sends one count event.
+func TestBigRoomJoinsAreCounted(t *testing.T) {
+	h, n, _ := newHub(t, 2)
+	members := []*member{{id: 1, user: "a"}, {id: 2, user: "b"}, {id: 3, user: "c"}}
+	for _, m := range members {
+		enter(t, h, m, "big")
+	}
+	if got := n.seen(); len(got) != 3 {
+		t.Fatalf("hooks told %q: every join is still a join for the application", got)
+	}
+	joins := func(m *member) (j, counts int) {
+		for _, f := range m.got() {
+			if strings.Contains(f, `"action":"join"`) {
+				j++
+			}
+			if strings.Contains(f, `"action":"count"`) {
+				counts++
+			}
+		}
+		return j, counts
+	}
+	if j, _ := joins(members[0]); j != 2 {
+		t.Fatalf("a saw %d join events, want 2 (its own and b's; c's made the room big)", j)
+	}
+	if j, _ := joins(members[2]); j != 0 {
+		t.Fatalf("c saw %d join events, want none", j)
+	}
+	h.FlushPresence(context.Background())
+	h.FlushPresence(context.Background()) // nothing changed since: no second event
+	for _, m := range members {
+		if _, counts := joins(m); counts != 1 {
+			t.Fatalf("%s got %d count events, want 1: %q", m.user, counts, m.got())
+		}
+	}
+	if f := members[2].got(); !strings.Contains(f[len(f)-1], `"count":3`) {
+		t.Fatalf("count event %q, want 3", f[len(f)-1])
+	}
+}
+
+// TestTheLastTabsEndTellsThePartners: a user's last connection ending
+// cleanly takes them offline, and the partners they talked with are told
+// they left; the end of a stopping node's connection (Forget) tells the
+// engine nothing.
+func TestTheLastTabsEndTellsThePartners(t *testing.T) {
+	h, _, eng := newHub(t, 100)
+	ctx := context.Background()
+	ann, bob := &member{id: 1, user: "ann"}, &member{id: 2, user: "bob"}
+	enter(t, h, ann)
+	enter(t, h, bob, "ops")
+	publish(t, eng, &engine.Publication{Stream: engine.UserStream("ann"), Type: protocol.TypeDirect, From: "bob", To: "ann", Text: "hi"})
+	publish(t, eng, &engine.Publication{Stream: engine.UserStream("bob"), Type: protocol.TypeDirect, From: "bob", To: "ann", Text: "hi"})
+	h.Unregister(ctx, bob)
+	if online, _ := eng.PresenceHas(ctx, "", "bob"); online {
+		t.Fatal("bob online after his last connection ended")
+	}
+	if got := ann.got(); !strings.Contains(got[len(got)-1], `"type":"left"`) || !strings.Contains(got[len(got)-1], `"bob"`) {
+		t.Fatalf("ann's last frame %q, want bob's left", got[len(got)-1])
+	}
+	h.Forget(ann)
+	if online, _ := eng.PresenceHas(ctx, "", "ann"); !online {
+		t.Fatal("Forget took ann offline in the engine: a stopping node leaves that to the presence TTL")
+	}
+	if h.Count() != 0 {
+		t.Fatalf("%d connections left in the hub", h.Count())
+	}
+}

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -330,5 +331,68 @@ func BenchmarkWriteBatch(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/frame")
 		})
+	}
+}
+
+// TestSendReplayWaitsForRoom: a replay longer than the queue allows is
+// this connection's own backlog: it waits for the writer to make room
+// instead of closing the connection as a slow consumer.
+func TestSendReplayWaitsForRoom(t *testing.T) {
+	p := newPair(t, "", 4)
+	p.c.Uncork()
+	const n = 50
+	done := make(chan bool, 1)
+	go func() {
+		ok := true
+		for i := range n {
+			ok = ok && p.c.SendReplay(fmt.Appendf(nil, "r%d", i))
+		}
+		done <- ok
+	}()
+	for i := range n {
+		if op, data := p.frame(t); op != ws.OpText || data != fmt.Sprint("r", i) {
+			t.Fatalf("frame %d: op %d %q", i, op, data)
+		}
+	}
+	if !<-done {
+		t.Fatal("a replay was refused")
+	}
+	if c := p.c.Closing(); c != nil || p.opt.Counters.SlowConsumers.Load() != 0 {
+		t.Fatalf("closed (%v) while replaying", c)
+	}
+}
+
+// TestWriteDelayParksARecentlyWrittenConnection: a delivery to a
+// connection written within the delay waits for the flusher and goes out
+// with what follows it in one write; one that was not goes out at once.
+func TestWriteDelayParksARecentlyWrittenConnection(t *testing.T) {
+	p := newPair(t, "", 64)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); <-p.opt.Flusher.Done() }()
+	p.opt.Flusher = NewFlusher(ctx, time.Hour, &p.opt.Counters.Delayed) // flushed only when ctx ends
+	p.c.Uncork()
+	deliver := func(text string) {
+		b := NewBatch()
+		p.c.SendTo([]byte(text), b)
+		p.opt.Flusher.StartOrPark(b, false)
+	}
+	deliver("first") // not written within the delay: at once
+	if op, data := p.frame(t); op != ws.OpText || data != "first" {
+		t.Fatalf("got op %d %q", op, data)
+	}
+	deliver("second") // written a moment ago: parked
+	deliver("third")  // queued behind it
+	if !p.c.Parked() || p.opt.Counters.Delayed.Load() != 1 {
+		t.Fatalf("parked %v, delayed %d: want parked once", p.c.Parked(), p.opt.Counters.Delayed.Load())
+	}
+	writes := p.opt.Counters.Writes.Load()
+	cancel() // the flusher's last flush
+	for _, want := range []string{"second", "third"} {
+		if op, data := p.frame(t); op != ws.OpText || data != want {
+			t.Fatalf("got op %d %q, want %q", op, data, want)
+		}
+	}
+	if w := p.opt.Counters.Writes.Load() - writes; w != 1 {
+		t.Fatalf("%d writes for the parked frames, want 1", w)
 	}
 }
