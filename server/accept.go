@@ -38,7 +38,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.httpMu.Lock()
 	s.httpSrv = hs
 	s.httpMu.Unlock()
-	if s.shuttingDown.Load() {
+	if s.sess.Stopping() {
 		return http.ErrServerClosed
 	}
 	if _, plain := ln.(*net.TCPListener); !plain {
@@ -51,7 +51,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
-			if s.shuttingDown.Load() {
+			if s.sess.Stopping() {
 				return http.ErrServerClosed
 			}
 			if errors.Is(err, net.ErrClosed) {

@@ -86,7 +86,7 @@ func (s *Server) adminOverview(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	out := AdminOverview{Info: s.info(ctx), Users: []string{}, Rooms: []engine.SetSize{}}
 	failed := func(op string, err error) {
-		out.Errors = append(out.Errors, *s.engineFailed("admin "+op, err))
+		out.Errors = append(out.Errors, *s.sess.EngineFailed("admin "+op, err))
 	}
 	if users, err := s.eng.PresenceMembers(ctx, "", adminUsersShown+1); err != nil {
 		failed("users", err)

@@ -66,7 +66,7 @@ func apiError(w http.ResponseWriter, status int, code protocol.ErrorCode, format
 func (s *Server) apiFailed(w http.ResponseWriter, op string, err error) {
 	var pe *protocol.Error
 	if !errors.As(err, &pe) {
-		pe = s.engineFailed("api "+op, err)
+		pe = s.sess.EngineFailed("api "+op, err)
 	}
 	writeJSON(w, http.StatusServiceUnavailable, pe)
 }
@@ -193,13 +193,13 @@ func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
 		p = &engine.Publication{Stream: engine.UserStream(req.User), Type: protocol.TypeDirect, From: req.From,
 			To: req.User, Text: req.Text, ClientID: req.ID, TS: now}
 	}
-	if s.shuttingDown.Load() {
+	if s.sess.Stopping() {
 		apiError(w, http.StatusServiceUnavailable, protocol.ErrUnavailable, "this node is shutting down; send it to another")
 		return
 	}
 	ctx, cancel := s.apiContext(r)
 	defer cancel()
-	if err := s.publish(ctx, p, apiKey(req.ID)); err != nil {
+	if err := s.sess.Publish(ctx, p, apiKey(req.ID)); err != nil {
 		s.apiFailed(w, "publish", err)
 		return
 	}
@@ -237,10 +237,10 @@ func (s *Server) apiBroadcast(w http.ResponseWriter, r *http.Request) {
 		p := &engine.Publication{Stream: engine.RoomStream(room), Type: protocol.TypeChat, Room: room,
 			From: req.From, Text: req.Text, ClientID: req.ID, TS: now}
 		res := publishResponse{Room: room}
-		if err := s.publish(ctx, p, apiKey(req.ID)); err != nil {
+		if err := s.sess.Publish(ctx, p, apiKey(req.ID)); err != nil {
 			var pe *protocol.Error
 			if !errors.As(err, &pe) {
-				pe = s.engineFailed("api broadcast", err)
+				pe = s.sess.EngineFailed("api broadcast", err)
 			}
 			res.Error = pe
 		} else {
@@ -512,7 +512,7 @@ func (s *Server) info(parent context.Context) Info {
 	if _, ok := s.eng.(engine.Immediate); !ok {
 		engineName = "shared"
 	}
-	in := Info{Node: NodeInfo{ID: s.nodeID, Version: Version, Engine: engineName, Ready: s.eng.Ready(ctx) == nil && !s.shuttingDown.Load(),
+	in := Info{Node: NodeInfo{ID: s.nodeID, Version: Version, Engine: engineName, Ready: s.eng.Ready(ctx) == nil && !s.sess.Stopping(),
 		Connections: h.Count(), Users: users, Rooms: rooms, Uptime: time.Since(s.started).Seconds()}}
 	if ins, ok := s.eng.(engine.Inspector); ok {
 		in.Instances, _ = ins.Instances(ctx)

@@ -3,45 +3,10 @@ package server
 import (
 	"bytes"
 	"fmt"
-	"log/slog"
 	"net"
 	"strings"
 	"testing"
-
-	"github.com/tether-chat/tether/engine"
-	"github.com/tether-chat/tether/protocol"
 )
-
-// BenchmarkDeliverToRoom measures the fan-out path without sockets: one
-// publication encoded once and enqueued to every member of a room. The
-// members stay corked, so nothing is written and every queue keeps what
-// the run delivered (bound the run with -benchtime=Nx for big rooms).
-func BenchmarkDeliverToRoom(b *testing.B) {
-	for _, n := range []int{100, 1000, 10000} {
-		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			srv, err := New(Config{Logger: slog.New(slog.DiscardHandler), SendQueueMessages: 1 << 30, SendQueueBytes: 1 << 30})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer srv.eng.Close()
-			for i := 0; i < n; i++ {
-				c := &Conn{id: uint64(i + 1), user: fmt.Sprint("u", i), srv: srv}
-				c.Init(&srv.tp, nil, c, nil)                               // corked: no writer, measures the enqueue
-				if err := srv.hub.Plan(c).Room("bench", nil); err != nil { // the hub's side of a join
-					b.Fatal(err)
-				}
-			}
-			p := &engine.Publication{Stream: engine.RoomStream("bench"), Type: protocol.TypeChat, Room: "bench",
-				From: "alice", Text: strings.Repeat("x", 100), Seq: 1, Epoch: "e", TS: 1}
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				srv.hub.Deliver(p)
-			}
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/delivery")
-		})
-	}
-}
 
 // BenchmarkConnectionSetUp is one connection's set-up as `tether bench
 // idle` makes it, over real loopback TCP through Serve's fast path: the

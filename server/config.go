@@ -8,6 +8,7 @@ import (
 
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/session"
 )
 
 // Config is everything a Server can be told. The zero value of every field
@@ -288,10 +289,10 @@ func (c Config) Validate() error {
 			return fmt.Errorf("auto-join: %s", msg)
 		}
 	}
-	if _, err := dialectNamed(c.WSDialect, false); err != nil {
+	if err := session.ValidDialect(c.WSDialect, false); err != nil {
 		return fmt.Errorf("ws-dialect: %v", err)
 	}
-	if _, err := dialectNamed(c.WSIDDialect, true); err != nil {
+	if err := session.ValidDialect(c.WSIDDialect, true); err != nil {
 		return fmt.Errorf("ws-id-dialect: %v", err)
 	}
 	return nil

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tether-chat/tether/internal/ws"
+	"github.com/tether-chat/tether/server/session"
 )
 
 // The WebSocket layer against RFC 6455, case by case, modelled on the
@@ -364,7 +365,7 @@ func (r *rawWS) pongsUntil(id string) []string {
 // write delay (a delivery waits in its queue).
 func parked(ts *testServer, user string) bool {
 	for _, c := range ts.hub.ConnsOf(user) {
-		if c.(*Conn).Parked() {
+		if c.(*session.Conn).Parked() {
 			return true
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/protocol"
 	"github.com/tether-chat/tether/server/hub"
+	"github.com/tether-chat/tether/server/session"
 	"github.com/tether-chat/tether/server/transport"
 )
 
@@ -36,7 +37,9 @@ func (n *hubNode) Delivered(typ string, ts int64) { n.metrics.observeDelivery(ty
 
 func (n *hubNode) Panicked(where string, r any) { (*Server)(n).panicked(where, r, nil) }
 
-func (n *hubNode) EngineFailed(op string, err error) error { return (*Server)(n).engineFailed(op, err) }
+func (n *hubNode) EngineFailed(op string, err error) error {
+	return (*Server)(n).sess.EngineFailed(op, err)
+}
 
 func (n *hubNode) OpContext(d time.Duration) (context.Context, context.CancelFunc) {
 	return (*Server)(n).opContext(d)
@@ -64,12 +67,12 @@ func (n *hubNode) Control(user string, p *engine.Publication) {
 			defer cancel()
 			frame := protocol.Encode(protocol.TypeUnsubscribed, "", protocol.Unsubscribed{Room: p.Room})
 			for _, m := range conns {
-				c := m.(*Conn)
+				c := m.(*session.Conn)
 				if !s.hub.IsMember(c, p.Room) {
 					continue
 				}
 				s.hub.Leave(ctx, c, p.Room)
-				s.saveSession(ctx, c)
+				s.sess.SaveSession(ctx, c)
 				c.Send(frame)
 			}
 		}()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tether-chat/tether/auth"
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/session"
 )
 
 // rawPeer is a client that speaks a tutorial's protocol: it sees frames
@@ -106,7 +107,7 @@ func data001(t *testing.T, frame string) (string, map[string]any) {
 // a time, and gets nothing it has no words for.
 func TestTutorial001(t *testing.T) {
 	bothEngines(t, func(t *testing.T, eng engineCase) {
-		ts := newTestServer(t, eng.with(Config{WSDialect: dialect001}))
+		ts := newTestServer(t, eng.with(Config{WSDialect: session.Dialect001}))
 		bob := dial(t, ts.ws+"/tether/ws/bob") // tether's protocol, beside the dialect
 		bob.expectWelcome()
 		bob.expect(protocol.TypeMembers, nil)
@@ -178,7 +179,7 @@ func TestTutorial001(t *testing.T) {
 // token names the user whatever the join says.
 func TestTutorial001BeforeAJoin(t *testing.T) {
 	secret := "s3cret"
-	ts := newTestServer(t, Config{WSDialect: dialect001, AuthSecret: secret})
+	ts := newTestServer(t, Config{WSDialect: session.Dialect001, AuthSecret: secret})
 	tok, _ := auth.Sign([]byte(secret), auth.Claims{Subject: "carol", ExpiresAt: time.Now().Add(time.Hour).Unix()})
 	c := dialRaw(t, ts.ws+"/ws?token="+tok)
 	c.send(`{"type":"chat","data":{"text":"too early"}}`)
@@ -199,7 +200,7 @@ func TestTutorial001BeforeAJoin(t *testing.T) {
 // it left within the short grace; no JSON ever reaches them.
 func TestTutorial003(t *testing.T) {
 	bothEngines(t, func(t *testing.T, eng engineCase) {
-		ts := newTestServer(t, eng.with(Config{WSIDDialect: dialect003, PresenceGraceAway: 300 * time.Millisecond}))
+		ts := newTestServer(t, eng.with(Config{WSIDDialect: session.Dialect003, PresenceGraceAway: 300 * time.Millisecond}))
 		a, b := dialRaw(t, ts.ws+"/ws/1001"), dialRaw(t, ts.ws+"/ws/1002")
 		bob := dial(t, ts.ws+"/tether/ws/bob")
 		bob.expectWelcome()
@@ -253,13 +254,13 @@ func TestTutorial003(t *testing.T) {
 // TestDialectsAreChosenPerEndpoint: tutorial-003 needs the user in the
 // path; /tether/ws speaks tether's protocol whatever /ws speaks.
 func TestDialectsAreChosenPerEndpoint(t *testing.T) {
-	if err := (Config{WSDialect: dialect003}).Validate(); err == nil || !strings.Contains(err.Error(), "ws-dialect") {
+	if err := (Config{WSDialect: session.Dialect003}).Validate(); err == nil || !strings.Contains(err.Error(), "ws-dialect") {
 		t.Fatalf("tutorial-003 on /ws: %v", err)
 	}
 	if err := (Config{WSIDDialect: "tutorial-999"}).Validate(); err == nil || !strings.Contains(err.Error(), "unknown dialect") {
 		t.Fatalf("an unknown dialect: %v", err)
 	}
-	ts := newTestServer(t, Config{WSDialect: dialect001, WSIDDialect: dialect003})
+	ts := newTestServer(t, Config{WSDialect: session.Dialect001, WSIDDialect: session.Dialect003})
 	c := dial(t, ts.ws+"/tether/ws?user=dave")
 	if w := c.expectWelcome(); w.User != "dave" {
 		t.Fatalf("welcome = %+v", w)

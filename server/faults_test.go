@@ -18,6 +18,7 @@ import (
 	"github.com/tether-chat/tether/internal/testnet"
 	"github.com/tether-chat/tether/internal/testredis"
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/session"
 )
 
 // Faults at the node: what clients see when a message is re-sent after its
@@ -106,12 +107,12 @@ func TestFirstPrivateMessageWhileAwayIsRecovered(t *testing.T) {
 // the connection it served with 1011 and is counted; everyone else goes
 // on, and the node keeps accepting.
 func TestPanicClosesOnlyItsConnection(t *testing.T) {
-	testHookHandle = func(c *Conn, cmd protocol.Command) {
+	session.TestHookHandle = func(c *session.Conn, cmd protocol.Command) {
 		if cmd.Text == "boom" {
 			panic("a bug in handling " + cmd.Type)
 		}
 	}
-	defer func() { testHookHandle = nil }()
+	defer func() { session.TestHookHandle = nil }()
 	ts := newTestServer(t, Config{})
 	alice, bob := connect(t, ts, "alice"), connect(t, ts, "bob")
 	alice.send(protocol.TypeChat, "1", map[string]any{"text": "boom"})
@@ -283,13 +284,13 @@ func TestLostStreamMakesItsReadersResume(t *testing.T) {
 // finished and acked.
 func TestMessagesDuringShutdownAreAnswered(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
-	testHookHandle = func(c *Conn, cmd protocol.Command) {
+	session.TestHookHandle = func(c *session.Conn, cmd protocol.Command) {
 		if cmd.Text == "hold" {
 			close(entered)
 			<-release
 		}
 	}
-	defer func() { testHookHandle = nil }()
+	defer func() { session.TestHookHandle = nil }()
 	ts := newTestServer(t, Config{})
 	alice, bob := connect(t, ts, "alice"), connect(t, ts, "bob")
 	alice.send(protocol.TypeChat, "h", map[string]any{"text": "hold"})
@@ -301,7 +302,7 @@ func TestMessagesDuringShutdownAreAnswered(t *testing.T) {
 		defer cancel()
 		ts.Shutdown(ctx)
 	}()
-	waitUntil(t, "the stop to begin", ts.shuttingDown.Load)
+	waitUntil(t, "the stop to begin", ts.sess.Stopping)
 	// The stop waits for alice's message; bob's, arriving now, is refused.
 	bob.send(protocol.TypeChat, "late", map[string]any{"text": "too late"})
 	e := payloadOf[protocol.Error](t, bob.expect(protocol.TypeError, isAck("late")))

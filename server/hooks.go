@@ -19,6 +19,7 @@ import (
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/protocol"
 	"github.com/tether-chat/tether/server/hub"
+	"github.com/tether-chat/tether/server/session"
 )
 
 // Hooks bring the application's backend into the loop (docs/api.md,
@@ -363,12 +364,11 @@ func (s *Server) askCheck(ctx context.Context, cr CheckRequest) (CheckResult, er
 // checkMessage asks the application about a client's message before it is
 // published: nil to go on (p.Text rewritten if asked), else the error the
 // client gets.
-func (c *Conn) checkMessage(ctx context.Context, p *engine.Publication) error {
-	s := c.srv
+func (s *Server) checkMessage(ctx context.Context, c *session.Conn, p *engine.Publication) error {
 	if s.cfg.CheckURL == "" {
 		return nil
 	}
-	res, err := s.check(ctx, CheckRequest{Type: "publish", User: c.user, Room: p.Room, To: p.To, Text: p.Text,
+	res, err := s.check(ctx, CheckRequest{Type: "publish", User: c.User(), Room: p.Room, To: p.To, Text: p.Text,
 		File: hub.FileInfo(p.File), ID: p.ClientID})
 	switch {
 	case err != nil:
@@ -390,22 +390,23 @@ func (c *Conn) checkMessage(ctx context.Context, p *engine.Publication) error {
 
 // checkConnect asks the application whether c may be set up, with what
 // the client's request carries (its cookie: the application's own
-// session); the application may name the user. It returns the
-// Disconnect that refuses the connection, or nil.
-func (s *Server) checkConnect(c *Conn, cookie, origin string, resume bool) error {
+// session); the application may name the user (named, moved to under the
+// connection limits). It returns the Disconnect that refuses the
+// connection, or nil.
+func (s *Server) checkConnect(c *session.Conn, cookie, origin string, resume bool) (named string, err error) {
 	if s.cfg.CheckURL == "" {
-		return nil
+		return "", nil
 	}
-	req := CheckRequest{Type: "connect", User: c.user, Remote: c.remote, Cookie: cookie, Origin: origin, Resume: resume}
-	if c.claims != nil {
-		req.Rooms = c.claims.Rooms
+	req := CheckRequest{Type: "connect", User: c.User(), Remote: c.Remote(), Cookie: cookie, Origin: origin, Resume: resume}
+	if cl := c.Claims(); cl != nil {
+		req.Rooms = cl.Rooms
 	}
 	ctx, cancel := s.opContext(s.cfg.CheckTimeout + time.Second)
 	defer cancel()
 	res, err := s.check(ctx, req)
 	switch {
 	case err != nil:
-		return protocol.Disconnect{Code: protocol.CloseTryAgainLater, Reason: "the application did not answer; try again later"}
+		return "", protocol.Disconnect{Code: protocol.CloseTryAgainLater, Reason: "the application did not answer; try again later"}
 	case res.Result == "deny":
 		reason := res.Reason
 		if reason == "" {
@@ -414,16 +415,16 @@ func (s *Server) checkConnect(c *Conn, cookie, origin string, resume bool) error
 		if len(reason) > 120 {
 			reason = reason[:120]
 		}
-		return protocol.Disconnect{Code: protocol.CloseForbidden, Reason: reason}
-	case res.User != "" && res.User != c.user:
+		return "", protocol.Disconnect{Code: protocol.CloseForbidden, Reason: reason}
+	case res.User != "" && res.User != c.User():
 		if msg := protocol.ValidateUser(res.User); msg != "" {
 			s.log.Warn("check named an invalid user", "user", res.User, "why", msg)
-			return protocol.Disconnect{Code: protocol.CloseForbidden, Reason: "the application named an invalid user"}
+			return "", protocol.Disconnect{Code: protocol.CloseForbidden, Reason: "the application named an invalid user"}
 		}
-		if refused := s.rename(c.ip, c.user, res.User); refused != nil {
-			return *refused
+		if refused := s.rename(c.IP(), c.User(), res.User); refused != nil {
+			return "", *refused
 		}
-		c.user = res.User
+		return res.User, nil
 	}
-	return nil
+	return "", nil
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tether-chat/tether/internal/bucket"
 	"github.com/tether-chat/tether/protocol"
 )
 
@@ -16,12 +17,12 @@ type limiter struct {
 	mu     sync.Mutex
 	byIP   map[string]int
 	byUser map[string]int
-	rate   map[string]*bucket // new connections per address
-	files  map[string]*bucket // files per user
+	rate   map[string]*bucket.Bucket // new connections per address
+	files  map[string]*bucket.Bucket // files per user
 }
 
 func newLimiter() *limiter {
-	return &limiter{byIP: map[string]int{}, byUser: map[string]int{}, rate: map[string]*bucket{}, files: map[string]*bucket{}}
+	return &limiter{byIP: map[string]int{}, byUser: map[string]int{}, rate: map[string]*bucket.Bucket{}, files: map[string]*bucket.Bucket{}}
 }
 
 // allowFile takes one of user's files per minute.
@@ -32,10 +33,11 @@ func (s *Server) allowFile(user string) bool {
 	b := l.files[user]
 	if b == nil {
 		burst := max(1, perMin/3)
-		b = &bucket{rate: perMin / 60, burst: burst, tokens: burst}
+		nb := bucket.New(perMin/60, burst)
+		b = &nb
 		l.files[user] = b
 	}
-	return b.take(time.Now())
+	return b.Take(time.Now())
 }
 
 // admit counts a new connection of user from ip, or says why not.
@@ -47,10 +49,11 @@ func (s *Server) admit(ip, user string) *protocol.Disconnect {
 		b := l.rate[ip]
 		if b == nil {
 			burst := max(1, 2*cfg.ConnRatePerIP)
-			b = &bucket{rate: cfg.ConnRatePerIP, burst: burst, tokens: burst}
+			nb := bucket.New(cfg.ConnRatePerIP, burst)
+			b = &nb
 			l.rate[ip] = b
 		}
-		if !b.take(time.Now()) {
+		if !b.Take(time.Now()) {
 			return &protocol.Disconnect{Code: protocol.CloseTryAgainLater, Reason: "connecting too fast from your address"}
 		}
 	}
@@ -100,12 +103,12 @@ func (s *Server) sweepRates(now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for ip, b := range l.rate {
-		if now.Sub(b.last).Seconds()*b.rate >= b.burst {
+		if b.Full(now) {
 			delete(l.rate, ip)
 		}
 	}
 	for user, b := range l.files {
-		if now.Sub(b.last).Seconds()*b.rate >= b.burst {
+		if b.Full(now) {
 			delete(l.files, user)
 		}
 	}

@@ -3,7 +3,6 @@ package server
 import (
 	"fmt"
 	"net/http"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tether-chat/tether/engine"
+	"github.com/tether-chat/tether/server/session"
 	"github.com/tether-chat/tether/server/transport"
 )
 
@@ -19,20 +19,14 @@ import (
 // behind Stats); Prometheus reads them through CounterFuncs, so nothing is
 // counted twice. Labelled ones are Prometheus vectors.
 type metrics struct {
-	opened, closed, refused, received, errors, rateLimited, engineErrors atomic.Int64
-	resumes, recoveries, recoveriesFailed, duplicates, panics            atomic.Int64
-	transport.Counters                                                   // the transport's: deliveries, writes, slow consumers, ...
+	panics             atomic.Int64
+	transport.Counters // the transport's: deliveries, writes, slow consumers, ...
+	session.Metrics    // the sessions': connections, messages, resumes, files, ...
 
 	reg       *prometheus.Registry
-	closedBy  *prometheus.CounterVec // by close code
-	inByType  *prometheus.CounterVec // client messages by type
 	outByType *prometheus.CounterVec // publications fanned out by this node, by type
 	latency   prometheus.Histogram   // publish to enqueue on this node
-
-	files        *prometheus.CounterVec // files stored, by kind (image, other)
-	fileBytes    prometheus.Counter
-	filesRefused *prometheus.CounterVec // by error code
-	checks       *prometheus.CounterVec // --check-url answers, by type and result
+	checks    *prometheus.CounterVec // --check-url answers, by type and result
 }
 
 // historySizer is implemented by engines that can tell how many messages
@@ -42,20 +36,20 @@ type historySizer interface{ Retained() int }
 func (s *Server) initMetrics() {
 	m := &s.metrics
 	m.reg = prometheus.NewRegistry()
-	m.closedBy = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_connections_closed_total",
+	m.ClosedBy = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_connections_closed_total",
 		Help: "Connections closed, by WebSocket close code (1006: no close frame)."}, []string{"code"})
-	m.inByType = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_messages_received_total",
+	m.InByType = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_messages_received_total",
 		Help: "Client messages received, by type (invalid: not decodable)."}, []string{"type"})
 	m.outByType = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_publications_total",
 		Help: "Publications fanned out to this node's connections, by type."}, []string{"type"})
 	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "tether_publish_to_deliver_seconds",
 		Help:    "From a message's publication to its frame being queued for this node's members.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}})
-	m.files = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_files_total",
+	m.Files = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_files_total",
 		Help: "Files sent by clients and stored, by kind (image: shown inline; other: a download)."}, []string{"kind"})
-	m.fileBytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_file_bytes_total",
+	m.FileBytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_file_bytes_total",
 		Help: "Bytes of the files stored."})
-	m.filesRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_files_refused_total",
+	m.FilesRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_files_refused_total",
 		Help: "Files refused, by error code (bad_file, file_too_large, rate_limited, ...)."}, []string{"code"})
 	m.checks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_checks_total",
 		Help: "Checks asked of the application (--check-url), by type (connect, publish) and result (allow, deny, rewrite, down)."}, []string{"type", "result"})
@@ -65,7 +59,7 @@ func (s *Server) initMetrics() {
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.closedBy, m.inByType, m.outByType, m.latency, m.files, m.fileBytes, m.filesRefused, m.checks,
+		m.ClosedBy, m.InByType, m.outByType, m.latency, m.Files, m.FileBytes, m.FilesRefused, m.checks,
 		hookCounter("tether_hook_events_sent_total", "Events the application (--hook-url) accepted.", s, func(h *hookSender) int64 { return h.sent.Load() }),
 		hookCounter("tether_hook_events_dropped_total", "Events dropped because the hook queue (--hook-queue) was full: the application was not taking them.", s, func(h *hookSender) int64 { return h.lost.Load() }),
 		hookCounter("tether_hook_failures_total", "Hook deliveries that failed and were retried.", s, func(h *hookSender) int64 { return h.failures.Load() }),
@@ -79,23 +73,23 @@ func (s *Server) initMetrics() {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_connections",
 			Help: "Connections open now."}, func() float64 { return float64(s.hub.Count()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_setups_waiting",
-			Help: fmt.Sprintf("New connections waiting for their set-up to start (at most %d run at once).", maxSetups)},
-			func() float64 { return float64(s.setupsWaiting.Load()) }),
-		counter("tether_connections_opened_total", "Connections accepted (after the WebSocket upgrade).", &m.opened),
-		counter("tether_connections_refused_total", "Connections refused after the upgrade (credentials, session, limits).", &m.refused),
+			Help: fmt.Sprintf("New connections waiting for their set-up to start (at most %d run at once).", session.MaxSetups)},
+			func() float64 { return float64(s.sess.SetupsWaiting()) }),
+		counter("tether_connections_opened_total", "Connections accepted (after the WebSocket upgrade).", &m.Opened),
+		counter("tether_connections_refused_total", "Connections refused after the upgrade (credentials, session, limits).", &m.Refused),
 		counter("tether_deliveries_total", "Message frames written to connections.", &m.Delivered),
-		counter("tether_error_replies_total", "Error replies sent.", &m.errors),
-		counter("tether_rate_limited_total", "Client messages refused by the rate limit.", &m.rateLimited),
+		counter("tether_error_replies_total", "Error replies sent.", &m.Errors),
+		counter("tether_rate_limited_total", "Client messages refused by the rate limit.", &m.RateLimited),
 		counter("tether_slow_consumer_disconnects_total", "Connections closed because their send queue overflowed (4008).", &m.SlowConsumers),
 		counter("tether_socket_writes_total", "write() calls that put frames on sockets; tether_deliveries_total / this is messages per write.", &m.Writes),
 		counter("tether_writes_delayed_total", "Room deliveries that waited for the write delay (--write-delay) to go out with later ones.", &m.Delayed),
 		counter("tether_socket_full_total", "Writes the socket could not take at once (the peer reads slower than it is sent to); a writer goroutine finished them.", &m.SocketFull),
 		counter("tether_queue_drops_total", "Frames dropped from the queues of connections closed as slow consumers.", &m.QueueDrops),
-		counter("tether_engine_errors_total", "Publishes the engine failed (clients got `unavailable`).", &m.engineErrors),
-		counter("tether_resumes_total", "Sessions resumed.", &m.resumes),
-		counter("tether_recoveries_total", "Streams replayed from a client's position on (re)connect.", &m.recoveries),
-		counter("tether_recoveries_failed_total", "Streams whose position could not be served (recovered: false).", &m.recoveriesFailed),
-		counter("tether_duplicates_total", "Re-sent client messages acknowledged without being processed again.", &m.duplicates),
+		counter("tether_engine_errors_total", "Publishes the engine failed (clients got `unavailable`).", &m.EngineErrors),
+		counter("tether_resumes_total", "Sessions resumed.", &m.Resumes),
+		counter("tether_recoveries_total", "Streams replayed from a client's position on (re)connect.", &m.Recoveries),
+		counter("tether_recoveries_failed_total", "Streams whose position could not be served (recovered: false).", &m.RecoveriesFailed),
+		counter("tether_duplicates_total", "Re-sent client messages acknowledged without being processed again.", &m.Duplicates),
 		counter("tether_panics_total", "Panics recovered (a bug): each closed the connection it happened on with 1011; the stack is in the log.", &m.panics),
 	)
 	if hs, ok := s.eng.(historySizer); ok {
@@ -127,8 +121,6 @@ func (s *Server) initMetrics() {
 func (s *Server) metricsHandler() http.Handler {
 	return promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 }
-
-func (m *metrics) closedWith(code int) { m.closedBy.WithLabelValues(strconv.Itoa(code)).Inc() }
 
 func (m *metrics) observeDelivery(typ string, ts int64) {
 	m.outByType.WithLabelValues(typ).Inc()

@@ -15,7 +15,6 @@ import (
 
 	"github.com/tether-chat/tether/auth"
 	"github.com/tether-chat/tether/protocol"
-	"github.com/tether-chat/tether/server/hub"
 )
 
 func get(t *testing.T, url string, header http.Header) (int, string) {
@@ -271,20 +270,6 @@ func TestSecretsAreNeverLogged(t *testing.T) {
 		if strings.Contains(out, s) {
 			t.Fatalf("the log contains a secret or token %q:\n%s", s, out)
 		}
-	}
-}
-
-func TestMembersFrameIsTheProtocolsMembers(t *testing.T) {
-	users := hub.Listing{JSON: []byte(`["ann","李雷"]`), Listed: 2}
-	b := membersFrame(`we"ird\id`, "ops", users, 5, roomPos{epoch: "e1", top: 42})
-	var env protocol.Envelope
-	if err := json.Unmarshal(b, &env); err != nil {
-		t.Fatalf("%s: %v", b, err)
-	}
-	m := payloadOf[protocol.Members](t, env)
-	if env.Type != protocol.TypeMembers || env.ID != `we"ird\id` || m.Room != "ops" || m.Count != 5 || !m.Truncated ||
-		len(m.Users) != 2 || m.Users[1] != "李雷" || m.Epoch != "e1" || m.Top != 42 {
-		t.Fatalf("decoded %+v %+v from %s", env, m, b)
 	}
 }
 

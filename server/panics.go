@@ -5,6 +5,7 @@ import (
 	"runtime/debug"
 
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/session"
 	"github.com/tether-chat/tether/server/transport"
 )
 
@@ -18,18 +19,18 @@ import (
 
 // recoverPanic is deferred at such an entry; c is the connection the work
 // was for, or nil.
-func (s *Server) recoverPanic(where string, c *Conn) {
+func (s *Server) recoverPanic(where string, c *session.Conn) {
 	if r := recover(); r != nil {
 		s.panicked(where, r, c)
 	}
 }
 
 // panicked handles a recovered panic.
-func (s *Server) panicked(where string, r any, c *Conn) {
+func (s *Server) panicked(where string, r any, c *session.Conn) {
 	s.metrics.panics.Add(1)
 	args := []any{"where", where, "panic", fmt.Sprint(r), "stack", string(debug.Stack())}
 	if c != nil {
-		args = append(args, "user", c.user, "conn", c.id)
+		args = append(args, "user", c.User(), "conn", c.ID())
 	}
 	s.log.Error("panic recovered: closing the connection it happened on", args...)
 	if c != nil {

@@ -16,20 +16,18 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"io/fs"
 	"log/slog"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/engine/memory"
 	"github.com/tether-chat/tether/protocol"
 	"github.com/tether-chat/tether/server/hub"
+	"github.com/tether-chat/tether/server/session"
 	"github.com/tether-chat/tether/server/transport"
 	"github.com/tether-chat/tether/web"
 )
@@ -38,16 +36,12 @@ import (
 type Server struct {
 	cfg Config
 	// tp is what every connection's transport shares.
-	tp  transport.Options
-	log *slog.Logger
-	eng engine.Engine
-	// immediate: eng is an engine.Immediate, whose calls need no deadline.
-	immediate bool
-	hub       *hub.Hub
-	nodeID    string
-	// wsDialect and wsIDDialect are what /ws and /ws/{client_id} speak
-	// (Config.WSDialect); nil is tether's own protocol.
-	wsDialect, wsIDDialect dialect
+	tp     transport.Options
+	log    *slog.Logger
+	eng    engine.Engine
+	hub    *hub.Hub
+	sess   *session.Manager
+	nodeID string
 
 	ctx       context.Context // cancelled when Shutdown finishes
 	cancel    context.CancelFunc
@@ -56,17 +50,6 @@ type Server struct {
 	mux *http.ServeMux
 
 	started      time.Time
-	nextID       atomic.Uint64
-	shuttingDown atomic.Bool
-	// stopSaveGen is hub.partnerAdds when Shutdown saved every session.
-	stopSaveGen atomic.Uint64
-	// processing is held for reading while a client message is processed;
-	// Shutdown takes it for writing after raising shuttingDown, so that no
-	// message is processed (and acked) once any connection may be closing:
-	// a message acked during shutdown reaches every member that was
-	// connected, and one that was not processed is re-sent by its client.
-	processing   sync.RWMutex
-	conns        sync.WaitGroup // one per live connection
 	heartbeatOff chan struct{}
 	flusher      *transport.Flusher // nil without a write delay
 	hooks        *hookSender        // nil without Config.HookURL
@@ -76,24 +59,8 @@ type Server struct {
 
 	limits *limiter
 
-	// setups bounds the connection set-ups in progress (see maxSetups);
-	// setupsWaiting counts the connections waiting for a turn.
-	setups        chan struct{}
-	setupsWaiting atomic.Int64
-
 	metrics metrics
 }
-
-// maxSetups is how many connection set-ups (session, presence, joins,
-// replay: with Redis, several round trips each) run at once; past it, new
-// connections wait their turn in arrival order, each already accepted and
-// holding only its socket. When 19,000 clients come back at once, running
-// all their set-ups together made each of them finish late, kept tens of
-// thousands of goroutines runnable, and left the accept loop so far
-// behind that the kernel's listen queue overflowed (and dropped clients
-// retried a second or three later). 256 keeps Redis busy: a set-up is
-// mostly waiting for its replies.
-const maxSetups = 256
 
 // KeyTTL is how long an engine must remember a client message's id (its
 // idempotency key) for a server with this resume window: a message is
@@ -110,15 +77,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg = cfg.withDefaults()
 	s := &Server{cfg: cfg, log: cfg.Logger, eng: cfg.Engine, nodeID: cfg.NodeID, heartbeatOff: make(chan struct{}),
-		upkeepOff: make(chan struct{}), setups: make(chan struct{}, maxSetups)}
+		upkeepOff: make(chan struct{})}
 	if s.eng == nil {
 		s.eng = memory.New(memory.Config{HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL, KeyTTL: KeyTTL(cfg.ResumeWindow)})
 	}
-	_, s.immediate = s.eng.(engine.Immediate)
-	s.wsDialect, _ = dialectNamed(cfg.WSDialect, false) // Validate checked both
-	s.wsIDDialect, _ = dialectNamed(cfg.WSIDDialect, true)
 	if s.nodeID == "" {
-		s.nodeID = randomID(6)
+		s.nodeID = session.NewID(6)
 	}
 	s.started = time.Now()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -132,6 +96,8 @@ func New(cfg Config) (*Server, error) {
 		PresenceEventsMax: cfg.PresenceEventsMax, MembersMax: cfg.MembersMax, MaxRoomsPerConn: cfg.MaxRoomsPerConn,
 		PresenceInterval: cfg.PresenceInterval, ResumeWindow: cfg.ResumeWindow}, (*hubNode)(s))
 	s.initMetrics()
+	s.sess = session.New(sessionConfig(&cfg), session.Deps{Engine: s.eng, Hub: s.hub, Transport: &s.tp, NodeID: s.nodeID,
+		Log: s.log, Metrics: &s.metrics.Metrics, Node: (*sessionNode)(s)})
 	if err := s.eng.Start(s.ctx, s.hub); err != nil {
 		return nil, err
 	}
@@ -180,7 +146,7 @@ func sdkHandler(h http.Handler) http.Handler {
 func (s *Server) Handler() http.Handler { return s.mux }
 
 func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
-	if s.shuttingDown.Load() {
+	if s.sess.Stopping() {
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return
 	}
@@ -189,40 +155,6 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Write([]byte("ready\n"))
-}
-
-// publish hands a retained publication to the engine, idempotent by key
-// (see Conn.key), mapping a failure to the error the client sees.
-func (s *Server) publish(ctx context.Context, p *engine.Publication, key string) error {
-	dup, err := s.eng.Publish(ctx, p, engine.PublishOptions{Key: key})
-	return s.published(p, dup, err)
-}
-
-// published is what follows a publish: the engine's failure as the
-// client sees it, or the hook event and the count of duplicates.
-func (s *Server) published(p *engine.Publication, dup bool, err error) error {
-	if err != nil {
-		return s.engineFailed("publish", err)
-	}
-	s.hookPublished(p) // a duplicate too: at least once, the receiver drops it by (stream, seq)
-	if dup {
-		s.metrics.duplicates.Add(1) // a re-send, or a retry that found its first attempt done
-	}
-	return nil
-}
-
-// publishBatch is publish for several publications at once, in order (see
-// engine.PublishBatch), each with its own key and its own error.
-func (s *Server) publishBatch(ctx context.Context, ps []*engine.Publication, keys []string) []error {
-	opts := make([]engine.PublishOptions, len(ps))
-	for i, k := range keys {
-		opts[i].Key = k
-	}
-	errs := make([]error, len(ps))
-	for i, r := range s.eng.PublishBatch(ctx, ps, opts) {
-		errs[i] = s.published(ps[i], r.Dup, r.Err)
-	}
-	return errs
 }
 
 // heartbeat is the one goroutine that keeps every connection honest: it
@@ -239,7 +171,7 @@ func (s *Server) heartbeat() {
 	tick := min(time.Second, interval/2, timeout/4)
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	var conns []*Conn
+	var conns []*session.Conn
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -247,15 +179,7 @@ func (s *Server) heartbeat() {
 		case now := <-t.C:
 			conns = hub.Snapshot(s.hub, conns[:0])
 			for _, c := range conns {
-				seen := c.LastSeen()
-				silent := time.Duration(now.UnixNano() - seen)
-				switch {
-				case silent >= interval+timeout && !c.busy.Load():
-					c.Close(protocol.DisconnectHeartbeat, transport.CloseDrop)
-				case silent >= interval && c.pinged.Load() < seen:
-					c.pinged.Store(now.UnixNano())
-					c.Ping()
-				}
+				c.Heartbeat(now, interval, timeout)
 			}
 			clear(conns)
 		}
@@ -272,7 +196,7 @@ func (s *Server) upkeep() {
 	defer presence.Stop()
 	sessions := time.NewTicker(s.cfg.ResumeWindow / 3)
 	defer sessions.Stop()
-	var conns []*Conn
+	var conns []*session.Conn
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -286,7 +210,7 @@ func (s *Server) upkeep() {
 			// Live sessions must not expire: refresh them well within the window.
 			conns = hub.Snapshot(s.hub, conns[:0])
 			ctx, cancel := s.opContext(s.cfg.ResumeWindow / 3)
-			s.saveSessions(ctx, conns)
+			s.sess.SaveSessions(ctx, conns)
 			cancel()
 			clear(conns)
 		}
@@ -298,17 +222,8 @@ func (s *Server) upkeep() {
 // then a close with 1012 (reconnect), and Shutdown waits for them to finish
 // until ctx is done, when it closes the rest. Then the engine is closed.
 func (s *Server) Shutdown(ctx context.Context) error {
-	if !s.shuttingDown.CompareAndSwap(false, true) {
+	if !s.sess.Stop() {
 		return errors.New("server: Shutdown called twice")
-	}
-	// Wait for the messages being processed; none starts after. Twice:
-	// readers that were waiting for the lock while the first Lock was
-	// pending see shuttingDown once they have it and answer `unavailable`;
-	// the second Lock waits for those answers to be queued, so that they
-	// go out before the close frames below.
-	for range 2 {
-		s.processing.Lock()
-		s.processing.Unlock() //lint:ignore SA2001 the Lock is the wait: for the readers holding the lock to finish
 	}
 	s.httpMu.Lock()
 	hs := s.httpSrv
@@ -316,7 +231,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if hs != nil {
 		hs.Shutdown(ctx) // closes the listeners; hijacked connections are ours
 	}
-	conns := hub.Snapshot[*Conn](s.hub, nil)
+	conns := hub.Snapshot[*session.Conn](s.hub, nil)
 	s.log.Info("shutting down", "connections", len(conns))
 	// Every session is saved before its client is told to reconnect, so
 	// that a resume on another node finds it current, and in batches: one
@@ -325,24 +240,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// only a partner noted by a message from another node can still change
 	// a session (disconnected saves again then).
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	s.stopSaveGen.Store(s.hub.PartnerAdds())
-	if s.saveSessions(sctx, conns) {
-		for _, c := range conns {
-			c.savedAtStop.Store(true)
-		}
-	}
+	s.sess.SaveAtStop(sctx, conns)
 	cancel()
 	for _, c := range conns {
 		c.Close(protocol.DisconnectShutdown, transport.CloseShutdown)
 	}
 	done := make(chan struct{})
-	go func() { s.conns.Wait(); close(done) }()
+	go func() { s.sess.Wait(); close(done) }()
 	var err error
 	select {
 	case <-done:
 	case <-ctx.Done():
 		err = ctx.Err()
-		for _, c := range hub.Snapshot[*Conn](s.hub, nil) {
+		for _, c := range hub.Snapshot[*session.Conn](s.hub, nil) {
 			c.CloseSocket()
 		}
 		<-done
@@ -361,22 +271,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// opContext bounds one connection's set-up or one command's engine calls.
-// It does not derive from s.ctx: Shutdown cancels s.ctx only after every
-// connection has ended (and no command is being processed by then), so a
-// child of it would never see that cancellation, and registering every
-// child with s.ctx cost a lock and a map entry per command on a context
-// shared by all connections.
-//
-// An engine.Immediate engine's calls are not bounded at all.
+// opContext bounds an engine call of the node's (see
+// session.Manager.OpContext).
 func (s *Server) opContext(d time.Duration) (context.Context, context.CancelFunc) {
-	if s.immediate {
-		return context.Background(), noCancel
-	}
-	return context.WithTimeout(context.Background(), d)
+	return s.sess.OpContext(d)
 }
-
-func noCancel() {}
 
 // Stats is a snapshot of the server's counters.
 type Stats struct {
@@ -402,21 +301,15 @@ type Stats struct {
 // Stats returns the current counters.
 func (s *Server) Stats() Stats {
 	m := &s.metrics
-	return Stats{Connections: s.hub.Count(), Opened: m.opened.Load(), Closed: m.closed.Load(),
-		Received: m.received.Load(), Delivered: m.Delivered.Load(), Errors: m.errors.Load(),
-		RateLimited: m.rateLimited.Load(), SlowConsumers: m.SlowConsumers.Load(), EngineErrors: m.engineErrors.Load(),
-		Refused: m.refused.Load(), Resumes: m.resumes.Load(), Recoveries: m.recoveries.Load(),
-		RecoveriesFailed: m.recoveriesFailed.Load(), Duplicates: m.duplicates.Load(), SocketFull: m.SocketFull.Load(),
+	return Stats{Connections: s.hub.Count(), Opened: m.Opened.Load(), Closed: m.Closed.Load(),
+		Received: m.Received.Load(), Delivered: m.Delivered.Load(), Errors: m.Errors.Load(),
+		RateLimited: m.RateLimited.Load(), SlowConsumers: m.SlowConsumers.Load(), EngineErrors: m.EngineErrors.Load(),
+		Refused: m.Refused.Load(), Resumes: m.Resumes.Load(), Recoveries: m.Recoveries.Load(),
+		RecoveriesFailed: m.RecoveriesFailed.Load(), Duplicates: m.Duplicates.Load(), SocketFull: m.SocketFull.Load(),
 		Writes: m.Writes.Load(), Delayed: m.Delayed.Load()}
 }
 
 func (s *Server) handshakeError(h *handshake, status int, reason error, header ...string) {
 	s.log.Info("handshake failed", "remote", h.req.remote, "status", status, "err", reason)
 	h.fail(status, reason.Error(), header...)
-}
-
-func randomID(n int) string {
-	b := make([]byte, n)
-	rand.Read(b)
-	return hex.EncodeToString(b)
 }

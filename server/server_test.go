@@ -21,6 +21,7 @@ import (
 	"github.com/tether-chat/tether/engine/memory"
 	"github.com/tether-chat/tether/internal/testnet"
 	"github.com/tether-chat/tether/protocol"
+	"github.com/tether-chat/tether/server/session"
 )
 
 const quiet = 300 * time.Millisecond // how long "nothing arrives" is watched
@@ -767,13 +768,13 @@ func (e *slowPresence) Enter(ctx context.Context, in engine.Entering) ([]engine.
 	return e.Engine.Enter(ctx, in)
 }
 
-// TestSetUpsTakeTurns: more clients than maxSetups connecting at once are
-// all set up, at most maxSetups at a time, the others waiting their turn
+// TestSetUpsTakeTurns: more clients than session.MaxSetups connecting at once are
+// all set up, at most session.MaxSetups at a time, the others waiting their turn
 // (tether_setups_waiting shows them).
 func TestSetUpsTakeTurns(t *testing.T) {
 	eng := &slowPresence{Engine: memory.New(memory.Config{}), delay: 200 * time.Millisecond}
 	ts := newTestServer(t, Config{Engine: eng, AutoJoin: "-"})
-	n := maxSetups + 100
+	n := session.MaxSetups + 100
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
 	for i := range n {
@@ -793,8 +794,8 @@ func TestSetUpsTakeTurns(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if most := eng.most.Load(); most > maxSetups || most < maxSetups/2 {
-		t.Fatalf("%d set-ups ran at once, want at most %d (and many)", most, maxSetups)
+	if most := eng.most.Load(); most > session.MaxSetups || most < session.MaxSetups/2 {
+		t.Fatalf("%d set-ups ran at once, want at most %d (and many)", most, session.MaxSetups)
 	}
 	if !sawWaiting {
 		t.Fatal("/metrics never showed connections waiting for their set-up")

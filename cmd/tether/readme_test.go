@@ -171,8 +171,10 @@ func TestLayersImportDownward(t *testing.T) {
 		"internal/netpoll": {},
 		"protocol":         {},
 		"engine":           {},
+		"internal/bucket":  {},
 		"server/transport": {"internal/ws", "internal/netpoll", "protocol"},
 		"server/hub":       {"server/transport", "engine", "protocol"},
+		"server/session":   {"server/hub", "server/transport", "engine", "protocol", "auth", "internal/ws", "internal/bucket"},
 	}
 	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, "../../...").Output()
 	if err != nil {

@@ -184,12 +184,12 @@ func TestMessagesReachTheHandlerAndPingsAreAnswered(t *testing.T) {
 	if got := p.h.got(); got[0] != "hello" {
 		t.Fatalf("handler got %q", got)
 	}
-	p.h.mu.Lock()
-	reads := p.h.reads
-	p.h.mu.Unlock()
-	if reads < 1 {
-		t.Fatal("OnRead never called")
-	}
+	// OnRead follows the read's messages (on the reader, after OnMessage).
+	waitFor(t, "OnRead", func() bool {
+		p.h.mu.Lock()
+		defer p.h.mu.Unlock()
+		return p.h.reads >= 1
+	})
 }
 
 // TestOverflowClosesAsSlowConsumer: past the queue's limit the
@@ -392,6 +392,8 @@ func TestWriteDelayParksARecentlyWrittenConnection(t *testing.T) {
 			t.Fatalf("got op %d %q, want %q", op, data, want)
 		}
 	}
+	// The peer can read the frames before the writer counts its write.
+	waitFor(t, "the flush's write to be counted", func() bool { return p.opt.Counters.Writes.Load() > writes })
 	if w := p.opt.Counters.Writes.Load() - writes; w != 1 {
 		t.Fatalf("%d writes for the parked frames, want 1", w)
 	}

@@ -1,4 +1,4 @@
-package server
+package session
 
 import (
 	"encoding/json"
@@ -35,11 +35,11 @@ type dialect interface {
 	deferSetUp() bool
 }
 
-// Dialect names.
+// Dialect names (Config.WSDialect): tether's own, and the tutorials'.
 const (
-	dialectTether = "tether"
-	dialect001    = "tutorial-001"
-	dialect003    = "tutorial-003"
+	DialectTether = "tether"
+	Dialect001    = "tutorial-001"
+	Dialect003    = "tutorial-003"
 )
 
 // dialectNamed returns the dialect of a name; nil is tether's own
@@ -47,17 +47,17 @@ const (
 // (/ws/{client_id}), which tutorial-003 needs.
 func dialectNamed(name string, withID bool) (dialect, error) {
 	switch name {
-	case "", dialectTether:
+	case "", DialectTether:
 		return nil, nil
-	case dialect001:
+	case Dialect001:
 		return tutorial001{}, nil
-	case dialect003:
+	case Dialect003:
 		if !withID {
 			return nil, fmt.Errorf("%s names its user in the path: it serves /ws/{client_id} only", name)
 		}
 		return tutorial003{}, nil
 	}
-	return nil, fmt.Errorf("unknown dialect %q (tether, %s or %s)", name, dialect001, dialect003)
+	return nil, fmt.Errorf("unknown dialect %q (tether, %s or %s)", name, Dialect001, Dialect003)
 }
 
 // envelope is a tether frame read back for a dialect.
@@ -116,7 +116,7 @@ func (d tutorial001) onText(c *Conn, data []byte) {
 			c.sendError(&protocol.Error{Code: protocol.ErrNotMember, Message: `join a room first: {"type": "join", "data": {"room": …, "user": …}}`})
 			return
 		}
-		if msg := protocol.ValidateText(body.Text, c.srv.cfg.MaxText); msg != "" {
+		if msg := protocol.ValidateText(body.Text, c.m.cfg.MaxText); msg != "" {
 			c.sendError(&protocol.Error{Code: protocol.ErrBadText, Message: msg})
 			return
 		}
@@ -135,7 +135,7 @@ func (tutorial001) room(c *Conn) string {
 	if !c.registered {
 		return ""
 	}
-	if rooms := c.srv.hub.RoomsOf(c); len(rooms) > 0 {
+	if rooms := c.m.hub.RoomsOf(c); len(rooms) > 0 {
 		return rooms[0]
 	}
 	return ""
@@ -161,13 +161,13 @@ func (d tutorial001) join(c *Conn, room, user string) {
 			c.sendError(&protocol.Error{Code: protocol.ErrBadUser, Message: msg})
 			return
 		}
-		if refused := c.srv.rename(c.ip, c.user, user); refused != nil {
+		if refused := c.m.node.Rename(c.ip, c.user, user); refused != nil {
 			c.Close(*refused, transport.CloseDrain)
 			return
 		}
 		c.user = user
 	}
-	c.srv.setUpLater(c, room)
+	c.m.setUpLater(c, room)
 }
 
 func (tutorial001) encode(c *Conn, frame []byte) []byte {
@@ -262,7 +262,7 @@ func (tutorial003) onText(c *Conn, data []byte) {
 		c.sendError(&protocol.Error{Code: protocol.ErrBadUser, Message: msg})
 		return
 	}
-	if msg := protocol.ValidateText(text, c.srv.cfg.MaxText); msg != "" {
+	if msg := protocol.ValidateText(text, c.m.cfg.MaxText); msg != "" {
 		c.sendError(&protocol.Error{Code: protocol.ErrBadText, Message: msg})
 		return
 	}

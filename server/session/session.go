@@ -1,11 +1,11 @@
-package server
+package session
 
-// A connection's session: its opening (the handshake handed over by the
-// accept loop or net/http), its set-up in turn with the others (maxSetups),
+// A connection's session: the user it is for (Identify), its set-up in
+// turn with the others (MaxSetups) once the node has upgraded it (Open),
 // authentication, the rooms it asks for, the resume of a session with the
 // replay of what it missed, and its end (disconnected). The commands it
-// sends afterwards are handled in commands.go; the hub (hub.go) holds the
-// rooms and presence it joins.
+// sends afterwards are handled in commands.go; the hub (server/hub) holds
+// the rooms and presence it joins.
 
 import (
 	"context"
@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"slices"
 	"sort"
 	"strings"
@@ -22,73 +21,21 @@ import (
 
 	"github.com/tether-chat/tether/auth"
 	"github.com/tether-chat/tether/engine"
-	"github.com/tether-chat/tether/internal/ws"
+	"github.com/tether-chat/tether/internal/bucket"
 	"github.com/tether-chat/tether/protocol"
 	"github.com/tether-chat/tether/server/hub"
 	"github.com/tether-chat/tether/server/transport"
 )
 
-// serveWS is /ws served by net/http (Handler(), TLS): it upgrades one
-// connection and starts its reader.
-func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
-	s.openWS(&handshake{req: requestFromHTTP(r), w: w})
-}
-
-// openWS upgrades one connection, sets it up and starts its reader.
-func (s *Server) openWS(h *handshake) {
-	r := &h.req
-	if s.shuttingDown.Load() {
-		h.fail(http.StatusServiceUnavailable, "server is shutting down; reconnect to another node")
-		return
-	}
-	user, claims, refuse, ok := s.identify(h)
-	if !ok {
-		return // identify has answered
-	}
-	ip := remoteIP(r.remote)
-	admitted := false
-	if refuse == nil {
-		if refuse = s.admit(ip, user); refuse == nil {
-			admitted = true
-		}
-	}
-	nc, resp, early, err := s.upgrade(h)
-	if err != nil {
-		if admitted {
-			s.release(ip, user)
-		}
-		return // upgrade has answered and logged
-	}
-	if refuse != nil {
-		s.refuseOpened(nc, resp, r.remote, user, *refuse)
-		return
-	}
-	c := s.newConn(nc, resp, r, user, ip, claims)
-	if c.dialect != nil && c.dialect.deferSetUp() {
-		// Set up by its first join (dialect.go); until then the heartbeat
-		// and a shutdown know it, nothing else does.
-		s.hub.Track(c)
-		c.Uncork()
-	} else if err := s.setUp(c, r); err != nil {
-		s.setUpFailed(c, err)
-	}
-	c.FlushReplies()
-	// Reading is driven by the poller (or a goroutine of its own) and the
-	// handler returns, so net/http's per-request state (buffers, request,
-	// response writer) is garbage as soon as the set-up is done instead of
-	// living as long as the connection.
-	c.StartReading(early)
-}
-
-// identify names the user a request is for: the token's subject in token
+// Identify names the user a request is for: the token's subject in token
 // mode (refuse says why there is none), the name the client gave in open
-// mode (a guest's when it gave none). A name that is not valid is answered
-// with 400 in open mode (ok false) and refused with 4401 in token mode.
-func (s *Server) identify(h *handshake) (user string, claims *auth.Claims, refuse *protocol.Disconnect, ok bool) {
-	r := &h.req
-	user = r.clientID
+// mode (a guest's when it gave none). A name that is not valid is bad (the
+// reason, for a 400 answer) in open mode and refused with 4401 in token
+// mode.
+func (s *Manager) Identify(r Request) (user string, claims *auth.Claims, refuse *protocol.Disconnect, bad string) {
+	user, _ = r.ClientID()
 	if user == "" {
-		user = r.query("user")
+		user = r.Query("user")
 	}
 	if s.cfg.AuthSecret != "" {
 		claims, refuse = s.authenticate(r, user)
@@ -96,46 +43,34 @@ func (s *Server) identify(h *handshake) (user string, claims *auth.Claims, refus
 			user = claims.Subject
 		}
 	} else if user == "" {
-		user = "guest-" + randomID(3)
+		user = "guest-" + NewID(3)
 	}
 	if refuse == nil {
 		if msg := protocol.ValidateUser(user); msg != "" {
 			if claims == nil {
-				h.fail(http.StatusBadRequest, "invalid user: "+msg)
-				return "", nil, nil, false
+				return "", nil, nil, "invalid user: " + msg
 			}
 			d := protocol.Unauthorized("token subject is not a valid user name")
 			refuse = &d
 		}
 	}
-	return user, claims, refuse, true
-}
-
-// refuseOpened refuses a connection after its upgrade, with a close code,
-// because a browser cannot read the status of a failed handshake: it
-// would only see 1006 and retry forever.
-func (s *Server) refuseOpened(nc net.Conn, resp []byte, remote, user string, refuse protocol.Disconnect) {
-	s.metrics.refused.Add(1)
-	s.log.Warn("connection refused", "remote", remote, "user", user, "code", int(refuse.Code), "reason", refuse.Reason)
-	nc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-	nc.Write(ws.AppendFrame(resp, ws.OpClose, transport.ClosePayload(refuse)))
-	nc.Close()
+	return user, claims, refuse, ""
 }
 
 // newConn makes the connection of an upgraded socket, in the dialect its
 // path asks for, and hands the socket to the poller. It starts corked:
 // the 101 response (resp) goes out in one write with the welcome and the
 // first replies, once the set-up is done.
-func (s *Server) newConn(nc net.Conn, resp []byte, r *wsRequest, user, ip string, claims *auth.Claims) *Conn {
+func (s *Manager) newConn(nc net.Conn, resp []byte, r Request, user, ip string, claims *auth.Claims) *Conn {
 	c := &Conn{
-		id: s.nextID.Add(1), user: user, ip: ip, remote: r.remote, opened: time.Now(),
-		srv: s, claims: claims,
-		limiter: bucket{rate: s.cfg.RateLimit, burst: float64(s.cfg.RateBurst), tokens: float64(s.cfg.RateBurst)},
+		id: s.nextID.Add(1), user: user, ip: ip, remote: r.Remote(), opened: time.Now(),
+		m: s, claims: claims,
+		limiter: bucket.New(s.cfg.RateLimit, float64(s.cfg.RateBurst)),
 	}
-	c.Init(&s.tp, nc, c, resp)
-	if !r.tether {
+	c.Init(s.tp, nc, c, resp)
+	if !r.Tether() {
 		c.dialect = s.wsDialect
-		if r.withID {
+		if _, withID := r.ClientID(); withID {
 			c.dialect = s.wsIDDialect
 		}
 	}
@@ -144,27 +79,35 @@ func (s *Server) newConn(nc net.Conn, resp []byte, r *wsRequest, user, ip string
 	}
 	c.Attach()
 	s.conns.Add(1)
-	s.metrics.opened.Add(1)
+	s.metrics.Opened.Add(1)
 	return c
 }
 
-// setUp runs connected when its turn comes (maxSetups). A panic in it
+// setUp runs connected when its turn comes (MaxSetups). A panic in it
 // fails this set-up (close 1011), nothing else.
-func (s *Server) setUp(c *Conn, r *wsRequest) error {
+func (s *Manager) setUp(c *Conn, r Request) error {
 	return s.runSetUp(c, func() error {
-		if err := s.checkConnect(c, r.cookie, r.origin, r.query("session") != ""); err != nil {
+		named, err := s.node.CheckConnect(c, r.Cookie(), r.Origin(), r.Query("session") != "")
+		if err != nil {
 			return err
 		}
-		return s.connected(c, r.query("session"), parseSince(r.query("since")), r.query("rooms"))
+		if named != "" {
+			c.user = named // the node moved its place under the limits
+		}
+		return s.connected(c, r.Query("session"), parseSince(r.Query("since")), r.Query("rooms"))
 	})
 }
 
 // setUpLater sets up, from its reader, a connection whose dialect defers
 // its set-up to its first join: in room, with a new session.
-func (s *Server) setUpLater(c *Conn, room string) {
+func (s *Manager) setUpLater(c *Conn, room string) {
 	if err := s.runSetUp(c, func() error {
-		if err := s.checkConnect(c, "", "", false); err != nil {
+		named, err := s.node.CheckConnect(c, "", "", false)
+		if err != nil {
 			return err
+		}
+		if named != "" {
+			c.user = named
 		}
 		return s.connected(c, "", nil, room)
 	}); err != nil {
@@ -174,7 +117,7 @@ func (s *Server) setUpLater(c *Conn, room string) {
 
 // setUpFailed closes a connection whose set-up failed: with the close
 // code err carries, or 1011.
-func (s *Server) setUpFailed(c *Conn, err error) {
+func (s *Manager) setUpFailed(c *Conn, err error) {
 	c.Uncork()
 	var d protocol.Disconnect
 	if errors.As(err, &d) {
@@ -187,7 +130,7 @@ func (s *Server) setUpFailed(c *Conn, err error) {
 }
 
 // runSetUp runs one connection's set-up, f, when its turn comes.
-func (s *Server) runSetUp(c *Conn, f func() error) (err error) {
+func (s *Manager) runSetUp(c *Conn, f func() error) (err error) {
 	select {
 	case s.setups <- struct{}{}:
 	default:
@@ -198,7 +141,7 @@ func (s *Server) runSetUp(c *Conn, f func() error) (err error) {
 	defer func() { <-s.setups }()
 	defer func() {
 		if r := recover(); r != nil {
-			s.panicked("set-up", r, nil)
+			s.node.Panicked("set-up", r, nil)
 			err = protocol.DisconnectInternal
 		}
 	}()
@@ -213,9 +156,9 @@ func (s *Server) runSetUp(c *Conn, f func() error) (err error) {
 // authenticate checks the token of a request in token mode. The token
 // comes from ?token= (browsers cannot set headers on a WebSocket) or an
 // Authorization: Bearer header. It is never logged.
-func (s *Server) authenticate(r *wsRequest, named string) (*auth.Claims, *protocol.Disconnect) {
-	tok := r.query("token")
-	if h := r.authorization; tok == "" && len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+func (s *Manager) authenticate(r Request, named string) (*auth.Claims, *protocol.Disconnect) {
+	tok := r.Query("token")
+	if h := r.Authorization(); tok == "" && len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
 		tok = strings.TrimSpace(h[7:])
 	}
 	if tok == "" {
@@ -275,8 +218,8 @@ func parseSince(raw string) map[string]position {
 // rooms the client asks for (the SDKs ask for every room they are in, so
 // these are the session's); only a session with rooms the client did not
 // ask for, or one that expired, takes a second call.
-func (s *Server) connected(c *Conn, sessionID string, since map[string]position, rooms string) error {
-	ctx, cancel := s.opContext(10 * time.Second)
+func (s *Manager) connected(c *Conn, sessionID string, since map[string]position, rooms string) error {
+	ctx, cancel := s.OpContext(10 * time.Second)
 	defer cancel()
 	c.startResume()
 	if s.shuttingDown.Load() {
@@ -290,7 +233,7 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position,
 	s.welcome(c, p, resumed, joined, refused)
 	s.replay(ctx, c, p, since)
 	s.log.Info("connect", "user", c.user, "conn", c.id, "remote", c.remote, "resumed", resumed, "rooms", len(joined))
-	s.hook(HookEvent{Type: "connect", User: c.user, Conn: c.id, Remote: c.remote, Resumed: resumed})
+	s.node.Connected(c, resumed)
 	return nil
 }
 
@@ -301,8 +244,8 @@ func (s *Server) connected(c *Conn, sessionID string, since map[string]position,
 // session names rooms the first did not enter. It returns whether the
 // session was resumed, the rooms joined and the refusals (each names its
 // room).
-func (s *Server) enterSession(ctx context.Context, c *Conn, p *hub.Plan, sessionID string, since map[string]position, rooms string) (resumed bool, joined []string, refused []*protocol.Error, err error) {
-	fresh := &engine.Session{ID: randomID(16), User: c.user}
+func (s *Manager) enterSession(ctx context.Context, c *Conn, p *hub.Plan, sessionID string, since map[string]position, rooms string) (resumed bool, joined []string, refused []*protocol.Error, err error) {
+	fresh := &engine.Session{ID: NewID(16), User: c.user}
 	c.session = fresh.ID
 	if sessionID != "" {
 		c.session = sessionID
@@ -355,16 +298,17 @@ func (s *Server) enterSession(ctx context.Context, c *Conn, p *hub.Plan, session
 			return false, nil, nil, err
 		}
 	}
+	c.sessionSet.Store(true) // c.session is final
 	if resumed {
 		s.hub.ReleaseGhost(ctx, loaded.ID)
-		s.metrics.resumes.Add(1)
+		s.metrics.Resumes.Add(1)
 	}
 	return resumed, joined, refused, nil
 }
 
 // welcome sends c its welcome, always its first message, then the
 // refusals of rooms it asked for.
-func (s *Server) welcome(c *Conn, p *hub.Plan, resumed bool, joined []string, refused []*protocol.Error) {
+func (s *Manager) welcome(c *Conn, p *hub.Plan, resumed bool, joined []string, refused []*protocol.Error) {
 	inbox := p.Entered()[0].History
 	c.SendFirst(protocol.Encode(protocol.TypeWelcome, "", protocol.Welcome{
 		Protocol: protocol.Version, User: c.user, Session: c.session, Resumed: resumed, Online: p.Entered()[0].Count, Rooms: joined,
@@ -381,7 +325,7 @@ func (s *Server) welcome(c *Conn, p *hub.Plan, resumed bool, joined []string, re
 // (in the order of their keys), then takes it live: deliveries held
 // during the replay follow it, and then each room's members, whose
 // position comes after every message up to it that c is sent.
-func (s *Server) replay(ctx context.Context, c *Conn, p *hub.Plan, since map[string]position) {
+func (s *Manager) replay(ctx context.Context, c *Conn, p *hub.Plan, since map[string]position) {
 	entered := p.Entered()
 	read := make(map[string]*engine.Entered, len(p.Keys()))
 	for i, k := range p.Keys() {
@@ -459,7 +403,7 @@ func afterOf(since map[string]position, key string) *uint64 {
 // stream since pos is still retained, and replays it if so. en is what
 // Enter read of the stream (its first page after pos); nil when the
 // client is not in the room (any more): nothing to replay or reveal.
-func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position, en *engine.Entered, replayed map[string]roomPos) {
+func (s *Manager) recover(ctx context.Context, c *Conn, key string, pos position, en *engine.Entered, replayed map[string]roomPos) {
 	rec := protocol.Recovered{}
 	stream := engine.RoomStream(key)
 	if key == protocol.InboxKey {
@@ -468,7 +412,7 @@ func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position,
 		rec.Room = key
 	}
 	if en == nil {
-		s.metrics.recoveriesFailed.Add(1)
+		s.metrics.RecoveriesFailed.Add(1)
 		c.Reply(protocol.Encode(protocol.TypeRecovered, "", rec))
 		return
 	}
@@ -476,7 +420,7 @@ func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position,
 	rec.Epoch, rec.Top = hist.Epoch, hist.Top
 	rec.Recovered = hist.Covers(pos.epoch, pos.seq)
 	if !rec.Recovered {
-		s.metrics.recoveriesFailed.Add(1)
+		s.metrics.RecoveriesFailed.Add(1)
 		c.Reply(protocol.Encode(protocol.TypeRecovered, "", rec))
 		return
 	}
@@ -501,13 +445,13 @@ func (s *Server) recover(ctx context.Context, c *Conn, key string, pos position,
 		}
 	}
 	replayed[stream] = roomPos{epoch: rec.Epoch, top: last}
-	s.metrics.recoveries.Add(1)
+	s.metrics.Recoveries.Add(1)
 	c.Reply(protocol.Encode(protocol.TypeRecovered, "", rec))
 }
 
 // saveSession stores what a resume of c's session needs, for the resume
 // window. It is refreshed while the connection lives (heartbeat).
-func (s *Server) saveSession(ctx context.Context, c *Conn) {
+func (s *Manager) saveSession(ctx context.Context, c *Conn) {
 	if c.session == "" {
 		return
 	}
@@ -518,16 +462,16 @@ func (s *Server) saveSession(ctx context.Context, c *Conn) {
 
 // sessionOf is what a resume of c's session needs: its user, rooms and
 // private-conversation partners.
-func (s *Server) sessionOf(c *Conn) *engine.Session {
+func (s *Manager) sessionOf(c *Conn) *engine.Session {
 	return &engine.Session{ID: c.session, User: c.user, Rooms: s.hub.RoomsOf(c), Partners: s.hub.PartnersOf(c.user)}
 }
 
 // saveSessions saves the sessions of many connections in as few engine
 // round trips as the engine allows, and reports whether all were saved.
-func (s *Server) saveSessions(ctx context.Context, conns []*Conn) bool {
+func (s *Manager) saveSessions(ctx context.Context, conns []*Conn) bool {
 	ss := make([]*engine.Session, 0, len(conns))
 	for _, c := range conns {
-		if c.session != "" {
+		if c.sessionSet.Load() { // not one still being set up
 			ss = append(ss, s.sessionOf(c))
 		}
 	}
@@ -545,7 +489,7 @@ func (s *Server) saveSessions(ctx context.Context, conns []*Conn) bool {
 // a short one (PresenceGraceAway) when the client said 1001 "going away":
 // a page that was reloaded resumes and misses nothing, and the partners
 // of a tab that was closed learn of it within a second or two.
-func (s *Server) disconnected(c *Conn) {
+func (s *Manager) disconnected(c *Conn) {
 	c.CloseSocket()
 	code, reason, clean := protocol.CloseAbnormal, "", false
 	grace := s.cfg.PresenceGrace
@@ -563,7 +507,7 @@ func (s *Server) disconnected(c *Conn) {
 		code, reason = closing.Code, closing.Reason
 		clean = protocol.PolicyFor(closing.Code) == protocol.Terminal
 	}
-	ctx, cancel := s.opContext(5 * time.Second)
+	ctx, cancel := s.OpContext(5 * time.Second)
 	switch {
 	case !c.registered:
 		s.hub.Untrack(c) // a dialect's connection that never joined
@@ -592,10 +536,10 @@ func (s *Server) disconnected(c *Conn) {
 	}
 	cancel()
 	if c.registered {
-		s.hook(HookEvent{Type: "disconnect", User: c.user, Conn: c.id, Remote: c.remote, Code: int(code)})
+		s.node.Disconnected(c, code)
 	}
-	s.release(c.ip, c.user)
-	s.metrics.closed.Add(1)
+	s.node.Release(c.ip, c.user)
+	s.metrics.Closed.Add(1)
 	s.metrics.closedWith(int(code))
 	// A dropped connection (1006) is routine on real networks; only a
 	// server-side failure is worth a warning.

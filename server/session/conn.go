@@ -1,4 +1,4 @@
-package server
+package session
 
 import (
 	"sync"
@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tether-chat/tether/auth"
+	"github.com/tether-chat/tether/internal/bucket"
 	"github.com/tether-chat/tether/internal/ws"
 	"github.com/tether-chat/tether/protocol"
 	"github.com/tether-chat/tether/server/hub"
@@ -24,7 +25,7 @@ type Conn struct {
 	ip     string // remote address without port (limits)
 	remote string
 	opened time.Time
-	srv    *Server
+	m      *Manager
 
 	// Reader-owned: the reader holds the role (transport) while it calls
 	// OnMessage and OnRead.
@@ -32,7 +33,7 @@ type Conn struct {
 	// batchOpen: the reader holds the node's processing lock for chats
 	// (openBatch).
 	batchOpen    bool
-	limiter      bucket
+	limiter      bucket.Bucket
 	strikes      int       // rate-limit rejections since strikeWindow
 	strikeWindow time.Time // start of the current one-second window
 
@@ -48,6 +49,10 @@ type Conn struct {
 	rooms hub.Rooms
 
 	session string // the session this connection holds
+	// sessionSet is raised once the set-up has settled session: from then
+	// on goroutines other than the connection's own (the upkeep, a stop,
+	// the API's unsubscribe) may read it.
+	sessionSet atomic.Bool
 	// savedAtStop is set by Shutdown when it has saved the session.
 	savedAtStop atomic.Bool
 	registered  bool         // the hub knows it (set by the handshake goroutine before the reader starts, or by a dialect's deferred set-up on the reader)
@@ -90,6 +95,29 @@ func (c *Conn) startResume() {
 	c.pubMu.Unlock()
 }
 
+// Heartbeat is the node's heartbeat for this connection at now: a ping
+// once it has been silent for interval, a close (4000 heartbeat timeout)
+// once silent for interval+timeout. A connection whose reader waits on the
+// engine (busy) has not read its client's pongs: it is pinged but not
+// closed until its reader has caught up.
+func (c *Conn) Heartbeat(now time.Time, interval, timeout time.Duration) {
+	seen := c.LastSeen()
+	silent := time.Duration(now.UnixNano() - seen)
+	switch {
+	case silent >= interval+timeout && !c.busy.Load():
+		c.Close(protocol.DisconnectHeartbeat, transport.CloseDrop)
+	case silent >= interval && c.pinged.Load() < seen:
+		c.pinged.Store(now.UnixNano())
+		c.Ping()
+	}
+}
+
+// Remote is the peer's host:port, IP its address (the limits' key), and
+// Claims what its token allows (nil in open mode).
+func (c *Conn) Remote() string       { return c.remote }
+func (c *Conn) IP() string           { return c.ip }
+func (c *Conn) Claims() *auth.Claims { return c.claims }
+
 // The hub's Member.
 
 func (c *Conn) ID() uint64        { return c.id }
@@ -109,7 +137,7 @@ func (c *Conn) Deliver(data []byte, stream, epoch string, seq uint64, later *tra
 		return true // already replayed
 	}
 	if c.resuming {
-		if len(c.held) >= 4*c.srv.cfg.SendQueueMessages {
+		if len(c.held) >= 4*c.m.cfg.SendQueueMessages {
 			c.Overflowed()
 			return false
 		}
@@ -150,9 +178,9 @@ func (c *Conn) goLive(replayed map[string]roomPos) {
 // Limit is the largest message of kind op.
 func (c *Conn) Limit(op byte) int64 {
 	if op == ws.OpBinary {
-		return c.srv.maxBinary() // a file
+		return c.m.maxBinary() // a file
 	}
-	return c.srv.cfg.MaxMessageSize
+	return c.m.cfg.MaxMessageSize
 }
 
 // OnMessage handles one whole message (commands.go).
@@ -164,12 +192,12 @@ func (c *Conn) OnRead() { c.flushChats() }
 // OnFail logs a connection that broke the protocol; the transport closes
 // it.
 func (c *Conn) OnFail(d protocol.Disconnect) {
-	c.srv.log.Info("closing a connection that broke the protocol", "user", c.user, "remote", c.remote,
+	c.m.log.Info("closing a connection that broke the protocol", "user", c.user, "remote", c.remote,
 		"code", int(d.Code), "reason", d.Reason)
 }
 
 // OnGone cleans up after the socket (session.go).
-func (c *Conn) OnGone() { c.srv.disconnected(c) }
+func (c *Conn) OnGone() { c.m.disconnected(c) }
 
 // OnPanic closes the connection with 1011; a panic while reading leaves
 // the read's chats unanswered (its client sends them again).
@@ -177,7 +205,7 @@ func (c *Conn) OnPanic(where string, r any) {
 	if where == "reading" {
 		c.closeBatch()
 	}
-	c.srv.panicked(where, r, c)
+	c.m.node.Panicked(where, r, c)
 }
 
 // Encode translates a frame into the connection's dialect.

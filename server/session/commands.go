@@ -1,4 +1,4 @@
-package server
+package session
 
 // A connection's commands, once it is set up (session.go): each whole
 // message from the WebSocket layer (read.go) is rate-limited, decoded and
@@ -25,10 +25,10 @@ func (c *Conn) onMessage(op byte, data []byte) {
 	if c.Closing() != nil {
 		return // closing: the rest is discarded until the peer answers
 	}
-	c.srv.metrics.received.Add(1)
+	c.m.metrics.Received.Add(1)
 	if op != ws.OpText {
 		c.flushChats()
-		if c.dialect != nil || c.srv.cfg.MaxFileSize < 0 {
+		if c.dialect != nil || c.m.cfg.MaxFileSize < 0 {
 			c.sendError(&protocol.Error{Code: protocol.ErrBadFrame,
 				Message: "binary frames are not taken here: send text frames"})
 			return
@@ -37,20 +37,20 @@ func (c *Conn) onMessage(op byte, data []byte) {
 			c.sendError(&protocol.Error{Code: protocol.ErrRateLimited, Message: "too many messages: this file was not processed; slow down"})
 			return
 		}
-		c.srv.metrics.inByType.WithLabelValues(protocol.TypeFile).Inc()
+		c.m.metrics.InByType.WithLabelValues(protocol.TypeFile).Inc()
 		c.processing(func() { c.onFile(data) }, "")
 		return
 	}
 	var cmd protocol.Command
 	var perr *protocol.Error
 	if c.dialect != nil {
-		c.srv.metrics.inByType.WithLabelValues("dialect").Inc()
+		c.m.metrics.InByType.WithLabelValues("dialect").Inc()
 	} else {
-		cmd, perr = protocol.Decode(data, protocol.Limits{MaxText: c.srv.cfg.MaxText})
+		cmd, perr = protocol.Decode(data, protocol.Limits{MaxText: c.m.cfg.MaxText})
 		if perr != nil {
-			c.srv.metrics.inByType.WithLabelValues("invalid").Inc()
+			c.m.metrics.InByType.WithLabelValues("invalid").Inc()
 		} else {
-			c.srv.metrics.inByType.WithLabelValues(cmd.Type).Inc()
+			c.m.metrics.InByType.WithLabelValues(cmd.Type).Inc()
 		}
 	}
 	if cmd.Type != protocol.TypeChat || perr != nil {
@@ -101,10 +101,10 @@ type pendingChat struct {
 // and queues it for the batch; one that cannot be sent is answered at
 // once, after the chats before it. Called with the batch open.
 func (c *Conn) queueChat(cmd protocol.Command) {
-	if testHookHandle != nil {
-		testHookHandle(c, cmd)
+	if TestHookHandle != nil {
+		TestHookHandle(c, cmd)
 	}
-	ctx, cancel := c.srv.opContext(5 * time.Second)
+	ctx, cancel := c.m.OpContext(5 * time.Second)
 	defer cancel()
 	p, err := c.chatPublication(ctx, cmd)
 	if err != nil {
@@ -122,10 +122,10 @@ func (c *Conn) queueChat(cmd protocol.Command) {
 func (c *Conn) chatPublication(ctx context.Context, cmd protocol.Command) (p *engine.Publication, err error) {
 	p = &engine.Publication{Stream: engine.RoomStream(cmd.Room), Type: protocol.TypeChat,
 		Room: cmd.Room, From: c.user, Text: cmd.Text, ClientID: cmd.ID, TS: time.Now().UnixMilli()}
-	if !c.srv.hub.IsMember(c, cmd.Room) {
+	if !c.m.hub.IsMember(c, cmd.Room) {
 		return p, notMember(cmd.Room)
 	}
-	return p, c.checkMessage(ctx, p)
+	return p, c.m.node.CheckMessage(ctx, c, p)
 }
 
 // openBatch makes sure the connection is processing for its batch of
@@ -137,12 +137,12 @@ func (c *Conn) openBatch() bool {
 	if c.batchOpen {
 		return true
 	}
-	if c.srv.shuttingDown.Load() {
+	if c.m.shuttingDown.Load() {
 		return false
 	}
-	c.srv.processing.RLock()
-	if c.srv.shuttingDown.Load() {
-		c.srv.processing.RUnlock()
+	c.m.processing.RLock()
+	if c.m.shuttingDown.Load() {
+		c.m.processing.RUnlock()
 		return false
 	}
 	c.batchOpen = true
@@ -164,7 +164,7 @@ func (c *Conn) closeBatch() {
 	if c.batchOpen {
 		c.batchOpen = false
 		c.busy.Store(false)
-		c.srv.processing.RUnlock()
+		c.m.processing.RUnlock()
 	}
 	clear(c.chats)
 	c.chats = c.chats[:0]
@@ -176,14 +176,14 @@ func (c *Conn) publishChats() {
 	if len(c.chats) == 0 {
 		return
 	}
-	ctx, cancel := c.srv.opContext(5 * time.Second)
+	ctx, cancel := c.m.OpContext(5 * time.Second)
 	defer cancel()
 	ps := make([]*engine.Publication, len(c.chats))
 	keys := make([]string, len(c.chats))
 	for i, ch := range c.chats {
 		ps[i], keys[i] = ch.p, ch.key
 	}
-	errs := c.srv.publishBatch(ctx, ps, keys)
+	errs := c.m.publishBatch(ctx, ps, keys)
 	for i, ch := range c.chats {
 		c.answer(ctx, ch.id, ch.p, errs[i])
 	}
@@ -193,15 +193,15 @@ func (c *Conn) publishChats() {
 
 // processing runs f, the handling of one client message, unless the node
 // is stopping (the message with this id is then refused as not
-// processed); see Server.processing.
+// processed); see Manager.processing.
 func (c *Conn) processing(f func(), id string) {
-	if c.srv.shuttingDown.Load() {
+	if c.m.shuttingDown.Load() {
 		c.refuseRestarting(id)
 		return
 	}
-	c.srv.processing.RLock()
-	defer c.srv.processing.RUnlock()
-	if c.srv.shuttingDown.Load() {
+	c.m.processing.RLock()
+	defer c.m.processing.RUnlock()
+	if c.m.shuttingDown.Load() {
 		c.refuseRestarting(id)
 		return
 	}
@@ -225,23 +225,25 @@ func (c *Conn) refuseRestarting(id string) {
 // down: it is closed with 4029.
 func (c *Conn) allow() bool {
 	now := time.Now()
-	if c.limiter.take(now) {
+	if c.limiter.Take(now) {
 		return true
 	}
-	c.srv.metrics.rateLimited.Add(1)
+	c.m.metrics.RateLimited.Add(1)
 	if now.Sub(c.strikeWindow) > time.Second {
 		c.strikeWindow, c.strikes = now, 0
 	}
 	c.strikes++
-	if c.strikes >= c.srv.cfg.RateStrikes {
+	if c.strikes >= c.m.cfg.RateStrikes {
 		c.Close(protocol.DisconnectRateLimited, transport.CloseDrain)
 	}
 	return false
 }
 
-// testHookHandle, when set by a test, runs first in every handle: the
-// way a test makes a command's handling fail (panic) on purpose.
-var testHookHandle func(c *Conn, cmd protocol.Command)
+// TestHookHandle, when set by a test, runs first in the handling of
+// every command: the way a test makes a command's handling fail (panic)
+// or hold on purpose. Nil otherwise; set it before the node starts and
+// clear it after it stopped.
+var TestHookHandle func(c *Conn, cmd protocol.Command)
 
 // handle carries out one valid command. Every command with an id is
 // answered with exactly one reply naming it: an ack (pong for ping,
@@ -255,16 +257,16 @@ var testHookHandle func(c *Conn, cmd protocol.Command)
 // leave are idempotent by nature: joining a room twice or leaving a room
 // one is not in changes nothing and is acked.
 func (c *Conn) handle(cmd protocol.Command) {
-	if testHookHandle != nil {
-		testHookHandle(c, cmd)
+	if TestHookHandle != nil {
+		TestHookHandle(c, cmd)
 	}
 	if cmd.Type == protocol.TypePing {
 		c.Reply(protocol.Encode(protocol.TypePong, cmd.ID, protocol.Pong{Echo: cmd.Echo}))
 		return
 	}
-	ctx, cancel := c.srv.opContext(5 * time.Second)
+	ctx, cancel := c.m.OpContext(5 * time.Second)
 	defer cancel()
-	h := c.srv.hub
+	h := c.m.hub
 	switch cmd.Type {
 	case protocol.TypeWho:
 		c.who(ctx, cmd)
@@ -283,12 +285,12 @@ func (c *Conn) handle(cmd protocol.Command) {
 			c.fail(cmd.ID, err)
 			return
 		}
-		c.srv.saveSession(ctx, c)
+		c.m.saveSession(ctx, c)
 		c.ack(cmd.ID, 0)
 	case protocol.TypeChat: // a dialect's; tether's own go through queueChat
 		p, err := c.chatPublication(ctx, cmd)
 		if err == nil {
-			err = c.srv.publish(ctx, p, c.key(cmd.ID))
+			err = c.m.publish(ctx, p, c.key(cmd.ID))
 		}
 		c.answer(ctx, cmd.ID, p, err)
 	case protocol.TypeDirect:
@@ -311,7 +313,7 @@ func (c *Conn) join(ctx context.Context, room string) (*engine.Entered, error) {
 	if err := c.mayJoin(room); err != nil {
 		return nil, err
 	}
-	return c.srv.hub.Join(ctx, c, room, func() *engine.Session { return c.srv.sessionOf(c) })
+	return c.m.hub.Join(ctx, c, room, func() *engine.Session { return c.m.sessionOf(c) })
 }
 
 // key is the idempotency key of a client message: its id within the
@@ -332,8 +334,8 @@ func (c *Conn) key(id string) string {
 func (c *Conn) answer(ctx context.Context, id string, p *engine.Publication, err error) {
 	var pe *protocol.Error
 	if err != nil && id != "" && errors.As(err, &pe) && (pe.Code == protocol.ErrNotMember || pe.Code == protocol.ErrUserOffline) {
-		if seq, _, ok, rerr := c.srv.eng.Recorded(ctx, p.Stream, c.key(id)); rerr == nil && ok {
-			c.srv.metrics.duplicates.Add(1)
+		if seq, _, ok, rerr := c.m.eng.Recorded(ctx, p.Stream, c.key(id)); rerr == nil && ok {
+			c.m.metrics.Duplicates.Add(1)
 			c.ack(id, seq)
 			return
 		}
@@ -348,11 +350,11 @@ func (c *Conn) answer(ctx context.Context, id string, p *engine.Publication, err
 // who answers a `who` with the room's members; like history, it is for
 // members of the room.
 func (c *Conn) who(ctx context.Context, cmd protocol.Command) {
-	if !c.srv.hub.IsMember(c, cmd.Room) {
+	if !c.m.hub.IsMember(c, cmd.Room) {
 		c.fail(cmd.ID, notMember(cmd.Room))
 		return
 	}
-	en, err := c.srv.hub.Look(ctx, c, cmd.Room)
+	en, err := c.m.hub.Look(ctx, c, cmd.Room)
 	if err != nil {
 		c.fail(cmd.ID, err)
 		return
@@ -361,14 +363,14 @@ func (c *Conn) who(ctx context.Context, cmd protocol.Command) {
 }
 
 func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
-	if !c.srv.hub.IsMember(c, cmd.Room) {
+	if !c.m.hub.IsMember(c, cmd.Room) {
 		c.fail(cmd.ID, notMember(cmd.Room))
 		return
 	}
 	q := engine.HistoryQuery{After: cmd.After, Before: cmd.Before, Limit: cmd.Limit, Latest: cmd.After == 0}
-	hist, err := c.srv.eng.History(ctx, engine.RoomStream(cmd.Room), q)
+	hist, err := c.m.eng.History(ctx, engine.RoomStream(cmd.Room), q)
 	if err != nil {
-		c.fail(cmd.ID, c.srv.engineFailed("history", err))
+		c.fail(cmd.ID, c.m.engineFailed("history", err))
 		return
 	}
 	page := protocol.HistoryPage{Room: cmd.Room, Epoch: hist.Epoch, Top: hist.Top, Oldest: hist.Oldest,
@@ -406,7 +408,7 @@ func (c *Conn) ack(id string, seq uint64) {
 }
 
 func (c *Conn) sendError(e *protocol.Error) {
-	c.srv.metrics.errors.Add(1)
+	c.m.metrics.Errors.Add(1)
 	c.Reply(protocol.Encode(protocol.TypeError, e.ID, e))
 }
 
@@ -416,7 +418,7 @@ func (c *Conn) sendError(e *protocol.Error) {
 func (c *Conn) fail(id string, err error) {
 	var pe *protocol.Error
 	if !errors.As(err, &pe) {
-		pe = c.srv.engineFailed("", err)
+		pe = c.m.engineFailed("", err)
 	}
 	e := *pe
 	e.ID = id
@@ -440,9 +442,9 @@ var errInternal = protocol.Error{Code: protocol.ErrInternal, Message: "internal 
 
 // engineFailed logs an engine error (what for: "history", "publish", …)
 // and returns the protocol error a client gets for it.
-func (s *Server) engineFailed(what string, err error) *protocol.Error {
+func (s *Manager) engineFailed(what string, err error) *protocol.Error {
 	if errors.Is(err, engine.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
-		s.metrics.engineErrors.Add(1)
+		s.metrics.EngineErrors.Add(1)
 		s.log.Warn("engine unavailable", "op", what, "err", err)
 		e := errUnavailable
 		return &e
@@ -450,32 +452,6 @@ func (s *Server) engineFailed(what string, err error) *protocol.Error {
 	s.log.Error("handling a message failed", "op", what, "err", err)
 	e := errInternal
 	return &e
-}
-
-// bucket is a token bucket; rate <= 0 means unlimited.
-type bucket struct {
-	rate   float64
-	burst  float64
-	tokens float64
-	last   time.Time
-}
-
-func (b *bucket) take(now time.Time) bool {
-	if b.rate <= 0 {
-		return true
-	}
-	if !b.last.IsZero() {
-		b.tokens += now.Sub(b.last).Seconds() * b.rate
-		if b.tokens > b.burst {
-			b.tokens = b.burst
-		}
-	}
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
 }
 
 // sendMembers sends a room's members after a join or for a `who` (id):
@@ -492,25 +468,25 @@ func (c *Conn) sendMembers(ctx context.Context, id, room string, en *engine.Ente
 			Count: max(en.Count, len(en.Members)), Epoch: pos.epoch, Top: pos.top}))
 		return
 	}
-	if m, fresh := c.srv.hub.CachedBigRoom(room); fresh {
+	if m, fresh := c.m.hub.CachedBigRoom(room); fresh {
 		c.Reply(membersFrame(id, room, m, m.Count, pos))
 		return
 	}
-	cfg := &c.srv.cfg
+	cfg := &c.m.cfg
 	if limit := cfg.PresenceEventsMax; limit < 0 || en.Count <= limit {
 		// A small room with more members than a reply lists.
-		users, err := c.srv.eng.PresenceMembers(ctx, room, cfg.MembersMax)
+		users, err := c.m.eng.PresenceMembers(ctx, room, cfg.MembersMax)
 		if err != nil {
-			c.fail(id, c.srv.engineFailed("members", err))
+			c.fail(id, c.m.engineFailed("members", err))
 			return
 		}
 		c.Reply(protocol.Encode(protocol.TypeMembers, id, protocol.Members{Room: room, Users: users,
 			Count: max(en.Count, len(users)), Truncated: en.Count > len(users), Epoch: pos.epoch, Top: pos.top}))
 		return
 	}
-	listed, err := c.srv.hub.LoadBigRoom(ctx, room, en.Count)
+	listed, err := c.m.hub.LoadBigRoom(ctx, room, en.Count)
 	if err != nil {
-		c.fail(id, c.srv.engineFailed("members", err))
+		c.fail(id, c.m.engineFailed("members", err))
 		return
 	}
 	c.Reply(membersFrame(id, room, listed, en.Count, pos))
@@ -526,7 +502,7 @@ func (c *Conn) sendMembers(ctx context.Context, id, room string, en *engine.Ente
 // store it once the recipient is known to be online, before anything is
 // published.
 func (c *Conn) direct(ctx context.Context, to, text, id string, file *engine.FileRef, store func() error) (*engine.Publication, error) {
-	s := c.srv
+	s := c.m
 	eng := s.eng
 	p := &engine.Publication{Stream: engine.UserStream(to), Type: protocol.TypeDirect, From: c.user, To: to,
 		Text: text, ClientID: id, TS: time.Now().UnixMilli(), SkipConn: c.id, Node: s.nodeID, File: file}
@@ -537,7 +513,7 @@ func (c *Conn) direct(ctx context.Context, to, text, id string, file *engine.Fil
 	if !online {
 		return p, &protocol.Error{Code: protocol.ErrUserOffline, Message: "user " + to + " is not online"}
 	}
-	if err := c.checkMessage(ctx, p); err != nil {
+	if err := c.m.node.CheckMessage(ctx, c, p); err != nil {
 		return p, err
 	}
 	if store != nil {
