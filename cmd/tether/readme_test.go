@@ -199,3 +199,28 @@ func TestLayersImportDownward(t *testing.T) {
 		t.Fatalf("found %d of the %d layered packages in go list's output:\n%s", seen, len(allowed), out)
 	}
 }
+
+// TestDocsNameFilesThatExist: every Go file of the server or of internal/
+// that the README or docs/ name by path is there (files move when layers
+// do).
+func TestDocsNameFilesThatExist(t *testing.T) {
+	docs, _ := filepath.Glob("../../docs/*.md")
+	docs = append(docs, "../../README.md")
+	path := regexp.MustCompile(`\b(?:server|internal)/[a-z0-9_/]*\.go\b`)
+	named := 0
+	for _, d := range docs {
+		b, err := os.ReadFile(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range path.FindAllString(string(b), -1) {
+			named++
+			if _, err := os.Stat(filepath.Join("../..", p)); err != nil {
+				t.Errorf("%s names %s, which does not exist", filepath.Base(d), p)
+			}
+		}
+	}
+	if named == 0 {
+		t.Fatal("no file paths found in the docs: the pattern is wrong")
+	}
+}
