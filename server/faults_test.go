@@ -107,13 +107,12 @@ func TestFirstPrivateMessageWhileAwayIsRecovered(t *testing.T) {
 // the connection it served with 1011 and is counted; everyone else goes
 // on, and the node keeps accepting.
 func TestPanicClosesOnlyItsConnection(t *testing.T) {
-	session.TestHookHandle = func(c *session.Conn, cmd protocol.Command) {
+	ts := newTestServer(t, Config{})
+	ts.sess.SetHandleHook(func(c *session.Conn, cmd protocol.Command) {
 		if cmd.Text == "boom" {
 			panic("a bug in handling " + cmd.Type)
 		}
-	}
-	defer func() { session.TestHookHandle = nil }()
-	ts := newTestServer(t, Config{})
+	})
 	alice, bob := connect(t, ts, "alice"), connect(t, ts, "bob")
 	alice.send(protocol.TypeChat, "1", map[string]any{"text": "boom"})
 	if code, _ := alice.expectClose(); code != int(protocol.CloseInternal) {
@@ -284,14 +283,13 @@ func TestLostStreamMakesItsReadersResume(t *testing.T) {
 // finished and acked.
 func TestMessagesDuringShutdownAreAnswered(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
-	session.TestHookHandle = func(c *session.Conn, cmd protocol.Command) {
+	ts := newTestServer(t, Config{})
+	ts.sess.SetHandleHook(func(c *session.Conn, cmd protocol.Command) {
 		if cmd.Text == "hold" {
 			close(entered)
 			<-release
 		}
-	}
-	defer func() { session.TestHookHandle = nil }()
-	ts := newTestServer(t, Config{})
+	})
 	alice, bob := connect(t, ts, "alice"), connect(t, ts, "bob")
 	alice.send(protocol.TypeChat, "h", map[string]any{"text": "hold"})
 	<-entered

@@ -101,8 +101,8 @@ type pendingChat struct {
 // and queues it for the batch; one that cannot be sent is answered at
 // once, after the chats before it. Called with the batch open.
 func (c *Conn) queueChat(cmd protocol.Command) {
-	if TestHookHandle != nil {
-		TestHookHandle(c, cmd)
+	if h := c.m.handleHook; h != nil {
+		h(c, cmd)
 	}
 	ctx, cancel := c.m.OpContext(5 * time.Second)
 	defer cancel()
@@ -239,11 +239,11 @@ func (c *Conn) allow() bool {
 	return false
 }
 
-// TestHookHandle, when set by a test, runs first in the handling of
-// every command: the way a test makes a command's handling fail (panic)
-// or hold on purpose. Nil otherwise; set it before the node starts and
-// clear it after it stopped.
-var TestHookHandle func(c *Conn, cmd protocol.Command)
+// SetHandleHook makes f run first in the handling of every command of
+// this node's connections: the way a test makes a command's handling fail
+// (panic) or hold on purpose. For tests only; set it before the first
+// connection.
+func (s *Manager) SetHandleHook(f func(c *Conn, cmd protocol.Command)) { s.handleHook = f }
 
 // handle carries out one valid command. Every command with an id is
 // answered with exactly one reply naming it: an ack (pong for ping,
@@ -257,8 +257,8 @@ var TestHookHandle func(c *Conn, cmd protocol.Command)
 // leave are idempotent by nature: joining a room twice or leaving a room
 // one is not in changes nothing and is acked.
 func (c *Conn) handle(cmd protocol.Command) {
-	if TestHookHandle != nil {
-		TestHookHandle(c, cmd)
+	if h := c.m.handleHook; h != nil {
+		h(c, cmd)
 	}
 	if cmd.Type == protocol.TypePing {
 		c.Reply(protocol.Encode(protocol.TypePong, cmd.ID, protocol.Pong{Echo: cmd.Echo}))

@@ -160,6 +160,8 @@ type Manager struct {
 	shuttingDown atomic.Bool
 	// stopSaveGen is the hub's PartnerAdds when Stop saved every session.
 	stopSaveGen atomic.Uint64
+	// handleHook is a test's (SetHandleHook); nil otherwise.
+	handleHook func(c *Conn, cmd protocol.Command)
 }
 
 // Deps are what a Manager works with.
