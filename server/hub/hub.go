@@ -426,7 +426,7 @@ func (h *Hub) Unregister(ctx context.Context, c Member) {
 }
 
 // Forget removes a connection from the hub's own maps and tells the engine
-// nothing: the node is stopping (see Server.disconnected).
+// nothing: the node is stopping (see the session's disconnected).
 func (h *Hub) Forget(c Member) {
 	h.mu.Lock()
 	rs := c.Rooms()

@@ -1,7 +1,7 @@
 package session
 
 // A connection's commands, once it is set up (session.go): each whole
-// message from the WebSocket layer (read.go) is rate-limited, decoded and
+// message from the transport (server/transport, OnMessage) is rate-limited, decoded and
 // handled here — ping, who, history, join, leave, chat, direct, and files
 // (files.go) — and answered with an ack or an error. A new command is a
 // type in protocol/ and a case in handle.
