@@ -290,7 +290,7 @@ func (c *Conn) handle(cmd protocol.Command) {
 	case protocol.TypeChat: // a dialect's; tether's own go through queueChat
 		p, err := c.chatPublication(ctx, cmd)
 		if err == nil {
-			err = c.m.publish(ctx, p, c.key(cmd.ID))
+			err = c.m.Publish(ctx, p, c.key(cmd.ID))
 		}
 		c.answer(ctx, cmd.ID, p, err)
 	case protocol.TypeDirect:
@@ -370,7 +370,7 @@ func (c *Conn) history(ctx context.Context, cmd protocol.Command) {
 	q := engine.HistoryQuery{After: cmd.After, Before: cmd.Before, Limit: cmd.Limit, Latest: cmd.After == 0}
 	hist, err := c.m.eng.History(ctx, engine.RoomStream(cmd.Room), q)
 	if err != nil {
-		c.fail(cmd.ID, c.m.engineFailed("history", err))
+		c.fail(cmd.ID, c.m.EngineFailed("history", err))
 		return
 	}
 	page := protocol.HistoryPage{Room: cmd.Room, Epoch: hist.Epoch, Top: hist.Top, Oldest: hist.Oldest,
@@ -418,7 +418,7 @@ func (c *Conn) sendError(e *protocol.Error) {
 func (c *Conn) fail(id string, err error) {
 	var pe *protocol.Error
 	if !errors.As(err, &pe) {
-		pe = c.m.engineFailed("", err)
+		pe = c.m.EngineFailed("", err)
 	}
 	e := *pe
 	e.ID = id
@@ -440,9 +440,9 @@ var errUnavailable = protocol.Error{Code: protocol.ErrUnavailable,
 // is not the store's.
 var errInternal = protocol.Error{Code: protocol.ErrInternal, Message: "internal error; the message was not processed"}
 
-// engineFailed logs an engine error (what for: "history", "publish", …)
+// EngineFailed logs an engine error (what for: "history", "publish", …)
 // and returns the protocol error a client gets for it.
-func (s *Manager) engineFailed(what string, err error) *protocol.Error {
+func (s *Manager) EngineFailed(what string, err error) *protocol.Error {
 	if errors.Is(err, engine.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
 		s.metrics.EngineErrors.Add(1)
 		s.log.Warn("engine unavailable", "op", what, "err", err)
@@ -477,7 +477,7 @@ func (c *Conn) sendMembers(ctx context.Context, id, room string, en *engine.Ente
 		// A small room with more members than a reply lists.
 		users, err := c.m.eng.PresenceMembers(ctx, room, cfg.MembersMax)
 		if err != nil {
-			c.fail(id, c.m.engineFailed("members", err))
+			c.fail(id, c.m.EngineFailed("members", err))
 			return
 		}
 		c.Reply(protocol.Encode(protocol.TypeMembers, id, protocol.Members{Room: room, Users: users,
@@ -486,7 +486,7 @@ func (c *Conn) sendMembers(ctx context.Context, id, room string, en *engine.Ente
 	}
 	listed, err := c.m.hub.LoadBigRoom(ctx, room, en.Count)
 	if err != nil {
-		c.fail(id, c.m.engineFailed("members", err))
+		c.fail(id, c.m.EngineFailed("members", err))
 		return
 	}
 	c.Reply(membersFrame(id, room, listed, en.Count, pos))
@@ -508,7 +508,7 @@ func (c *Conn) direct(ctx context.Context, to, text, id string, file *engine.Fil
 		Text: text, ClientID: id, TS: time.Now().UnixMilli(), SkipConn: c.id, Node: s.nodeID, File: file}
 	online, err := eng.PresenceHas(ctx, "", to)
 	if err != nil {
-		return p, s.engineFailed("presence", err)
+		return p, s.EngineFailed("presence", err)
 	}
 	if !online {
 		return p, &protocol.Error{Code: protocol.ErrUserOffline, Message: "user " + to + " is not online"}
@@ -521,13 +521,13 @@ func (c *Conn) direct(ctx context.Context, to, text, id string, file *engine.Fil
 			return p, err
 		}
 	}
-	if err := s.publish(ctx, p, c.key(id)); err != nil {
+	if err := s.Publish(ctx, p, c.key(id)); err != nil {
 		return p, err
 	}
 	if to != c.user {
 		cp := *p
 		cp.Stream, cp.Seq, cp.Epoch = engine.UserStream(c.user), 0, ""
-		if err := s.publish(ctx, &cp, c.key(id)); err != nil {
+		if err := s.Publish(ctx, &cp, c.key(id)); err != nil {
 			// The recipient has it; only the sender's other tabs miss the
 			// copy (a re-send of the message would publish it).
 			s.log.Warn("direct copy to sender not published", "user", c.user, "err", err)

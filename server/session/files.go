@@ -73,7 +73,7 @@ func (c *Conn) onFile(data []byte) {
 				err = s.storeFile(ctx, f)
 			}
 			if err == nil {
-				err = s.publish(ctx, p, c.key(h.ID))
+				err = s.Publish(ctx, p, c.key(h.ID))
 			}
 		}
 		c.answer(ctx, h.ID, p, err)
@@ -85,7 +85,7 @@ func (c *Conn) onFile(data []byte) {
 
 func (s *Manager) storeFile(ctx context.Context, f *engine.File) error {
 	if err := s.eng.PutFile(ctx, f, s.cfg.HistoryTTL); err != nil {
-		return s.engineFailed("store file", err)
+		return s.EngineFailed("store file", err)
 	}
 	kind := "other"
 	if f.Image {

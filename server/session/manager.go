@@ -239,7 +239,7 @@ func (s *Manager) Stop() bool {
 // when it ends.
 func (s *Manager) SaveAtStop(ctx context.Context, conns []*Conn) {
 	s.stopSaveGen.Store(s.hub.PartnerAdds())
-	if s.saveSessions(ctx, conns) {
+	if s.SaveSessions(ctx, conns) {
 		for _, c := range conns {
 			c.savedAtStop.Store(true)
 		}
@@ -249,29 +249,12 @@ func (s *Manager) SaveAtStop(ctx context.Context, conns []*Conn) {
 // Wait returns when every connection's clean-up has run.
 func (s *Manager) Wait() { s.conns.Wait() }
 
-// SaveSessions saves the sessions of conns in one engine call.
-func (s *Manager) SaveSessions(ctx context.Context, conns []*Conn) bool {
-	return s.saveSessions(ctx, conns)
-}
-
 // SaveSession saves c's session, unless c is still being set up (its
 // set-up saves it).
 func (s *Manager) SaveSession(ctx context.Context, c *Conn) {
 	if c.sessionSet.Load() {
 		s.saveSession(ctx, c)
 	}
-}
-
-// Publish hands a retained publication (the server API's) to the engine,
-// idempotent by key.
-func (s *Manager) Publish(ctx context.Context, p *engine.Publication, key string) error {
-	return s.publish(ctx, p, key)
-}
-
-// EngineFailed logs an engine error and returns the protocol error a
-// client gets for it.
-func (s *Manager) EngineFailed(what string, err error) *protocol.Error {
-	return s.engineFailed(what, err)
 }
 
 // Open sets up a connection whose opening handshake is done: nc is its
@@ -296,9 +279,10 @@ func (s *Manager) Open(nc net.Conn, resp, early []byte, r Request, user, ip stri
 	c.StartReading(early)
 }
 
-// publish hands a retained publication to the engine, idempotent by key
-// (see Conn.key), mapping a failure to the error the client sees.
-func (s *Manager) publish(ctx context.Context, p *engine.Publication, key string) error {
+// Publish hands a retained publication (a client's, or the server API's)
+// to the engine, idempotent by key (see Conn.key), mapping a failure to
+// the error the client sees.
+func (s *Manager) Publish(ctx context.Context, p *engine.Publication, key string) error {
 	dup, err := s.eng.Publish(ctx, p, engine.PublishOptions{Key: key})
 	return s.published(p, dup, err)
 }
@@ -307,7 +291,7 @@ func (s *Manager) publish(ctx context.Context, p *engine.Publication, key string
 // client sees it, or the hook event and the count of duplicates.
 func (s *Manager) published(p *engine.Publication, dup bool, err error) error {
 	if err != nil {
-		return s.engineFailed("publish", err)
+		return s.EngineFailed("publish", err)
 	}
 	s.node.Published(p) // a duplicate too: at least once, the receiver drops it by (stream, seq)
 	if dup {

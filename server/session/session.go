@@ -466,9 +466,9 @@ func (s *Manager) sessionOf(c *Conn) *engine.Session {
 	return &engine.Session{ID: c.session, User: c.user, Rooms: s.hub.RoomsOf(c), Partners: s.hub.PartnersOf(c.user)}
 }
 
-// saveSessions saves the sessions of many connections in as few engine
+// SaveSessions saves the sessions of many connections in as few engine
 // round trips as the engine allows, and reports whether all were saved.
-func (s *Manager) saveSessions(ctx context.Context, conns []*Conn) bool {
+func (s *Manager) SaveSessions(ctx context.Context, conns []*Conn) bool {
 	ss := make([]*engine.Session, 0, len(conns))
 	for _, c := range conns {
 		if c.sessionSet.Load() { // not one still being set up

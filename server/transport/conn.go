@@ -133,7 +133,7 @@ func (c *Conn) queueText(data []byte) (ok, start bool) {
 	}
 	if c.overflowsLocked(1, len(data)) {
 		c.mu.Unlock()
-		c.overflowed()
+		c.Overflowed()
 		return false, false
 	}
 	c.queue = append(c.queue, outFrame{op: ws.OpText, data: data})
@@ -171,7 +171,7 @@ func (c *Conn) SendAll(frames [][]byte) {
 	start := len(c.queue) > 0 && c.kickLocked()
 	c.unlockAndStart(start)
 	if overflow {
-		c.overflowed()
+		c.Overflowed()
 	}
 }
 
@@ -218,7 +218,7 @@ func (c *Conn) SendReplay(data []byte) bool {
 		}
 		c.mu.Unlock()
 		if time.Now().After(deadline) {
-			c.overflowed()
+			c.Overflowed()
 			return false
 		}
 		time.Sleep(time.Millisecond)
@@ -231,16 +231,12 @@ func (c *Conn) overflowsLocked(frames, size int) bool {
 	return len(c.queue)+frames > c.opt.QueueMessages || c.queued+size > c.opt.QueueBytes
 }
 
-// overflowed closes a connection whose queue would not take what it was
-// sent: a slow consumer.
-func (c *Conn) overflowed() {
+// Overflowed closes the connection as a slow consumer (4008): its queue
+// (or the session's own backlog for it) would not take what it was sent.
+func (c *Conn) Overflowed() {
 	c.opt.Counters.SlowConsumers.Add(1)
 	c.Close(protocol.DisconnectSlowConsumer, CloseDrop)
 }
-
-// Overflowed closes the connection as a slow consumer (4008): the
-// session's own backlog for it outgrew the limits.
-func (c *Conn) Overflowed() { c.overflowed() }
 
 // Ping queues a WebSocket ping ahead of queued data, so a backlog never
 // delays the heartbeat.
@@ -284,7 +280,7 @@ func (c *Conn) pong(payload []byte) {
 	}
 	if c.overflowsLocked(1, len(data)) {
 		c.mu.Unlock()
-		c.overflowed()
+		c.Overflowed()
 		return
 	}
 	c.insertCtlLocked(outFrame{op: ws.OpPong, data: data})
