@@ -502,3 +502,33 @@ func testJoinPositionLetsASilentMemberResume(t *testing.T, eng engineCase) {
 		t.Fatalf("recovered = %+v", r)
 	}
 }
+
+// TestExpiredSessionsSetUpWhileTheUpkeepSaves: connections that come back
+// with a session that expired get a new one during their set-up, while the
+// upkeep saves every live connection's session (every ResumeWindow/3).
+// The upkeep must not read a session id the set-up is still replacing (the
+// race detector failed this before sessionSet), and each new session is
+// saved: a later resume with it finds it.
+func TestExpiredSessionsSetUpWhileTheUpkeepSaves(t *testing.T) {
+	ts := newTestServer(t, Config{AutoJoin: "-", ResumeWindow: 90 * time.Millisecond, PresenceGrace: 30 * time.Millisecond})
+	var sessions []string
+	for i := range 20 {
+		user := fmt.Sprint("u", i)
+		c := dial(t, resumeURL(ts.ws, user, "expired-"+user, nil))
+		w := c.expectWelcome()
+		if w.Resumed || w.Session == "expired-"+user {
+			t.Fatalf("welcome %+v: an unknown session was resumed", w)
+		}
+		sessions = append(sessions, w.Session)
+		time.Sleep(10 * time.Millisecond) // set-ups spread over several upkeep rounds
+	}
+	// Saved by the set-ups and the upkeep: each resumes (the window is
+	// kept alive by the upkeep while its connection lives).
+	time.Sleep(100 * time.Millisecond)
+	for i, s := range sessions {
+		c := dial(t, resumeURL(ts.ws, fmt.Sprint("u", i), s, nil))
+		if w := c.expectWelcome(); !w.Resumed || w.Session != s {
+			t.Fatalf("u%d: welcome %+v, want session %s resumed", i, w, s)
+		}
+	}
+}
