@@ -180,7 +180,11 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 				"", r.RedisCPUPerConnUS, r.RedisCmdsPerConn, r.RedisCPUPerMsgUS, r.RedisCmdsPerMsg, r.RedisCPUPerDelivUS)
 		}
 		if r.ConnsPerSec > 0 {
-			fmt.Fprintf(stdout, "%-11s %.0f connections opened per second\n", "", r.ConnsPerSec)
+			fmt.Fprintf(stdout, "%-11s %.0f connections opened per second", "", r.ConnsPerSec)
+			if r.LoadCPUPerConnUS > 0 {
+				fmt.Fprintf(stdout, " (load generator: %.0fµs of CPU per connection)", r.LoadCPUPerConnUS)
+			}
+			fmt.Fprintln(stdout)
 		}
 		line, _ := json.Marshal(r)
 		fmt.Fprintln(stdout, string(line))

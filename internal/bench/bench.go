@@ -90,6 +90,11 @@ type Result struct {
 	// ConnsPerSec is idle's connections opened per second (set-up and
 	// welcome included), over the time to open them all.
 	ConnsPerSec float64 `json:"conns_per_second,omitempty"`
+	// LoadCPUPerConnUS is idle's load generator's own CPU per connection
+	// opened (one process only): on a machine it shares with the server,
+	// connections per second are bound by the sum of its, the server's
+	// and Redis's CPU per connection.
+	LoadCPUPerConnUS float64 `json:"load_cpu_per_conn_us,omitempty"`
 	// Redis's CPU and commands (--redis) per connection set-up (idle), per
 	// published message (fanout, direct) and per delivered message.
 	RedisCPUPerConnUS  float64 `json:"redis_cpu_per_conn_us,omitempty"`
@@ -342,6 +347,7 @@ func Idle(ctx context.Context, o Options, self string) (Result, error) {
 		return Result{}, err
 	}
 	start := time.Now()
+	genBefore, genOK := selfCPU()
 	if procs == 1 {
 		o.progress("idle: opening %d connections", o.Conns)
 		members, err := dialAll(ctx, &o, o.Conns, "idle", nil)
@@ -361,6 +367,7 @@ func Idle(ctx context.Context, o Options, self string) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	genAfter, _ := selfCPU()
 	o.progress("idle: %d open; settling %s", o.Conns, o.Settle)
 	select {
 	case <-time.After(o.Settle):
@@ -375,6 +382,9 @@ func Idle(ctx context.Context, o Options, self string) (Result, error) {
 	r := Result{Scenario: "idle", Conns: o.Conns, Procs: procs, Servers: len(o.urls), Seconds: time.Since(start).Seconds(),
 		ConnsPerSec: n / connected.at.Sub(start).Seconds()}
 	o.redisPerUnit(before, connected, int64(o.Conns), &r.RedisCPUPerConnUS, &r.RedisCmdsPerConn)
+	if procs == 1 && genOK {
+		r.LoadCPUPerConnUS = (genAfter - genBefore).Seconds() * 1e6 / n
+	}
 	if len(o.PIDs) > 0 {
 		r.RSSPerConnKiB = float64(after.rss-before.rss) / 1024 / n
 		r.CPUPerConnUS = (connected.cpu - before.cpu).Seconds() * 1e6 / n
