@@ -291,6 +291,67 @@ func TestClusterRoomsDirectAndPresenceAcrossNodes(t *testing.T) {
 	}
 }
 
+// TestClusterPartnersToldWhenANodeDies: ann, on a node killed with
+// SIGKILL, never comes back (her client keeps trying the dead node); ben,
+// her private-conversation partner on another node, is told she left
+// once her presence expires (--presence-ttl), by the node that swept it.
+// cid, on the dead node too but a stranger to ben, sends him nothing.
+func TestClusterPartnersToldWhenANodeDies(t *testing.T) {
+	rs := testredis.Start(t)
+	doomed, survivor := startNode(t, rs.URL, "n1"), startNode(t, rs.URL, "n2")
+	ctx := context.Background()
+	ann, cid := dial(t, doomed.addr, "ann"), dial(t, doomed.addr, "cid")
+	ben := dial(t, survivor.addr, "ben")
+	var mu sync.Mutex
+	var dms, left []string
+	go func() {
+		for ev := range ben.Events() {
+			mu.Lock()
+			switch ev.Type {
+			case protocol.TypeDirect:
+				dms = append(dms, ev.Direct.From)
+			case protocol.TypeLeft:
+				left = append(left, ev.Left.User)
+			}
+			mu.Unlock()
+		}
+	}()
+	seen := func() (int, []string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(dms), append([]string(nil), left...)
+	}
+	if _, err := ann.Direct(ctx, "ben", "hello from the doomed node"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cid.Who(ctx, "general"); err != nil { // cid is online, and talks to nobody
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(wait)
+	for n, _ := seen(); n < 1; n, _ = seen() {
+		if time.Now().After(deadline) {
+			t.Fatal("ben never got ann's message")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, l := seen(); len(l) != 0 {
+		t.Fatalf("ben was told %v left while their node was up", l)
+	}
+	doomed.kill()
+	killed := time.Now()
+	for _, l := seen(); len(l) == 0; _, l = seen() {
+		if time.Now().After(deadline.Add(wait)) {
+			t.Fatal("ben was never told that ann left")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("ben told after %s (presence TTL 3 s)", time.Since(killed).Round(time.Millisecond))
+	time.Sleep(2 * time.Second) // cid was swept in the same round: a left for him would be here by now
+	if _, l := seen(); strings.Join(l, ",") != "ann" {
+		t.Fatalf("ben was told %v left; want ann, once", l)
+	}
+}
+
 // metric reads one unlabelled metric from a node's /metrics.
 func metric(t *testing.T, n *node, name string) float64 {
 	t.Helper()

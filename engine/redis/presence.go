@@ -2,11 +2,14 @@ package redis
 
 import (
 	"context"
+	"encoding/json"
 	"hash/fnv"
 	"sort"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/redis/rueidis"
 
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/protocol"
@@ -27,6 +30,17 @@ func (e *Engine) holdsKey(inst string) string { return e.cfg.Prefix + "pr:node:"
 func (e *Engine) nodesKey() string            { return e.cfg.Prefix + "pr:nodes" }
 func (e *Engine) goneKey() string             { return e.cfg.Prefix + "pr:gone" }
 func (e *Engine) sweptKey() string            { return e.cfg.Prefix + "pr:swept:" + e.instance }
+
+// partnersKey is the set of a user's private-conversation partners, in
+// the hash slot of the user's inbox stream (publishScript adds to it).
+func (e *Engine) partnersKey(user string) string {
+	return e.cfg.Prefix + "{" + engine.UserStream(user) + "}:pt"
+}
+
+// partnersTTL is how long a partner is remembered after the last private
+// message between the two: the partners told when a dead node's user is
+// swept are those of the last day.
+const partnersTTL = 24 * time.Hour
 
 // PresenceAdd implements engine.Engine.
 func (e *Engine) PresenceAdd(ctx context.Context, set, user string) (bool, int, error) {
@@ -233,14 +247,59 @@ func (e *Engine) sweep(ctx context.Context) {
 		if len(res) == 0 {
 			return
 		}
+		var offline []string
 		for i := 1; i+2 < len(res); i += 3 {
 			set, user := res[i], res[i+1]
 			count, _ := strconv.Atoi(res[i+2])
 			if set == "" {
+				offline = append(offline, user)
 				continue
 			}
 			e.log.Info("presence expired (node gone)", "room", set, "user", user)
 			e.publishPresence(ctx, set, user, protocol.PresenceLeave, count)
+		}
+		e.tellPartners(ctx, offline)
+	}
+}
+
+// tellPartners sends `left` to the private-conversation partners of
+// users whose dead node's holds were just swept and whom no node holds
+// any more: the node that would have told them is gone. The partners are
+// those the publish script noted (partnersKey). One round trip reads
+// every user's partners, one more publishes the notices.
+func (e *Engine) tellPartners(ctx context.Context, users []string) {
+	if len(users) == 0 {
+		return
+	}
+	reads := make(rueidis.Commands, len(users))
+	for i, u := range users {
+		reads[i] = e.client.B().Smembers().Key(e.partnersKey(u)).Build()
+	}
+	e.stats.commands.Add(uint64(len(reads)))
+	var notices rueidis.Commands
+	for i, res := range e.client.DoMulti(ctx, reads...) {
+		partners, err := res.AsStrSlice()
+		if err != nil {
+			e.log.Warn("partners not read; no left notice", "user", users[i], "err", err)
+			continue
+		}
+		e.log.Info("offline (node gone)", "user", users[i], "partners", len(partners))
+		for _, p := range partners {
+			left := &engine.Publication{Stream: engine.UserStream(p), Type: protocol.TypeLeft, User: users[i], TS: time.Now().UnixMilli()}
+			body, err := json.Marshal(left)
+			if err != nil {
+				continue
+			}
+			notices = append(notices, e.client.B().Publish().Channel(e.channel(left.Stream)).Message(rueidis.BinaryString(body)).Build())
+		}
+	}
+	if len(notices) == 0 {
+		return
+	}
+	e.stats.commands.Add(uint64(len(notices)))
+	for _, res := range e.client.DoMulti(ctx, notices...) {
+		if err := res.Error(); err != nil {
+			e.log.Warn("left notice not published", "err", err)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/engine/enginetest"
 	"github.com/tether-chat/tether/internal/testredis"
+	"github.com/tether-chat/tether/protocol"
 )
 
 var prefixes atomic.Int64
@@ -345,7 +347,7 @@ func dbsize(t *testing.T, e *Engine) int64 {
 }
 
 // TestEveryKeyIsBounded: after a workload of every kind (publishes with
-// and without keys, presence on several nodes, one of which dies,
+// and without keys, private messages, presence on several nodes, one of which dies,
 // sessions), every key left in Redis either has a TTL or is presence that
 // a live node holds; once the live node's users leave and the dead one is
 // swept, no presence key is left at all.
@@ -360,6 +362,7 @@ func TestEveryKeyIsBounded(t *testing.T) {
 		a.Publish(ctx, chat("room:r", ""), engine.PublishOptions{Key: fmt.Sprint("s:", i)})
 		a.Publish(ctx, chat(engine.UserStream("bob"), ""), engine.PublishOptions{})
 		a.Publish(ctx, chat("room:r", ""), engine.PublishOptions{Ephemeral: true})
+		a.Publish(ctx, &engine.Publication{Stream: engine.UserStream("bob"), Type: protocol.TypeDirect, From: "alice", To: "bob"}, engine.PublishOptions{}) // notes a partner
 	}
 	a.SaveSession(ctx, &engine.Session{ID: "s1", User: "alice"}, time.Minute)
 	for _, u := range []string{"alice", "bob"} {
@@ -408,4 +411,63 @@ func scanKeys(t *testing.T, e *Engine) []string {
 		t.Fatal(err)
 	}
 	return keys
+}
+
+// TestDeadNodesUsersLeftToTheirPartners: a user whose node died and who is
+// held by no other node is swept offline, and their private-conversation
+// partners are told `left` by the node that swept them (the dead node's
+// memory of who they talked to is gone with it); a user another node
+// still holds, or one who talked to nobody, sends nothing.
+func TestDeadNodesUsersLeftToTheirPartners(t *testing.T) {
+	srv := testredis.Start(t)
+	ctx := context.Background()
+	dead := newEngine(t, srv.URL, 10)
+	live := peer(t, dead, srv.URL)
+	started(t, dead)
+	events := started(t, live)
+	live.Subscribe(ctx, engine.UserStream("ben"))
+	direct := func(from, to, text string) {
+		for _, inbox := range []string{to, from} { // the recipient's, the sender's copy
+			p := &engine.Publication{Stream: engine.UserStream(inbox), Type: protocol.TypeDirect, From: from, To: to, Text: text, TS: time.Now().UnixMilli()}
+			if _, err := dead.Publish(ctx, p, engine.PublishOptions{Key: inbox + ":" + text}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	direct("ann", "ben", "hi ben")
+	direct("dan", "ben", "hi from dan")
+	direct("cid", "cid", "a note to myself")
+	for user, want := range map[string]string{"ben": "[ann dan]", "ann": "[ben]", "dan": "[ben]", "cid": "[]"} {
+		got, err := dead.client.Do(ctx, dead.client.B().Smembers().Key(dead.partnersKey(user)).Build()).AsStrSlice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sort.Strings(got)
+		if fmt.Sprint(got) != want {
+			t.Fatalf("%s's partners: %v, want %s", user, got, want)
+		}
+	}
+	if ttl, _ := dead.client.Do(ctx, dead.client.B().Pttl().Key(dead.partnersKey("ben")).Build()).AsInt64(); ttl <= 0 || ttl > partnersTTL.Milliseconds() {
+		t.Fatalf("ben's partners set expires in %d ms, want within %s", ttl, partnersTTL)
+	}
+	for _, u := range []string{"ann", "cid", "dan"} {
+		dead.PresenceAdd(ctx, "", u)
+	}
+	live.PresenceAdd(ctx, "", "dan") // dan is also on the live node
+	live.PresenceAdd(ctx, "", "ben")
+	events.Wait(t, engine.UserStream("ben"), 2) // the two private messages
+	dead.Close()                                // stops renewing; its holds stay in Redis until swept
+	got := events.Wait(t, engine.UserStream("ben"), 3)
+	if p := got[2]; p.Type != protocol.TypeLeft || p.User != "ann" {
+		t.Fatalf("ben got %+v; want ann's left", p)
+	}
+	time.Sleep(time.Second) // several sweeps: nothing more (dan is still online, cid talked to nobody)
+	if n := len(events.Got(engine.UserStream("ben"))); n != 3 {
+		t.Fatalf("ben got %d publications; want two messages and one left", n)
+	}
+	for _, u := range []string{"dan", "ben"} {
+		if has, _ := live.PresenceHas(ctx, "", u); !has {
+			t.Fatalf("%s went offline with the dead node though the live one holds them", u)
+		}
+	}
 }

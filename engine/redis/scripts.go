@@ -16,15 +16,23 @@ import "github.com/redis/rueidis"
 // A key already recorded returns its result and does nothing else, so a
 // publish with a key happens at most once however often it is run.
 //
+// A private message in a user's inbox also notes its other party in the
+// user's partners set, so that a node that sweeps the user's presence
+// after their node died can tell those partners they left (see sweep).
+//
 // KEYS[1] meta hash (seq, epoch)   KEYS[2] history zset (score = seq)
 // KEYS[3] (optional) the key's record "seq:epoch", same hash slot
+// then (when ARGV[8] is not "") the user's partners set, same hash slot
 // ARGV[1] channel  ARGV[2] message JSON without seq/epoch ("{...}")
 // ARGV[3] epoch to use if the stream has none  ARGV[4] history size
 // ARGV[5] history TTL ms  ARGV[6] meta TTL ms  ARGV[7] key record TTL ms
+// ARGV[8] the partner to note ("": none)  ARGV[9] the partners set's TTL ms
 // Returns {seq, epoch, dup (0/1)}.
 // publishSource is its text: a batch sends it whole (EVAL, see PublishBatch).
 const publishSource = `
-if #KEYS == 3 then
+local record = #KEYS == 3
+if ARGV[8] ~= '' then record = #KEYS == 4 end
+if record then
   local rec = redis.call('GET', KEYS[3])
   if rec then
     local sep = string.find(rec, ':', 1, true)
@@ -43,8 +51,12 @@ redis.call('ZADD', KEYS[2], seq, msg)
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[4]) + 1))
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('PUBLISH', ARGV[1], msg)
-if #KEYS == 3 then
+if record then
   redis.call('SET', KEYS[3], seq .. ':' .. epoch, 'PX', ARGV[7])
+end
+if ARGV[8] ~= '' then
+  redis.call('SADD', KEYS[#KEYS], ARGV[8])
+  redis.call('PEXPIRE', KEYS[#KEYS], ARGV[9])
 end
 return {seq, epoch, 0}
 `

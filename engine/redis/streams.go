@@ -11,6 +11,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/tether-chat/tether/engine"
+	"github.com/tether-chat/tether/protocol"
 )
 
 // Publish implements engine.Engine. A retained publish is publishScript:
@@ -28,12 +29,7 @@ func (e *Engine) Publish(ctx context.Context, p *engine.Publication, opts engine
 		cmd := e.client.B().Publish().Channel(e.channel(p.Stream)).Message(rueidis.BinaryString(body)).Build()
 		return false, unavailable("publish", e.do(ctx, cmd).Error())
 	}
-	keys := []string{e.meta(p.Stream), e.hist(p.Stream)}
-	if opts.Key != "" {
-		keys = append(keys, e.recordKey(p.Stream, opts.Key))
-	}
-	args := []string{e.channel(p.Stream), string(body), randomHex(4), strconv.Itoa(e.cfg.HistorySize),
-		ms(e.cfg.HistoryTTL), ms(e.cfg.MetaTTL), ms(e.cfg.KeyTTL)}
+	keys, args := e.publishArgs(p, opts, body)
 	for attempt := 0; ; attempt++ {
 		e.stats.commands.Add(1)
 		vals, err := publishScript.Exec(ctx, e.client, keys, args).ToArray()
@@ -80,13 +76,8 @@ func (e *Engine) PublishBatch(ctx context.Context, ps []*engine.Publication, opt
 		if err != nil {
 			return engine.PublishEach(ctx, e, ps, opts) // reports the error where it is
 		}
-		keys := []string{e.meta(p.Stream), e.hist(p.Stream)}
-		if opts[i].Key != "" {
-			keys = append(keys, e.recordKey(p.Stream, opts[i].Key))
-		}
-		cmds[i] = e.client.B().Eval().Script(publishSource).Numkeys(int64(len(keys))).Key(keys...).
-			Arg(e.channel(p.Stream), string(body), randomHex(4), strconv.Itoa(e.cfg.HistorySize),
-				ms(e.cfg.HistoryTTL), ms(e.cfg.MetaTTL), ms(e.cfg.KeyTTL)).Build()
+		keys, args := e.publishArgs(p, opts[i], body)
+		cmds[i] = e.client.B().Eval().Script(publishSource).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
 	}
 	e.stats.commands.Add(uint64(len(ps)))
 	for i, res := range e.client.DoMulti(ctx, cmds...) {
@@ -112,6 +103,31 @@ func (e *Engine) PublishBatch(ctx context.Context, ps []*engine.Publication, opt
 		return out
 	}
 	return out
+}
+
+// publishArgs are publishScript's keys and arguments for p (body is its
+// JSON): a private message in a user's inbox notes its other party in the
+// user's partners set.
+func (e *Engine) publishArgs(p *engine.Publication, opts engine.PublishOptions, body []byte) (keys, args []string) {
+	keys = []string{e.meta(p.Stream), e.hist(p.Stream)}
+	if opts.Key != "" {
+		keys = append(keys, e.recordKey(p.Stream, opts.Key))
+	}
+	partner := ""
+	if kind, user, ok := engine.ParseStream(p.Stream); ok && kind == "user" && p.Type == protocol.TypeDirect {
+		partner = p.From
+		if partner == user {
+			partner = p.To
+		}
+		if partner != user { // not a note to oneself
+			keys = append(keys, e.partnersKey(user))
+		} else {
+			partner = ""
+		}
+	}
+	args = []string{e.channel(p.Stream), string(body), randomHex(4), strconv.Itoa(e.cfg.HistorySize),
+		ms(e.cfg.HistoryTTL), ms(e.cfg.MetaTTL), ms(e.cfg.KeyTTL), partner, ms(partnersTTL)}
+	return keys, args
 }
 
 // backoff is the wait before retry attempt+1: 25ms doubling to 400ms.
