@@ -98,6 +98,15 @@ type Handler interface {
 	Lost(stream string)
 }
 
+// SweepHandler is what a Handler may also be, on an engine whose nodes
+// can die (Redis): told of each user that a sweep of a dead node's
+// presence took out of a set (a room, or "" for online anywhere) — the
+// leave the dead node could not report. Exactly one live node is told of
+// each. Swept must not block and must not call back into the engine.
+type SweepHandler interface {
+	Swept(set, user string)
+}
+
 // PublishOptions tune one Publish.
 type PublishOptions struct {
 	// Ephemeral publications are delivered but not numbered or retained

@@ -6,13 +6,16 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,11 +41,12 @@ type node struct {
 	cmd  *exec.Cmd
 }
 
-func startNode(t *testing.T, redisURL, name string) *node {
+func startNode(t *testing.T, redisURL, name string, extra ...string) *node {
 	t.Helper()
 	n := &node{addr: testnet.FreeAddr(t)}
-	n.cmd = exec.Command(binary, "serve", "--addr", n.addr, "--redis", redisURL, "--node-id", name,
-		"--presence-ttl", "3s", "--presence-grace", "1s", "--rate-limit", "-1", "--log-level", "warn")
+	args := []string{"serve", "--addr", n.addr, "--redis", redisURL, "--node-id", name,
+		"--presence-ttl", "3s", "--presence-grace", "1s", "--rate-limit", "-1", "--log-level", "warn"}
+	n.cmd = exec.Command(binary, append(args, extra...)...)
 	n.cmd.Stderr = os.Stderr
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -294,13 +298,36 @@ func TestClusterRoomsDirectAndPresenceAcrossNodes(t *testing.T) {
 // TestClusterPartnersToldWhenANodeDies: ann, on a node killed with
 // SIGKILL, never comes back (her client keeps trying the dead node); ben,
 // her private-conversation partner on another node, is told she left
-// once her presence expires (--presence-ttl), by the node that swept it.
-// cid, on the dead node too but a stranger to ben, sends him nothing.
+// once her presence expires (--presence-ttl), by the node that swept it,
+// and that node posts her leave of the room she was in to the
+// application's hook. cid, on the dead node too but a stranger to ben,
+// sends him nothing.
 func TestClusterPartnersToldWhenANodeDies(t *testing.T) {
 	rs := testredis.Start(t)
-	doomed, survivor := startNode(t, rs.URL, "n1"), startNode(t, rs.URL, "n2")
+	var hookMu sync.Mutex
+	var hooked []string // "type user room node" of the survivor's posts
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var batch struct {
+			Events []struct{ Type, User, Room, Node string }
+		}
+		if err := json.NewDecoder(r.Body).Decode(&batch); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		hookMu.Lock()
+		for _, e := range batch.Events {
+			hooked = append(hooked, strings.Join([]string{e.Type, e.User, e.Room, e.Node}, " "))
+		}
+		hookMu.Unlock()
+	}))
+	defer app.Close()
+	doomed := startNode(t, rs.URL, "n1")
+	survivor := startNode(t, rs.URL, "n2", "--hook-url", app.URL, "--hook-secret", "s3cret")
 	ctx := context.Background()
 	ann, cid := dial(t, doomed.addr, "ann"), dial(t, doomed.addr, "cid")
+	if err := ann.Join(ctx, "ops"); err != nil {
+		t.Fatal(err)
+	}
 	ben := dial(t, survivor.addr, "ben")
 	var mu sync.Mutex
 	var dms, left []string
@@ -349,6 +376,20 @@ func TestClusterPartnersToldWhenANodeDies(t *testing.T) {
 	time.Sleep(2 * time.Second) // cid was swept in the same round: a left for him would be here by now
 	if _, l := seen(); strings.Join(l, ",") != "ann" {
 		t.Fatalf("ben was told %v left; want ann, once", l)
+	}
+	// Everyone is in general too (the auto-join): each of the dead node's
+	// room leaves is posted once, by the survivor.
+	var leaves []string
+	hookMu.Lock()
+	for _, h := range hooked {
+		if strings.HasPrefix(h, "leave ") {
+			leaves = append(leaves, h)
+		}
+	}
+	hookMu.Unlock()
+	sort.Strings(leaves)
+	if want := "[leave ann general n2 leave ann ops n2 leave cid general n2]"; fmt.Sprint(leaves) != want {
+		t.Fatalf("the survivor posted the leaves %v; want %s", leaves, want)
 	}
 }
 

@@ -30,9 +30,10 @@ type Factory func(t *testing.T, o Options) engine.Engine
 // Collector is an engine.Handler that records deliveries per stream and
 // the streams reported lost. Engines' own fault tests use it too.
 type Collector struct {
-	mu   sync.Mutex
-	got  map[string][]*engine.Publication
-	lost map[string]int
+	mu    sync.Mutex
+	got   map[string][]*engine.Publication
+	lost  map[string]int
+	swept []string
 }
 
 // NewCollector returns an empty Collector.
@@ -52,6 +53,20 @@ func (c *Collector) Lost(stream string) {
 	c.mu.Lock()
 	c.lost[stream]++
 	c.mu.Unlock()
+}
+
+// Swept implements engine.SweepHandler.
+func (c *Collector) Swept(set, user string) {
+	c.mu.Lock()
+	c.swept = append(c.swept, set+"/"+user)
+	c.mu.Unlock()
+}
+
+// SweptUsers lists what Swept was told, "set/user" each, in order.
+func (c *Collector) SweptUsers() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.swept...)
 }
 
 // LostCount reports how often stream was reported lost.

@@ -231,7 +231,8 @@ func (e *Engine) renew(ctx context.Context) {
 var sweptTTL = strconv.FormatInt((24 * time.Hour).Milliseconds(), 10)
 
 // sweep releases the holds of dead instances, a batch per script run,
-// and announces the users who left a room.
+// announces the users who left a room, tells the partners of those who
+// went offline, and tells this node's handler of each (SweepHandler).
 func (e *Engine) sweep(ctx context.Context) {
 	keys := []string{e.nodesKey(), e.goneKey()}
 	for range 1000 { // bounded: 1000 batches of 1000 holds per round
@@ -248,9 +249,13 @@ func (e *Engine) sweep(ctx context.Context) {
 			return
 		}
 		var offline []string
+		sh, _ := e.handler.(engine.SweepHandler)
 		for i := 1; i+2 < len(res); i += 3 {
 			set, user := res[i], res[i+1]
 			count, _ := strconv.Atoi(res[i+2])
+			if sh != nil {
+				sh.Swept(set, user)
+			}
 			if set == "" {
 				offline = append(offline, user)
 				continue

@@ -134,6 +134,9 @@ func TestDeadNodeHoldsExpire(t *testing.T) {
 	if n := len(events.Got("room:lobby")); n != 1 {
 		t.Fatalf("%d presence events; only ghost left", n)
 	}
+	if got := fmt.Sprint(events.SweptUsers()); got != "[lobby/ghost]" {
+		t.Fatalf("the live node's handler was told of %s; want ghost leaving lobby, once", got)
+	}
 	for _, u := range []string{"carol", "both"} {
 		if has, _ := live.PresenceHas(ctx, "lobby", u); !has {
 			t.Fatalf("%s expired with the dead node though the live one holds them", u)
@@ -464,6 +467,11 @@ func TestDeadNodesUsersLeftToTheirPartners(t *testing.T) {
 	time.Sleep(time.Second) // several sweeps: nothing more (dan is still online, cid talked to nobody)
 	if n := len(events.Got(engine.UserStream("ben"))); n != 3 {
 		t.Fatalf("ben got %d publications; want two messages and one left", n)
+	}
+	swept := events.SweptUsers()
+	sort.Strings(swept)
+	if fmt.Sprint(swept) != "[/ann /cid]" {
+		t.Fatalf("the live node's handler was told of %v going offline; want ann and cid", swept)
 	}
 	for _, u := range []string{"dan", "ben"} {
 		if has, _ := live.PresenceHas(ctx, "", u); !has {

@@ -577,6 +577,17 @@ func (h *Hub) NotePartner(user, other string) {
 	h.partnerAdds.Add(1)
 }
 
+// Swept implements engine.SweepHandler: a user whom this node's sweep of
+// a dead node took out of a room left it, and the node hears of it as of
+// any leave (its hooks post it); the dead node could not. Going offline
+// ("" set) has no event of its own here: the engine told the user's
+// partners.
+func (h *Hub) Swept(set, user string) {
+	if set != "" {
+		h.node.Left(user, set)
+	}
+}
+
 // PartnersOf lists a user's private-conversation partners, sorted.
 func (h *Hub) PartnersOf(user string) []string {
 	h.mu.RLock()
