@@ -14,6 +14,8 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tether-chat/tether/engine"
+	"github.com/tether-chat/tether/engine/memory"
 	"github.com/tether-chat/tether/engine/redis"
 	"github.com/tether-chat/tether/internal/testnet"
 	"github.com/tether-chat/tether/internal/testredis"
@@ -124,6 +126,43 @@ func TestPanicClosesOnlyItsConnection(t *testing.T) {
 	carol.roundTrip("p")
 	if n := ts.metrics.panics.Load(); n != 1 {
 		t.Fatalf("panics counted: %d", n)
+	}
+}
+
+// panickyEngine panics in the set-up of the user "boom" (a bug in an
+// engine, or in anything a set-up runs).
+type panickyEngine struct{ engine.Engine }
+
+func (e panickyEngine) Enter(ctx context.Context, in engine.Entering) ([]engine.Entered, *engine.Session, error) {
+	for _, en := range in.Entries {
+		if en.User == "boom" {
+			panic("a bug in a set-up")
+		}
+	}
+	return e.Engine.Enter(ctx, in)
+}
+
+// TestPanicInASetUpClosesOnlyItsConnection: a set-up that panics (it runs
+// on a set-up worker, not on the connection's own goroutine) closes that
+// connection with 1011 and is counted; the worker and the node go on,
+// and more set-ups than the node runs at once all succeed afterwards.
+func TestPanicInASetUpClosesOnlyItsConnection(t *testing.T) {
+	ts := newTestServer(t, Config{Engine: panickyEngine{memory.New(memory.Config{})}})
+	alice := connect(t, ts, "alice")
+	boom := dial(t, ts.ws+"/ws/boom")
+	if code, _ := boom.expectClose(); code != int(protocol.CloseInternal) {
+		t.Fatalf("the connection whose set-up panicked closed with %d; want 1011", code)
+	}
+	alice.roundTrip("p")
+	var clients []*client
+	for i := range session.MaxSetups + 10 {
+		clients = append(clients, dial(t, ts.ws+fmt.Sprintf("/ws/u%d", i)))
+	}
+	for _, c := range clients {
+		c.expectWelcome()
+	}
+	if n := ts.metrics.panics.Load(); n != 1 {
+		t.Fatalf("panics counted: %d; want the one set-up", n)
 	}
 }
 

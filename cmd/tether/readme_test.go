@@ -174,7 +174,7 @@ func TestLayersImportDownward(t *testing.T) {
 		"internal/bucket":  {},
 		"server/transport": {"internal/ws", "internal/netpoll", "protocol"},
 		"server/hub":       {"server/transport", "engine", "protocol"},
-		"server/session":   {"server/hub", "server/transport", "engine", "protocol", "auth", "internal/ws", "internal/bucket"},
+		"server/session":   {"server/hub", "server/transport", "engine", "protocol", "auth", "internal/ws", "internal/bucket", "internal/netpoll"},
 	}
 	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, "../../...").Output()
 	if err != nil {

@@ -62,7 +62,7 @@ func TestScenariosSmoke(t *testing.T) {
 		{"rtt", func() (Result, error) { return RTT(ctx, opts(url)) }, func(r Result) bool { return r.Requests > 0 && r.PerSecond > 0 }},
 		{"direct", func() (Result, error) { return Direct(ctx, opts(url)) }, func(r Result) bool { return r.Deliveries > 0 && r.Lost == 0 }},
 		{"floor", func() (Result, error) { return Floor(ctx, opts(url), binary) }, func(r Result) bool { return r.Deliveries == 100 }},
-		{"storm", func() (Result, error) { return Storm(ctx, opts(url), binary, nil) }, func(r Result) bool { return r.Conns == 20 }},
+		{"storm", func() (Result, error) { return Storm(ctx, opts(url), binary, nil) }, func(r Result) bool { return r.Conns == 20 && r.CPUPerConnUS > 0 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := tc.run()

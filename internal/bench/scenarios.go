@@ -539,5 +539,11 @@ func Storm(ctx context.Context, o Options, self string, serverArgs []string) (Re
 	if n := again.Load(); n > 0 {
 		o.progress("storm: %d more welcomes after the restart than clients: connections that ended again", n)
 	}
-	return Result{Scenario: "storm", Conns: o.Conns, Seconds: time.Duration(last - t0.UnixNano()).Seconds(), Resumed: int(resumed.Load())}, nil
+	r := Result{Scenario: "storm", Conns: o.Conns, Seconds: time.Duration(last - t0.UnixNano()).Seconds(), Resumed: int(resumed.Load())}
+	// The restarted server's CPU from its start until every client was
+	// back: its cost per resume (the set-ups, and the rest of its start).
+	if st, err := readProc(srv.Process.Pid); err == nil {
+		r.CPUPerConnUS = st.cpu.Seconds() * 1e6 / float64(o.Conns)
+	}
+	return r, nil
 }

@@ -20,17 +20,23 @@ import (
 type Pool[T any] struct {
 	handoff chan T
 	n       atomic.Int32 // workers, idle or not, that will wait for another job
+	max     int32        // reusable workers; past this, workers are one-off
 	run     func(T)
 }
 
 const (
-	maxWorkers = 128             // reusable workers per pool; past this, workers are one-off
+	maxWorkers = 128             // reusable workers per pool (NewPool); past this, workers are one-off
 	workerIdle = 2 * time.Second // a reusable worker with nothing to do for this long exits
 )
 
 // NewPool returns a pool that runs run for each job.
-func NewPool[T any](run func(T)) *Pool[T] {
-	return &Pool[T]{handoff: make(chan T), run: run}
+func NewPool[T any](run func(T)) *Pool[T] { return NewPoolOf(maxWorkers, run) }
+
+// NewPoolOf returns a pool of at most max reusable workers that runs run
+// for each job: a caller that never has more than max jobs running at
+// once has every job run on a reused goroutine.
+func NewPoolOf[T any](max int, run func(T)) *Pool[T] {
+	return &Pool[T]{handoff: make(chan T), max: int32(max), run: run}
 }
 
 // Dispatch runs job on an idle worker, or a new one.
@@ -47,7 +53,7 @@ func (p *Pool[T]) Dispatch(job T) {
 func (p *Pool[T]) Workers() int { return int(p.n.Load()) }
 
 func (p *Pool[T]) work(job T) {
-	if p.n.Add(1) > maxWorkers {
+	if p.n.Add(1) > p.max {
 		p.n.Add(-1)
 		p.run(job)
 		return

@@ -22,6 +22,7 @@ import (
 	"github.com/tether-chat/tether/auth"
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/internal/bucket"
+	"github.com/tether-chat/tether/internal/netpoll"
 	"github.com/tether-chat/tether/protocol"
 	"github.com/tether-chat/tether/server/hub"
 	"github.com/tether-chat/tether/server/transport"
@@ -130,7 +131,13 @@ func (s *Manager) setUpFailed(c *Conn, err error) {
 }
 
 // runSetUp runs one connection's set-up, f, when its turn comes.
-func (s *Manager) runSetUp(c *Conn, f func() error) (err error) {
+//
+// The set-up itself runs on one of the set-up workers (setUpWorkers),
+// while the caller waits: a set-up goes deep (the session, the engine's
+// reply, JSON), and on the caller's goroutine, one of thousands during a
+// storm of reconnects, it grew a fresh stack by copying it two or three
+// times each time; a worker grew its stack once.
+func (s *Manager) runSetUp(c *Conn, f func() error) error {
 	select {
 	case s.setups <- struct{}{}:
 	default:
@@ -139,18 +146,38 @@ func (s *Manager) runSetUp(c *Conn, f func() error) (err error) {
 		s.setupsWaiting.Add(-1)
 	}
 	defer func() { <-s.setups }()
-	defer func() {
-		if r := recover(); r != nil {
-			s.node.Panicked("set-up", r, nil)
-			err = protocol.DisconnectInternal
-		}
-	}()
 	if s.shuttingDown.Load() { // it stopped while this one waited
 		return protocol.DisconnectShutdown
 	}
-	c.busy.Store(true)
-	defer c.busy.Store(false)
-	return f()
+	job := setUpJob{m: s, c: c, f: f, done: make(chan error, 1)}
+	setUpWorkers.Dispatch(job)
+	return <-job.done
+}
+
+// setUpJob is one set-up handed to a set-up worker.
+type setUpJob struct {
+	m    *Manager
+	c    *Conn
+	f    func() error
+	done chan error
+}
+
+// setUpWorkers run set-ups: as many reusable workers as set-ups may run
+// at once, so that every set-up runs on a goroutine whose stack has
+// already grown.
+var setUpWorkers = netpoll.NewPoolOf(MaxSetups, func(j setUpJob) { j.done <- j.run() })
+
+// run runs the set-up; a panic in it fails this set-up only.
+func (j setUpJob) run() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			j.m.node.Panicked("set-up", r, nil)
+			err = protocol.DisconnectInternal
+		}
+	}()
+	j.c.busy.Store(true)
+	defer j.c.busy.Store(false)
+	return j.f()
 }
 
 // authenticate checks the token of a request in token mode. The token
