@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -130,39 +131,90 @@ func TestPanicClosesOnlyItsConnection(t *testing.T) {
 }
 
 // panickyEngine panics in the set-up of the user "boom" (a bug in an
-// engine, or in anything a set-up runs).
-type panickyEngine struct{ engine.Engine }
+// engine, or in anything a set-up runs), and takes its time over those of
+// users named slow….
+type panickyEngine struct {
+	engine.Engine
+	slow time.Duration
+}
 
 func (e panickyEngine) Enter(ctx context.Context, in engine.Entering) ([]engine.Entered, *engine.Session, error) {
 	for _, en := range in.Entries {
 		if en.User == "boom" {
 			panic("a bug in a set-up")
 		}
+		if strings.HasPrefix(en.User, "slow") {
+			time.Sleep(e.slow)
+			break
+		}
 	}
 	return e.Engine.Enter(ctx, in)
 }
 
-// TestPanicInASetUpClosesOnlyItsConnection: a set-up that panics (it runs
-// on a set-up worker, not on the connection's own goroutine) closes that
-// connection with 1011 and is counted; the worker and the node go on,
-// and more set-ups than the node runs at once all succeed afterwards.
+// TestPanicInASetUpClosesOnlyItsConnection: a set-up that panics closes
+// that connection with 1011 and is counted, whether it ran at once on
+// its connection's goroutine or, having waited for its turn behind
+// MaxSetups others, on a set-up worker; the workers and the node go on,
+// and every set-up that waited with it succeeds.
 func TestPanicInASetUpClosesOnlyItsConnection(t *testing.T) {
-	ts := newTestServer(t, Config{Engine: panickyEngine{memory.New(memory.Config{})}})
+	ts := newTestServer(t, Config{Engine: panickyEngine{Engine: memory.New(memory.Config{}), slow: 3 * time.Second}})
 	alice := connect(t, ts, "alice")
-	boom := dial(t, ts.ws+"/ws/boom")
+	boom := dial(t, ts.ws+"/ws/boom") // not waiting: runs at once
 	if code, _ := boom.expectClose(); code != int(protocol.CloseInternal) {
 		t.Fatalf("the connection whose set-up panicked closed with %d; want 1011", code)
 	}
 	alice.roundTrip("p")
-	var clients []*client
-	for i := range session.MaxSetups + 10 {
-		clients = append(clients, dial(t, ts.ws+fmt.Sprintf("/ws/u%d", i)))
+	// Fill every set-up slot with slow ones, then a panicking one and
+	// more slow ones wait for their turn and run on the workers.
+	var wg sync.WaitGroup
+	welcomed := make(chan *client, 2*session.MaxSetups)
+	dialSlow := func(n int) {
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ws, _, err := websocket.DefaultDialer.Dial(ts.ws+fmt.Sprintf("/ws/slow%d-%d", n, i), nil)
+				if err != nil {
+					t.Errorf("slow set-up %d: %v", i, err)
+					return
+				}
+				welcomed <- startClient(t, ws)
+			}()
+		}
 	}
-	for _, c := range clients {
+	dialSlow(session.MaxSetups)
+	waitUntil(t, "every slot taken", func() bool { return ts.Stats().Opened >= int64(session.MaxSetups)+2 })
+	boomed := make(chan *client, 1)
+	go func() {
+		ws, _, err := websocket.DefaultDialer.Dial(ts.ws+"/ws/boom", nil)
+		if err != nil {
+			t.Errorf("boom: %v", err)
+			close(boomed)
+			return
+		}
+		boomed <- startClient(t, ws)
+	}()
+	waitUntil(t, "the panicking set-up waiting for its turn", func() bool { return ts.sess.SetupsWaiting() >= 1 })
+	dialSlow(10)
+	b, ok := <-boomed
+	if !ok {
+		t.FailNow()
+	}
+	if code, _ := b.expectClose(); code != int(protocol.CloseInternal) {
+		t.Fatalf("the waiting set-up that panicked closed with %d; want 1011", code)
+	}
+	wg.Wait()
+	close(welcomed)
+	n := 0
+	for c := range welcomed {
 		c.expectWelcome()
+		n++
 	}
-	if n := ts.metrics.panics.Load(); n != 1 {
-		t.Fatalf("panics counted: %d; want the one set-up", n)
+	if n != session.MaxSetups+10 {
+		t.Fatalf("%d slow set-ups welcomed; want %d", n, session.MaxSetups+10)
+	}
+	if n := ts.metrics.panics.Load(); n != 2 {
+		t.Fatalf("panics counted: %d; want the two set-ups", n)
 	}
 }
 

@@ -132,15 +132,20 @@ func (s *Manager) setUpFailed(c *Conn, err error) {
 
 // runSetUp runs one connection's set-up, f, when its turn comes.
 //
-// The set-up itself runs on one of the set-up workers (setUpWorkers),
-// while the caller waits: a set-up goes deep (the session, the engine's
-// reply, JSON), and on the caller's goroutine, one of thousands during a
-// storm of reconnects, it grew a fresh stack by copying it two or three
-// times each time; a worker grew its stack once.
+// A set-up that had to wait for its turn runs on one of the set-up
+// workers (setUpWorkers) while the caller waits: set-ups wait when
+// thousands of connections arrive together (a storm of reconnects), and
+// then the caller is one of thousands of fresh goroutines, on which a
+// set-up, which goes deep (the session, the engine's reply, JSON), grew a
+// small stack by copying it two or three times; a worker grew its stack
+// once. One that did not wait runs at once on the caller's goroutine
+// (a reused one; a hand-off would only cost two switches).
 func (s *Manager) runSetUp(c *Conn, f func() error) error {
+	waited := false
 	select {
 	case s.setups <- struct{}{}:
 	default:
+		waited = true
 		s.setupsWaiting.Add(1)
 		s.setups <- struct{}{}
 		s.setupsWaiting.Add(-1)
@@ -149,7 +154,11 @@ func (s *Manager) runSetUp(c *Conn, f func() error) error {
 	if s.shuttingDown.Load() { // it stopped while this one waited
 		return protocol.DisconnectShutdown
 	}
-	job := setUpJob{m: s, c: c, f: f, done: make(chan error, 1)}
+	job := setUpJob{m: s, c: c, f: f}
+	if !waited {
+		return job.run()
+	}
+	job.done = make(chan error, 1)
 	setUpWorkers.Dispatch(job)
 	return <-job.done
 }
