@@ -487,6 +487,11 @@ func Storm(ctx context.Context, o Options, self string, serverArgs []string) (Re
 	default:
 	}
 	o.progress("storm: %d connected; restarting the server", o.Conns)
+	o.PIDs = nil // the servers' CPU is read from the restarted one below
+	redisBefore, err := o.readServers()
+	if err != nil {
+		return Result{}, err
+	}
 	restarting.Store(true)
 	stopping := time.Now()
 	srv.Process.Signal(syscall.SIGTERM)
@@ -541,9 +546,16 @@ func Storm(ctx context.Context, o Options, self string, serverArgs []string) (Re
 	}
 	r := Result{Scenario: "storm", Conns: o.Conns, Seconds: time.Duration(last - t0.UnixNano()).Seconds(), Resumed: int(resumed.Load())}
 	// The restarted server's CPU from its start until every client was
-	// back: its cost per resume (the set-ups, and the rest of its start).
+	// back: its cost per resume (the set-ups, and the rest of its start);
+	// Redis's (--redis) from the SIGTERM on, the old server's saves
+	// included.
 	if st, err := readProc(srv.Process.Pid); err == nil {
 		r.CPUPerConnUS = st.cpu.Seconds() * 1e6 / float64(o.Conns)
+	}
+	if redisAfter, err := o.readServers(); err != nil {
+		o.progress("storm: Redis not read: %v", err)
+	} else {
+		o.redisPerUnit(redisBefore, redisAfter, int64(o.Conns), &r.RedisCPUPerConnUS, &r.RedisCmdsPerConn)
 	}
 	return r, nil
 }
