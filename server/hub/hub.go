@@ -244,8 +244,12 @@ func (h *Hub) recoverPanic(where string) {
 
 func (h *Hub) keyLock(stream string) keyLock[string] { return h.keys.get(stream) }
 
-// The hub is the engine's handler (engine.Handler).
-var _ engine.Handler = (*Hub)(nil)
+// The hub is the engine's handler (engine.Handler), told of sweeps too
+// (engine.SweepHandler).
+var (
+	_ engine.Handler      = (*Hub)(nil)
+	_ engine.SweepHandler = (*Hub)(nil)
+)
 
 // Deliver is the engine's delivery of one publication: encoded once,
 // queued to every local connection of its stream. A panic here (a bug) is
