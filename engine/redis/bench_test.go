@@ -3,13 +3,12 @@ package redis
 import (
 	"context"
 	"fmt"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/tether-chat/tether/engine"
+	"github.com/tether-chat/tether/internal/bench"
 	"github.com/tether-chat/tether/internal/testredis"
 )
 
@@ -77,14 +76,22 @@ func BenchmarkPublish(b *testing.B) {
 // call is what -benchtime reports with -cpu and a CPU profile; Redis's is
 // reported as redis-µs/op (its own CPU time, from INFO cpu).
 func BenchmarkEnter(b *testing.B) {
-	e := benchEngine(b, testredis.Start(b).URL)
+	srv := testredis.Start(b)
+	e := benchEngine(b, srv.URL)
 	ctx := context.Background()
 	var n atomic.Int64
 	b.ReportAllocs()
-	before := redisCPU(b, e)
+	redisCPU := func() time.Duration {
+		cpu, _, err := bench.RedisStats(srv.Addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return cpu
+	}
+	before := redisCPU()
 	b.Cleanup(func() {
 		if b.N > 0 {
-			b.ReportMetric(float64((redisCPU(b, e)-before).Microseconds())/float64(b.N), "redis-µs/op")
+			b.ReportMetric(float64((redisCPU()-before).Microseconds())/float64(b.N), "redis-µs/op")
 		}
 	})
 	b.ResetTimer()
@@ -103,20 +110,4 @@ func BenchmarkEnter(b *testing.B) {
 			}
 		}
 	})
-}
-
-// redisCPU is the CPU time (user + system) e's redis-server has used.
-func redisCPU(b *testing.B, e *Engine) time.Duration {
-	info, err := e.client.Do(context.Background(), e.client.B().Info().Section("cpu").Build()).ToString()
-	if err != nil {
-		b.Fatal(err)
-	}
-	var secs float64
-	for _, line := range strings.Split(info, "\r\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
-			f, _ := strconv.ParseFloat(v, 64)
-			secs += f
-		}
-	}
-	return time.Duration(secs * float64(time.Second))
 }

@@ -504,7 +504,7 @@ func (o *Options) readServers() (procStat, error) {
 	sum := procStat{at: time.Now()}
 	if o.Redis != "" {
 		var err error
-		if sum.redisCPU, sum.redisCmds, err = redisStats(o.Redis); err != nil {
+		if sum.redisCPU, sum.redisCmds, err = RedisStats(o.Redis); err != nil {
 			return sum, err
 		}
 	}

@@ -10,11 +10,11 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// redisStats reads what the Redis at addr (host:port, or a redis:// URL)
+// RedisStats reads what the Redis at addr (host:port, or a redis:// URL)
 // has spent so far: CPU time (user + system, from INFO cpu) and commands
 // processed (INFO stats). The Redis engine's work per connection or per
 // message is the difference over a run, divided by what the run did.
-func redisStats(addr string) (cpu time.Duration, cmds int64, err error) {
+func RedisStats(addr string) (cpu time.Duration, cmds int64, err error) {
 	if !strings.Contains(addr, "://") {
 		addr = "redis://" + addr
 	}
