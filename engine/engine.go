@@ -78,6 +78,20 @@ type Publication struct {
 	Node string `json:"n,omitempty"`
 }
 
+// Partner is the other party of a private message in user's inbox: its
+// sender, or, in the sender's own copy, its recipient ("" for a note to
+// oneself).
+func (p *Publication) Partner(user string) string {
+	other := p.From
+	if other == user {
+		other = p.To
+	}
+	if other == user {
+		return ""
+	}
+	return other
+}
+
 // Handler receives what an engine delivers to this node.
 type Handler interface {
 	// Deliver hands over one publication of a subscribed stream. For each

@@ -29,3 +29,17 @@ func TestHistoryCovers(t *testing.T) {
 		}
 	}
 }
+
+// TestPartner: the other party of a private message in a user's inbox.
+func TestPartner(t *testing.T) {
+	for _, tc := range []struct{ from, to, inbox, want string }{
+		{"ann", "ben", "ben", "ann"}, // the recipient's inbox: the sender
+		{"ann", "ben", "ann", "ben"}, // the sender's copy: the recipient
+		{"cid", "cid", "cid", ""},    // a note to oneself: nobody
+	} {
+		p := &Publication{Stream: UserStream(tc.inbox), Type: "direct", From: tc.from, To: tc.to}
+		if got := p.Partner(tc.inbox); got != tc.want {
+			t.Errorf("%s→%s in %s's inbox: partner %q, want %q", tc.from, tc.to, tc.inbox, got, tc.want)
+		}
+	}
+}

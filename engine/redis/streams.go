@@ -115,14 +115,8 @@ func (e *Engine) publishArgs(p *engine.Publication, opts engine.PublishOptions, 
 	}
 	partner := ""
 	if kind, user, ok := engine.ParseStream(p.Stream); ok && kind == "user" && p.Type == protocol.TypeDirect {
-		partner = p.From
-		if partner == user {
-			partner = p.To
-		}
-		if partner != user { // not a note to oneself
+		if partner = p.Partner(user); partner != "" {
 			keys = append(keys, e.partnersKey(user))
-		} else {
-			partner = ""
 		}
 	}
 	args = []string{e.channel(p.Stream), string(body), randomHex(4), strconv.Itoa(e.cfg.HistorySize),

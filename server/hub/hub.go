@@ -272,11 +272,7 @@ func (h *Hub) Deliver(p *engine.Publication) {
 	}
 	h.node.Delivered(p.Type, p.TS)
 	if p.Type == protocol.TypeDirect && kind == "user" {
-		other := p.From
-		if other == name {
-			other = p.To
-		}
-		h.NotePartner(name, other)
+		h.NotePartner(name, p.Partner(name))
 	}
 	skip := p.SkipConn
 	if p.Node != h.cfg.NodeID {
@@ -558,7 +554,7 @@ func (h *Hub) RoomsOf(c Member) []string {
 }
 
 func (h *Hub) NotePartner(user, other string) {
-	if user == other {
+	if other == "" || user == other {
 		return
 	}
 	h.mu.RLock()
