@@ -23,6 +23,7 @@ import (
 
 	"github.com/tether-chat/tether/auth"
 	"github.com/tether-chat/tether/engine"
+	"github.com/tether-chat/tether/internal/netpoll"
 	"github.com/tether-chat/tether/protocol"
 	"github.com/tether-chat/tether/server/hub"
 	"github.com/tether-chat/tether/server/transport"
@@ -151,9 +152,11 @@ type Manager struct {
 	// conns counts the connections whose clean-up has not run.
 	conns sync.WaitGroup
 	// setups bounds the set-ups running at once (MaxSetups);
-	// setupsWaiting counts those waiting for their turn.
+	// setupsWaiting counts those waiting for their turn; setUpWorkers run
+	// those that waited (runSetUp), MaxSetups reusable workers at most.
 	setups        chan struct{}
 	setupsWaiting atomic.Int64
+	setUpWorkers  *netpoll.Pool[setUpJob]
 	// processing is held (read) while a command is handled; Stop takes it
 	// (write) to wait for those in progress.
 	processing   sync.RWMutex
@@ -186,7 +189,8 @@ func ValidDialect(name string, withID bool) error {
 // (ValidDialect).
 func New(cfg Config, d Deps) *Manager {
 	s := &Manager{cfg: cfg, node: d.Node, log: d.Log, eng: d.Engine, hub: d.Hub, tp: d.Transport, nodeID: d.NodeID,
-		metrics: d.Metrics, setups: make(chan struct{}, MaxSetups)}
+		metrics: d.Metrics, setups: make(chan struct{}, MaxSetups),
+		setUpWorkers: netpoll.NewPoolOf(MaxSetups, func(j setUpJob) { j.done <- j.run() })}
 	_, s.immediate = s.eng.(engine.Immediate)
 	s.wsDialect, _ = dialectNamed(cfg.WSDialect, false)
 	s.wsIDDialect, _ = dialectNamed(cfg.WSIDDialect, true)

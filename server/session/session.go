@@ -22,7 +22,6 @@ import (
 	"github.com/tether-chat/tether/auth"
 	"github.com/tether-chat/tether/engine"
 	"github.com/tether-chat/tether/internal/bucket"
-	"github.com/tether-chat/tether/internal/netpoll"
 	"github.com/tether-chat/tether/protocol"
 	"github.com/tether-chat/tether/server/hub"
 	"github.com/tether-chat/tether/server/transport"
@@ -132,14 +131,14 @@ func (s *Manager) setUpFailed(c *Conn, err error) {
 
 // runSetUp runs one connection's set-up, f, when its turn comes.
 //
-// A set-up that had to wait for its turn runs on one of the set-up
-// workers (setUpWorkers) while the caller waits: set-ups wait when
-// thousands of connections arrive together (a storm of reconnects), and
-// then the caller is one of thousands of fresh goroutines, on which a
-// set-up, which goes deep (the session, the engine's reply, JSON), grew a
-// small stack by copying it two or three times; a worker grew its stack
-// once. One that did not wait runs at once on the caller's goroutine
-// (a reused one; a hand-off would only cost two switches).
+// A set-up that had to wait for its turn runs on one of the manager's
+// set-up workers while the caller waits: set-ups wait when thousands of
+// connections arrive together (a storm of reconnects), and then the
+// caller is one of thousands of fresh goroutines, on which a set-up,
+// which goes deep (the session, the engine's reply, JSON), grew a small
+// stack by copying it two or three times; a worker grows its stack once.
+// One that did not wait runs at once on the caller's goroutine (usually
+// a reused handshake worker; a hand-off would cost two switches).
 func (s *Manager) runSetUp(c *Conn, f func() error) error {
 	waited := false
 	select {
@@ -159,22 +158,18 @@ func (s *Manager) runSetUp(c *Conn, f func() error) error {
 		return job.run()
 	}
 	job.done = make(chan error, 1)
-	setUpWorkers.Dispatch(job)
+	s.setUpWorkers.Dispatch(job)
 	return <-job.done
 }
 
-// setUpJob is one set-up handed to a set-up worker.
+// setUpJob is one set-up, run in place or by a set-up worker (done is
+// then where its result goes).
 type setUpJob struct {
 	m    *Manager
 	c    *Conn
 	f    func() error
 	done chan error
 }
-
-// setUpWorkers run set-ups: as many reusable workers as set-ups may run
-// at once, so that every set-up runs on a goroutine whose stack has
-// already grown.
-var setUpWorkers = netpoll.NewPoolOf(MaxSetups, func(j setUpJob) { j.done <- j.run() })
 
 // run runs the set-up; a panic in it fails this set-up only.
 func (j setUpJob) run() (err error) {
