@@ -64,6 +64,18 @@ func peer(t *testing.T, e *Engine, url string) *Engine {
 	return newEngineWith(t, cfg)
 }
 
+// twoNodes starts a redis-server and two started nodes of one cluster on
+// it (history retained per stream); got collects what the second one is
+// handed.
+func twoNodes(t *testing.T, history int) (srv *testredis.Server, a, b *Engine, got *enginetest.Collector) {
+	t.Helper()
+	srv = testredis.Start(t)
+	a = newEngine(t, srv.URL, history)
+	b = peer(t, a, srv.URL)
+	started(t, a)
+	return srv, a, b, started(t, b)
+}
+
 func chat(stream, text string) *engine.Publication {
 	return &engine.Publication{Stream: stream, Type: "chat", Text: text, TS: time.Now().UnixMilli()}
 }
@@ -79,12 +91,8 @@ func TestContract(t *testing.T) {
 }
 
 func TestTwoNodesShareStreamsAndPresence(t *testing.T) {
-	srv := testredis.Start(t)
+	_, a, b, got := twoNodes(t, 50)
 	ctx := context.Background()
-	a := newEngine(t, srv.URL, 50)
-	b := peer(t, a, srv.URL)
-	started(t, a)
-	got := started(t, b)
 	if err := b.Subscribe(ctx, "room:x"); err != nil {
 		t.Fatal(err)
 	}
@@ -112,14 +120,12 @@ func TestTwoNodesShareStreamsAndPresence(t *testing.T) {
 
 // TestDeadNodeHoldsExpire: a node that stops renewing its liveness (it
 // died, or was stopped) has its users removed after the presence TTL, and
-// the leave is published; a user the live node holds too stays.
+// the leave is published, and reported to one live node's handler of the
+// two that sweep; a user the live node holds too stays.
 func TestDeadNodeHoldsExpire(t *testing.T) {
-	srv := testredis.Start(t)
+	srv, dead, live, events := twoNodes(t, 10)
 	ctx := context.Background()
-	dead := newEngine(t, srv.URL, 10)
-	live := peer(t, dead, srv.URL)
-	started(t, dead)
-	events := started(t, live)
+	third := started(t, peer(t, dead, srv.URL)) // sweeps too
 	live.Subscribe(ctx, "room:lobby")
 	dead.PresenceAdd(ctx, "lobby", "ghost")
 	dead.PresenceAdd(ctx, "lobby", "both")
@@ -134,8 +140,8 @@ func TestDeadNodeHoldsExpire(t *testing.T) {
 	if n := len(events.Got("room:lobby")); n != 1 {
 		t.Fatalf("%d presence events; only ghost left", n)
 	}
-	if got := fmt.Sprint(events.SweptUsers()); got != "[lobby/ghost]" {
-		t.Fatalf("the live node's handler was told of %s; want ghost leaving lobby, once", got)
+	if got := fmt.Sprint(append(events.SweptUsers(), third.SweptUsers()...)); got != "[lobby/ghost]" {
+		t.Fatalf("the live nodes' handlers were told of %s; want ghost leaving lobby, once in the cluster", got)
 	}
 	for _, u := range []string{"carol", "both"} {
 		if has, _ := live.PresenceHas(ctx, "lobby", u); !has {
@@ -148,12 +154,8 @@ func TestDeadNodeHoldsExpire(t *testing.T) {
 // published while this node resubscribes is filled in from history, in
 // order, without duplicates.
 func TestPubSubReconnectFillsTheGap(t *testing.T) {
-	srv := testredis.Start(t)
+	_, pub, sub, got := twoNodes(t, 100)
 	ctx := context.Background()
-	pub := newEngine(t, srv.URL, 100)
-	sub := peer(t, pub, srv.URL)
-	started(t, pub)
-	got := started(t, sub)
 	if err := sub.Subscribe(ctx, "room:g"); err != nil {
 		t.Fatal(err)
 	}
@@ -355,12 +357,8 @@ func dbsize(t *testing.T, e *Engine) int64 {
 // a live node holds; once the live node's users leave and the dead one is
 // swept, no presence key is left at all.
 func TestEveryKeyIsBounded(t *testing.T) {
-	srv := testredis.Start(t)
+	srv, a, b, _ := twoNodes(t, 5)
 	ctx := context.Background()
-	a := newEngine(t, srv.URL, 5)
-	b := peer(t, a, srv.URL)
-	started(t, a)
-	started(t, b)
 	for i := range 20 {
 		a.Publish(ctx, chat("room:r", ""), engine.PublishOptions{Key: fmt.Sprint("s:", i)})
 		a.Publish(ctx, chat(engine.UserStream("bob"), ""), engine.PublishOptions{})
@@ -422,12 +420,8 @@ func scanKeys(t *testing.T, e *Engine) []string {
 // memory of who they talked to is gone with it); a user another node
 // still holds, or one who talked to nobody, sends nothing.
 func TestDeadNodesUsersLeftToTheirPartners(t *testing.T) {
-	srv := testredis.Start(t)
+	_, dead, live, events := twoNodes(t, 10)
 	ctx := context.Background()
-	dead := newEngine(t, srv.URL, 10)
-	live := peer(t, dead, srv.URL)
-	started(t, dead)
-	events := started(t, live)
 	live.Subscribe(ctx, engine.UserStream("ben"))
 	direct := func(from, to, text string) {
 		for _, inbox := range []string{to, from} { // the recipient's, the sender's copy
