@@ -114,9 +114,11 @@ func (e *Engine) publishArgs(p *engine.Publication, opts engine.PublishOptions, 
 		keys = append(keys, e.recordKey(p.Stream, opts.Key))
 	}
 	partner := ""
-	if kind, user, ok := engine.ParseStream(p.Stream); ok && kind == "user" && p.Type == protocol.TypeDirect {
-		if partner = p.Partner(user); partner != "" {
-			keys = append(keys, e.partnersKey(user))
+	if p.Type == protocol.TypeDirect { // a room message does not parse its stream
+		if kind, user, ok := engine.ParseStream(p.Stream); ok && kind == "user" {
+			if partner = p.Partner(user); partner != "" {
+				keys = append(keys, e.partnersKey(user))
+			}
 		}
 	}
 	args = []string{e.channel(p.Stream), string(body), randomHex(4), strconv.Itoa(e.cfg.HistorySize),
