@@ -7,7 +7,9 @@ import (
 	"time"
 )
 
-// selfCPU is the CPU time (user + system) this process has used so far.
+// selfCPU is the CPU time (user + system) this process has used so far,
+// from getrusage: readProc's /proc clock ticks (10 ms) are too coarse for a
+// small run.
 func selfCPU() (time.Duration, bool) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
